@@ -1,0 +1,1 @@
+"""Groundwork core: corpus, providers, generation, review and export, with no UI inside."""

@@ -1,0 +1,359 @@
+"""The corpus: ingest (load → chunk → embed → Qdrant, recorded in SQLite), search, browse and stats.
+
+Ingest is resumable. A document is written to SQLite as *pending* with its chunks before anything
+reaches the vector store and marked *complete* only after its points are stored, so an interrupted
+ingest re-run finishes the pending documents with the same ids (upserts are idempotent) and never
+leaves duplicates or orphans behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import ids
+from core.chunking import chunk_text
+from core.config import Settings
+from core.db import Database, dumps, loads, now
+from core.embeddings import Embedder
+from core.errors import IngestError, ModelMismatchError, VectorStoreError
+from core.loaders import LoadedDocument, load_path
+from core.storehub import StoreHub
+from core.vectorstore import LOCAL_MODE_COMFORT_POINTS, Hit, PointFilter, VectorStore
+
+# stage, done, total
+ProgressFn = Callable[[str, int, int], None]
+
+EMBED_GROUP_CHUNKS = 256  # chunks embedded and upserted together: big enough to keep the model busy
+
+
+@dataclass
+class IngestReport:
+    added_documents: int = 0
+    added_chunks: int = 0
+    already_indexed: int = 0
+    resumed: int = 0
+    truncated_chunks: int = 0
+    problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        parts = [f"{self.added_documents} documents ({self.added_chunks} chunks) indexed"]
+        if self.already_indexed:
+            parts.append(f"{self.already_indexed} already indexed")
+        if self.resumed:
+            parts.append(f"{self.resumed} finished from an interrupted ingest")
+        if self.duplicates:
+            parts.append(f"{len(self.duplicates)} duplicates skipped")
+        if self.problems:
+            parts.append(f"{len(self.problems)} problems")
+        if self.truncated_chunks:
+            parts.append(f"{self.truncated_chunks} chunks longer than the embedding model reads (their ends "
+                         "are ignored by search: lower the chunk size)")
+        return "; ".join(parts) + f" in {self.seconds:.1f} s."
+
+
+@dataclass
+class Passage:
+    """A search result as the UI, the engine and exports use it."""
+
+    id: str
+    score: float
+    text: str
+    document_id: str
+    title: str
+    source_path: str
+    position: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": round(self.score, 4), "text": self.text, "document_id": self.document_id,
+                "title": self.title, "source_path": self.source_path, "position": self.position}
+
+
+class Corpus:
+    """One collection of the corpus: its SQLite records and its vectors.
+
+    Args:
+        settings: collection, content key, chunking and model settings.
+        db: the workbench database.
+        embedder: the embedding model (must be the one the collection was built with).
+        stores: the hub that opens the vector store on demand.
+    """
+
+    def __init__(self, settings: Settings, db: Database, embedder: Embedder, stores: StoreHub):
+        self.settings = settings
+        self.db = db
+        self.embedder = embedder
+        self.stores = stores
+        self.collection = settings.collection
+        self.content_key = settings.content_key
+        self.embed_group_chunks = EMBED_GROUP_CHUNKS
+        self._verified = False
+
+    # ---- ingest -------------------------------------------------------------------------------
+    def ingest_path(self, path: str | Path, text_field: str | None = None,
+                    progress: ProgressFn | None = None) -> IngestReport:
+        """Index a file or a folder (recursively). Files that fail are reported, the rest indexed."""
+        path = Path(path)
+        if not path.exists():
+            raise IngestError(f"{path} does not exist: give a file or folder to index.")
+        started = time.monotonic()
+        if progress:
+            progress("reading files", 0, 1)
+        loaded = load_path(path, text_field=text_field or self.content_key)
+        report = IngestReport(problems=list(loaded.problems), skipped=list(loaded.skipped),
+                              duplicates=[f"{dup} repeats {kept}" for kept, dup in loaded.duplicates])
+        if not loaded.documents and not loaded.problems:
+            raise IngestError(f"No supported files found in {path} (supported: .txt .md .html .pdf .docx "
+                              ".jsonl .csv).")
+        self.ingest_documents(loaded.documents, report, progress, base=path if path.is_dir() else path.parent)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def ingest_documents(self, documents: Iterable[LoadedDocument], report: IngestReport | None = None,
+                         progress: ProgressFn | None = None, base: Path | None = None) -> IngestReport:
+        report = report or IngestReport()
+        started = time.monotonic()
+        documents = list(documents)
+        if progress:
+            progress("loading the embedding model", 0, 1)
+        with self.stores.use() as store:
+            dim = self.embedder.dim
+            self._ensure_collection(store, dim)
+            plan = self._plan(documents, report, base)
+            total_chunks = sum(len(chunks) for _, chunks in plan)
+            done_chunks = 0
+            if progress:
+                progress("embedding", 0, max(total_chunks, 1))
+            for group in _groups(plan, self.embed_group_chunks):
+                self._write_pending(group)
+                texts = [c["text"] for _, chunks in group for c in chunks]
+                vectors = self.embedder.encode(texts)
+                chunk_rows = [c for _, chunks in group for c in chunks]
+                report.truncated_chunks += sum(c["truncated"] for c in chunk_rows)
+                store.upsert(self.collection, [c["id"] for c in chunk_rows], vectors,
+                             [self._payload(doc, c) for doc, chunks in group for c in chunks])
+                with self.db.write() as w:
+                    for doc, chunks in group:
+                        w.execute("UPDATE documents SET status='complete' WHERE id=?", [doc["id"]])
+                done_chunks += len(chunk_rows)
+                report.added_documents += len(group)
+                report.added_chunks += len(chunk_rows)
+                if progress:
+                    progress("embedding", done_chunks, max(total_chunks, 1))
+        report.seconds = report.seconds or (time.monotonic() - started)
+        return report
+
+    def _plan(self, documents: list[LoadedDocument], report: IngestReport,
+              base: Path | None) -> list[tuple[dict, list[dict]]]:
+        plan = []
+        seen_hashes: dict[str, str] = {}
+        for d in documents:
+            source = _relative(d.source_path, base)
+            doc_id = ids.document_id(self.collection, source, d.text)
+            existing = self.db.one("SELECT status FROM documents WHERE id=?", [doc_id])
+            if existing and existing["status"] == "complete":
+                report.already_indexed += 1
+                continue
+            content_hash = ids.content_hash(d.text)
+            twin = seen_hashes.get(content_hash) or self.db.one(
+                "SELECT source_path FROM documents WHERE collection=? AND content_hash=? AND id<>?",
+                [self.collection, content_hash, doc_id])
+            if twin:
+                twin_path = twin if isinstance(twin, str) else twin["source_path"]
+                report.duplicates.append(f"{source} has the same text as {twin_path} (skipped)")
+                continue
+            seen_hashes[content_hash] = source
+            if existing:
+                report.resumed += 1
+            pieces = chunk_text(d.text, self.settings.chunk_size, self.settings.chunk_overlap)
+            doc = {"id": doc_id, "collection": self.collection, "source_path": source, "title": d.title,
+                   "content_hash": content_hash, "text": d.text, "metadata": dumps(d.metadata),
+                   "n_chars": len(d.text), "n_chunks": len(pieces), "status": "pending", "created_at": now()}
+            chunks = [{"id": ids.chunk_id(doc_id, p.position, p.text), "document_id": doc_id,
+                       "collection": self.collection, "position": p.position, "start_char": p.start,
+                       "end_char": p.end, "text": p.text, "est_tokens": 0, "truncated": 0} for p in pieces]
+            plan.append((doc, chunks))
+        return plan
+
+    def _write_pending(self, group: list[tuple[dict, list[dict]]]) -> None:
+        """Record documents and chunks before their vectors exist, replacing any half-written earlier try."""
+        limit = self.embedder.max_seq_length
+        counts = iter(self.embedder.count_wordpieces([c["text"] for _, chunks in group for c in chunks]))
+        for _, chunks in group:
+            for c in chunks:
+                c["est_tokens"] = next(counts)
+                c["truncated"] = int(c["est_tokens"] > limit)
+        with self.db.write() as w:
+            for doc, chunks in group:
+                w.execute("DELETE FROM chunks WHERE document_id=?", [doc["id"]])
+                w["documents"].insert(doc, replace=True)
+                w["chunks"].insert_all(chunks)
+
+    def _payload(self, doc: dict, chunk: dict) -> dict[str, Any]:
+        return {self.content_key: chunk["text"], "document_id": doc["id"], "title": doc["title"],
+                "source_path": doc["source_path"], "position": chunk["position"]}
+
+    # ---- collection and model checks ------------------------------------------------------------
+    def _ensure_collection(self, store: VectorStore, dim: int) -> None:
+        record = self.db.one("SELECT * FROM collections WHERE name=?", [self.collection])
+        if record and record["embedding_model"] != self.embedder.model_name:
+            raise ModelMismatchError(
+                f"Collection {self.collection!r} was built with embedding model {record['embedding_model']!r} "
+                f"({record['dim']} dims) but the configured model is {self.embedder.model_name!r}. Set "
+                f"GROUNDWORK_EMBEDDING_MODEL={record['embedding_model']} or index into a new collection.")
+        if store.exists(self.collection):
+            self.verify(store)
+        else:
+            store.create(self.collection, dim)
+        if not record:
+            with self.db.write() as w:
+                w["collections"].insert({"name": self.collection, "embedding_model": self.embedder.model_name,
+                                         "dim": dim, "distance": "Cosine", "content_key": self.content_key,
+                                         "engine": store.engine, "created_at": now()}, replace=True)
+
+    def verify(self, store: VectorStore | None = None, probes: int = 3) -> None:
+        """Check before any search that the collection's vectors come from the configured model.
+
+        Qdrant records only vector size and distance, and two models of one size pass that check,
+        so a few stored passages are embedded again and must each find themselves at the top.
+        """
+        if self._verified:
+            return
+        if store is None:
+            with self.stores.use() as s:
+                return self.verify(s, probes)
+        if not store.exists(self.collection):
+            raise VectorStoreError(f"Collection {self.collection!r} does not exist yet: index a corpus first "
+                                   "(Corpus page, or `groundwork index sample_data/`).")
+        info = store.info(self.collection)
+        dim = self.embedder.dim
+        if info.dim != dim:
+            record = self.db.one("SELECT embedding_model FROM collections WHERE name=?", [self.collection])
+            built = record["embedding_model"] if record else "an unknown model"
+            raise ModelMismatchError(
+                f"Collection {self.collection!r} holds {info.dim}-dim vectors (built with {built}) but the "
+                f"embedding model {self.embedder.model_name!r} makes {dim}-dim vectors. Configure the model "
+                "the collection was built with, or index into a new collection.")
+        rows, _ = store.scroll(self.collection, limit=probes)
+        rows = [r for r in rows if isinstance(r["payload"].get(self.content_key), str)]
+        if info.points and not rows:
+            raise VectorStoreError(f"No point in {self.collection!r} has a text field {self.content_key!r}: "
+                                   "set the content key the collection was indexed with (--content-key).")
+        if rows:
+            vectors = self.embedder.encode([r["payload"][self.content_key] for r in rows])
+            misses = 0
+            for r, v in zip(rows, vectors):
+                hits = store.search(self.collection, v, 3)
+                top_score = hits[0].score if hits else 0.0
+                found = any(h.id == r["id"] and h.score >= top_score - 1e-4 for h in hits)
+                misses += not found
+            if misses > len(rows) // 2:
+                raise ModelMismatchError(
+                    f"The vectors in {self.collection!r} do not match embedding model "
+                    f"{self.embedder.model_name!r}: stored passages re-embedded with it do not find themselves. "
+                    "The collection was probably built with another model of the same size; configure that one.")
+        self._verified = True
+
+    # ---- search and browse ----------------------------------------------------------------------
+    def search(self, query: str, k: int = 3, flt: PointFilter | None = None,
+               store: VectorStore | None = None) -> list[Passage]:
+        if not query.strip():
+            return []
+        vector = self.embedder.encode([query])[0]
+        return self.search_vector(vector, k, flt, store)
+
+    def search_vector(self, vector, k: int = 3, flt: PointFilter | None = None,
+                      store: VectorStore | None = None) -> list[Passage]:
+        if store is None:
+            with self.stores.use() as s:
+                return self.search_vector(vector, k, flt, s)
+        self.verify(store)
+        return [self._passage(h) for h in store.search(self.collection, vector, k, flt)]
+
+    def _passage(self, hit: Hit) -> Passage:
+        p = hit.payload
+        return Passage(id=hit.id, score=hit.score, text=str(p.get(self.content_key, "")),
+                       document_id=str(p.get("document_id", "")), title=str(p.get("title", "")),
+                       source_path=str(p.get("source_path", "")), position=int(p.get("position", 0) or 0))
+
+    def stats(self) -> dict[str, Any]:
+        row = self.db.one(
+            "SELECT COUNT(*) AS documents, COALESCE(SUM(n_chunks),0) AS chunks, COALESCE(SUM(n_chars),0) AS chars, "
+            "SUM(status='pending') AS pending FROM documents WHERE collection=?", [self.collection])
+        record = self.db.one("SELECT * FROM collections WHERE name=?", [self.collection]) or {}
+        stats = {**row, "pending": row["pending"] or 0, "collection": self.collection,
+                 "embedding_model": record.get("embedding_model", self.embedder.model_name),
+                 "engine": "server" if self.settings.qdrant_url else "local",
+                 "location": self.settings.qdrant_url or str(self.settings.qdrant_path), "warning": ""}
+        if stats["engine"] == "local" and stats["chunks"] > LOCAL_MODE_COMFORT_POINTS:
+            stats["warning"] = (f"{stats['chunks']:,} chunks is past what Qdrant's embedded local mode is meant "
+                                f"for (~{LOCAL_MODE_COMFORT_POINTS:,}): searches and start-up slow down. Run a "
+                                "Qdrant server and set QDRANT_URL.")
+        return stats
+
+    def documents(self, limit: int = 50, offset: int = 0, search: str = "") -> list[dict[str, Any]]:
+        if search.strip():
+            return self.db.rows(
+                "SELECT d.id, d.title, d.source_path, d.n_chars, d.n_chunks, d.status FROM documents d "
+                "JOIN documents_fts f ON f.rowid = d.rowid WHERE documents_fts MATCH ? AND d.collection=? "
+                "ORDER BY rank LIMIT ? OFFSET ?", [_fts_query(search), self.collection, limit, offset])
+        return self.db.rows(
+            "SELECT id, title, source_path, n_chars, n_chunks, status FROM documents WHERE collection=? "
+            "ORDER BY source_path LIMIT ? OFFSET ?", [self.collection, limit, offset])
+
+    def document(self, document_id: str) -> dict[str, Any] | None:
+        doc = self.db.one("SELECT * FROM documents WHERE id=?", [document_id])
+        if doc:
+            doc["metadata"] = loads(doc["metadata"], {})
+        return doc
+
+    def chunks(self, document_id: str) -> list[dict[str, Any]]:
+        return self.db.rows("SELECT id, position, start_char, end_char, text, truncated FROM chunks "
+                            "WHERE document_id=? ORDER BY position", [document_id])
+
+    def chunk(self, chunk_id: str) -> dict[str, Any] | None:
+        return self.db.one("SELECT c.*, d.title, d.source_path FROM chunks c JOIN documents d "
+                           "ON d.id=c.document_id WHERE c.id=?", [chunk_id])
+
+    def consistency(self) -> dict[str, int]:
+        """SQLite and the vector store agree on which chunks exist (used by tests and the Corpus page)."""
+        sqlite_chunks = self.db.scalar("SELECT COUNT(*) FROM chunks c JOIN documents d ON d.id=c.document_id "
+                                       "WHERE d.collection=? AND d.status='complete'", [self.collection])
+        with self.stores.use() as store:
+            points = store.count(self.collection) if store.exists(self.collection) else 0
+        return {"sqlite_chunks": sqlite_chunks, "points": points}
+
+
+def _groups(plan: list[tuple[dict, list[dict]]], target: int) -> Iterable[list[tuple[dict, list[dict]]]]:
+    group: list[tuple[dict, list[dict]]] = []
+    size = 0
+    for item in plan:
+        group.append(item)
+        size += len(item[1])
+        if size >= target:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
+
+
+def _relative(source_path: str, base: Path | None) -> str:
+    p = Path(source_path)
+    if base is not None:
+        try:
+            return p.resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            pass
+    return p.as_posix()
+
+
+def _fts_query(text: str) -> str:
+    """User words → an FTS5 query that cannot be a syntax error (each word quoted)."""
+    words = [w.replace('"', "") for w in text.split() if w.replace('"', "")]
+    return " ".join(f'"{w}"' for w in words)

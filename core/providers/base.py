@@ -1,0 +1,221 @@
+"""The one small interface every LLM provider implements, and the errors it raises.
+
+Messages in (role/content list + system prompt + sampling settings + optional JSON schema); text,
+token usage, latency and finish reason out. Providers are safe to call from many threads at once.
+Every HTTP attempt passes through a :class:`CallGate`, which is how the generation engine paces
+requests (requests per minute) and learns of every 429 (adaptive concurrency).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from core.errors import GroundworkError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Message:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+@dataclass
+class LLMRequest:
+    messages: list[Message]
+    system: str = ""
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    json_schema: dict[str, Any] | None = None  # structured output: the reply text is JSON for this schema
+    seed: int | None = None
+
+
+@dataclass
+class LLMResult:
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    thinking_tokens: int = 0
+    total_tokens: int = 0
+    latency_ms: int = 0
+    finish_reason: str = "STOP"
+    attempts: int = 1
+
+    def json(self) -> Any:
+        """The reply parsed as JSON (structured output), or an :class:`LLMError` saying it was not."""
+        import json
+
+        try:
+            return json.loads(self.text)
+        except (json.JSONDecodeError, TypeError):
+            raise LLMError(f"The model was asked for JSON but replied with something else: "
+                           f"{self.text[:200]!r}", kind="malformed", retryable=True) from None
+
+
+class LLMError(GroundworkError):
+    """An LLM call failed. ``kind`` says why; ``retryable`` says whether trying again can help.
+
+    kinds: auth, not_found, bad_request, no_key, rate_limited, quota_day, server, timeout,
+    unreachable, malformed, empty, safety, recitation, max_tokens.
+    """
+
+    def __init__(self, message: str, kind: str, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class QuotaExhaustedError(LLMError):
+    """A quota that will not come back soon (per day, or 429s outlasting the retries): stop the run."""
+
+
+class LLMProvider(Protocol):
+    name: str
+    model: str
+
+    def generate(self, request: LLMRequest) -> LLMResult: ...
+
+    def close(self) -> None: ...
+
+
+class CallGate:
+    """Paces every HTTP attempt of a provider. The base gate only applies a requests-per-minute limit.
+
+    The generation engine passes a subclass that also bounds calls in flight and shrinks that bound
+    on 429s (see ``core.engine``). One gate is shared by all workers of a run.
+    """
+
+    def __init__(self, rpm_limit: int = 0, window: float = 60.0):
+        self.rpm_limit = rpm_limit
+        self.window = window  # seconds; tests shrink it
+        self._lock = threading.Lock()
+        self._sent: deque[float] = deque()
+        self.rate_limited_count = 0
+        self.success_count = 0
+
+    @contextmanager
+    def attempt(self) -> Iterator[None]:
+        self._wait_for_rpm()
+        yield
+
+    def _wait_for_rpm(self) -> None:
+        if self.rpm_limit <= 0:
+            return
+        while True:
+            with self._lock:
+                t = time.monotonic()
+                while self._sent and t - self._sent[0] >= self.window:
+                    self._sent.popleft()
+                if len(self._sent) < self.rpm_limit:
+                    self._sent.append(t)
+                    return
+                wait = self.window - (t - self._sent[0])
+            time.sleep(min(max(wait, 0.01), 1.0))
+
+    def record_rate_limited(self, retry_after: float | None) -> None:
+        with self._lock:
+            self.rate_limited_count += 1
+
+    def record_success(self) -> None:
+        with self._lock:
+            self.success_count += 1
+
+
+@dataclass
+class ProviderInfo:
+    """What the UI shows about a provider: name, model, and a caveat when it is a tiny demo model."""
+
+    name: str
+    model: str
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RetryPolicy:
+    """How a provider retries one call: exponential backoff with jitter; server-requested waits honoured but capped.
+
+    Tests shrink ``backoff_base``, ``max_backoff`` and ``max_retry_wait`` so retries take milliseconds.
+    """
+
+    max_retries: int = 5
+    backoff_base: float = 1.0  # seconds before the first retry, before jitter
+    max_backoff: float = 30.0  # cap on one exponential backoff
+    max_retry_wait: float = 90.0  # cap on a wait the server asks for (RetryInfo, Retry-After)
+
+    def wait_before(self, retry: int, error: LLMError) -> float:
+        """Seconds to sleep before retry number ``retry`` (1-based) after ``error``."""
+        if error.retry_after is not None:
+            # Up to 10% extra so workers told the same delay do not all come back at the same instant.
+            return min(error.retry_after, self.max_retry_wait) * random.uniform(1.0, 1.1)
+        backoff = min(self.max_backoff, self.backoff_base * 2 ** (retry - 1))
+        return random.uniform(backoff / 2, backoff)
+
+
+def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: RetryPolicy,
+                      label: str) -> LLMResult:
+    """Run ``attempt`` inside ``gate.attempt()`` until it succeeds, retrying errors marked ``retryable``.
+
+    Every 429 is reported to the gate (so adaptive concurrency can back off) and every success too. Sleeps
+    happen outside the gate, so a waiting worker does not hold a slot.
+
+    Args:
+        attempt: one HTTP call that returns a result or raises :class:`LLMError`.
+        gate: the run's call gate.
+        policy: retry counts and waits.
+        label: names the provider and model in log lines and messages, e.g. "Gemini gemini-2.5-flash".
+
+    Returns:
+        The result, with ``attempts`` set and ``latency_ms`` of the successful attempt.
+
+    Raises:
+        QuotaExhaustedError: 429s outlasted the retries, or a quota that will not come back soon.
+        LLMError: any other failure, at once when not retryable, else after the last retry.
+    """
+    retries = 0
+    while True:
+        started = time.monotonic()
+        try:
+            with gate.attempt():
+                result = attempt()
+        except LLMError as error:
+            if error.kind in ("rate_limited", "quota_day"):
+                gate.record_rate_limited(error.retry_after)
+            if not error.retryable:
+                raise
+            if retries >= policy.max_retries:
+                raise _gave_up(error, retries, label) from None
+            retries += 1
+            wait = policy.wait_before(retries, error)
+            logger.warning("%s: %s; retry %d of %d in %.1f s", label, str(error).rstrip("."), retries,
+                           policy.max_retries, wait)
+            time.sleep(wait)
+            continue
+        gate.record_success()
+        result.attempts = retries + 1
+        result.latency_ms = int((time.monotonic() - started) * 1000)
+        return result
+
+
+def _gave_up(error: LLMError, retries: int, label: str) -> LLMError:
+    tries = f"{retries + 1} attempt{'s' if retries else ''}"
+    if error.kind == "rate_limited":
+        return QuotaExhaustedError(
+            f"{label} kept answering 429 (rate limited) for {tries}: the per-minute quota is smaller than this run "
+            f"needs. Use fewer workers or set GROUNDWORK_RPM_LIMIT to the quota, then resume.",
+            kind="rate_limited", retryable=True, status=error.status, retry_after=error.retry_after)
+    return LLMError(f"{error} (gave up after {tries})", kind=error.kind, retryable=True, status=error.status,
+                    retry_after=error.retry_after)

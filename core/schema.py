@@ -1,0 +1,109 @@
+"""The only place tables are defined: sqlite-utils Migrations, applied once each, idempotently.
+
+Pages and other modules never change the schema; a new column is a new migration at the end.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database, Migrations
+
+migrations = Migrations("groundwork")
+
+
+@migrations()
+def create_corpus_tables(db: Database) -> None:
+    db["collections"].create({
+        "name": str, "embedding_model": str, "dim": int, "distance": str, "content_key": str,
+        "engine": str, "created_at": str,
+    }, pk="name")
+    db["documents"].create({
+        "id": str, "collection": str, "source_path": str, "title": str, "content_hash": str,
+        "text": str, "metadata": str, "n_chars": int, "n_chunks": int,
+        "status": str,  # 'pending' until every chunk is in the vector store, then 'complete'
+        "created_at": str,
+    }, pk="id")
+    db["documents"].create_index(["collection", "status"])
+    db["documents"].create_index(["source_path"])
+    db["chunks"].create({
+        "id": str,  # UUID string, also the Qdrant point id
+        "document_id": str, "collection": str, "position": int, "start_char": int, "end_char": int,
+        "text": str, "est_tokens": int, "truncated": int,
+        "briefing_uses": int,  # times sampled into a briefing: sampling prefers the least used
+        "retrieved_uses": int,  # times retrieved for an answer (coverage)
+    }, pk="id", foreign_keys=[("document_id", "documents", "id")],
+        defaults={"briefing_uses": 0, "retrieved_uses": 0, "truncated": 0})
+    db["chunks"].create_index(["document_id", "position"], unique=True)
+    db["chunks"].create_index(["collection", "briefing_uses"])
+    db["chunks"].enable_fts(["text"], create_triggers=True)
+    db["documents"].enable_fts(["title", "text"], create_triggers=True)
+
+
+@migrations()
+def create_prompt_tables(db: Database) -> None:
+    db["prompt_versions"].create({
+        "id": int, "kind": str,  # respondent | correspondent | instruction
+        "version": int, "name": str, "text": str, "note": str, "template": str, "created_at": str,
+    }, pk="id")
+    db["prompt_versions"].create_index(["kind", "version"], unique=True)
+
+
+@migrations()
+def create_generation_tables(db: Database) -> None:
+    db["runs"].create({
+        "id": str, "kind": str,  # generate | dryrun | ab | regenerate | demo
+        "status": str,  # pending | running | completed | incomplete | failed
+        "reason": str, "num_dialogs": int, "saved": int, "failed": int,
+        "provider": str, "model": str, "recipe": str, "owner_pid": int, "heartbeat_at": str,
+        "created_at": str, "started_at": str, "finished_at": str, "metrics": str,
+    }, pk="id")
+    db["work_items"].create({
+        "id": str, "run_id": str, "slot": int,
+        "status": str,  # pending | in_flight | done | failed
+        "attempts": int, "conversation_id": str, "error": str, "reserved_at": str, "updated_at": str,
+        "seed": int, "briefing_ids": str, "question": str,
+    }, pk="id", foreign_keys=[("run_id", "runs", "id")], defaults={"attempts": 0})
+    db["work_items"].create_index(["run_id", "status"])
+    db["conversations"].create({
+        "id": str, "run_id": str, "work_item_id": str,
+        "status": str,  # new | approved | discarded
+        "provider": str, "model": str, "prompt_versions": str, "briefing": str, "briefing_ids": str,
+        "question": str, "question_meta": str, "num_turns": int, "prompt_tokens": int,
+        "completion_tokens": int, "thinking_tokens": int, "latency_ms": int, "created_at": str,
+        "rating": int, "note": str, "discard_reason": str, "reviewed_by": str, "reviewed_at": str,
+        "comparison_id": str, "arm": str, "judge": str, "grounding": float, "dup_of": str,
+        "parent_id": str, "search_text": str,
+    }, pk="id")
+    db["conversations"].create_index(["run_id"])
+    db["conversations"].create_index(["status", "created_at"])
+    db["conversations"].create_index(["comparison_id"])
+    db["conversations"].enable_fts(["search_text"], create_triggers=True)
+    db["turns"].create({
+        "id": int, "conversation_id": str, "idx": int, "role": str, "content": str,
+        "original_content": str, "edited_by": str, "edited_at": str, "weight": int,
+        "retrieval": str,  # JSON list of {id, score, text, document_id, title} for assistant turns
+        "grounding": str, "prompt_tokens": int, "completion_tokens": int, "thinking_tokens": int,
+        "latency_ms": int, "created_at": str,
+    }, pk="id", foreign_keys=[("conversation_id", "conversations", "id")], defaults={"weight": 1})
+    db["turns"].create_index(["conversation_id", "idx"], unique=True)
+    db["calls"].create({
+        "id": int, "conversation_id": str, "run_id": str, "purpose": str, "system_prompt": str,
+        "messages": str, "response": str, "prompt_tokens": int, "completion_tokens": int,
+        "thinking_tokens": int, "latency_ms": int, "finish_reason": str, "created_at": str,
+    }, pk="id")
+    db["calls"].create_index(["conversation_id"])
+    db["tags"].create({"conversation_id": str, "tag": str, "created_at": str, "created_by": str},
+                      pk=("conversation_id", "tag"))
+    db["tags"].create_index(["tag"])
+    db["events"].create({
+        "id": int, "ts": str, "actor": str, "kind": str, "run_id": str, "conversation_id": str,
+        "payload": str,
+    }, pk="id")
+    db["events"].create_index(["run_id", "kind"])
+    db["events"].create_index(["conversation_id"])
+    db["comparisons"].create({
+        "id": str, "name": str, "kind": str, "version_a": int, "version_b": int, "created_at": str,
+    }, pk="id")
+    db["jobs"].create({
+        "id": str, "kind": str, "run_id": str, "status": str, "payload": str, "created_at": str,
+        "claimed_by": int, "claimed_at": str,
+    }, pk="id")

@@ -1,0 +1,93 @@
+"""Opens the vector store only while someone in this process needs it, so the app and a CLI batch can
+take turns on one embedded store folder.
+
+Qdrant local mode locks its folder to one client per process. If the app held it for its whole life,
+a scheduled CLI batch on the same data dir could never run. The hub opens the store on first use,
+shares it between threads while any user holds it, and closes it after a short idle time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from core.errors import StoreLockedError
+from core.vectorstore import VectorStore
+
+
+class StoreHub:
+    """Reference-counted, lazily opened store.
+
+    Args:
+        opener: builds a store (raises StoreLockedError when another process holds the folder).
+        idle_close_s: how long the store stays open after its last user; 0 closes at once.
+        wait_for_lock_s: how long to keep retrying when another process holds the folder.
+    """
+
+    def __init__(self, opener: Callable[[], VectorStore], idle_close_s: float = 5.0,
+                 wait_for_lock_s: float = 0.0):
+        self._opener = opener
+        self.idle_close_s = idle_close_s
+        self.wait_for_lock_s = wait_for_lock_s
+        self._lock = threading.Condition()
+        self._store: VectorStore | None = None
+        self._users = 0
+        self._last_release = 0.0
+        self._closer: threading.Timer | None = None
+
+    @contextmanager
+    def use(self) -> Iterator[VectorStore]:
+        with self._lock:
+            if self._closer is not None:
+                self._closer.cancel()
+                self._closer = None
+            if self._store is None:
+                self._store = self._open_with_wait()
+            self._users += 1
+            store = self._store
+        try:
+            yield store
+        finally:
+            with self._lock:
+                self._users -= 1
+                self._last_release = time.monotonic()
+                if self._users == 0:
+                    if self.idle_close_s <= 0:
+                        self._close_locked()
+                    else:
+                        self._closer = threading.Timer(self.idle_close_s, self._close_if_idle)
+                        self._closer.daemon = True
+                        self._closer.start()
+
+    def _open_with_wait(self) -> VectorStore:
+        deadline = time.monotonic() + self.wait_for_lock_s
+        while True:
+            try:
+                return self._opener()
+            except StoreLockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _close_if_idle(self) -> None:
+        with self._lock:
+            if self._users == 0 and time.monotonic() - self._last_release >= self.idle_close_s * 0.9:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closer is not None:
+                self._closer.cancel()
+                self._closer = None
+            self._close_locked()

@@ -1,0 +1,47 @@
+"""The one module of core/ that knows Streamlit: cached getters for the process-wide objects pages share.
+
+``st.cache_resource`` keeps one workbench (database, embedding model, store hub) per data dir for the
+whole server process, shared by every browser session and safe across threads.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.config import Settings
+from core.errors import GroundworkError
+from core.workbench import Workbench
+
+
+def settings() -> Settings:
+    """Settings from the environment, with ``.streamlit/secrets.toml`` values as fallbacks for keys."""
+    overrides = {}
+    try:
+        secrets = dict(st.secrets)
+    except Exception:  # no secrets.toml: that's the normal case
+        secrets = {}
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY", "OPENAI_API_KEY"):
+        if name in secrets:
+            overrides.setdefault(name, str(secrets[name]))
+    import os
+
+    env = {**overrides, **{k: v for k, v in os.environ.items() if v}}
+    return Settings.from_env(env)
+
+
+@st.cache_resource(show_spinner=False)
+def _workbench(data_dir: str, collection: str, embedding_model: str, qdrant_url: str) -> Workbench:
+    return Workbench(settings())
+
+
+def workbench() -> Workbench:
+    s = settings()
+    return _workbench(str(s.data_path), s.collection, s.embedding_model, s.qdrant_url)
+
+
+def show_error(e: Exception) -> None:
+    """A user error as a message; anything else as a short message that still names the problem."""
+    if isinstance(e, GroundworkError):
+        st.error(str(e))
+    else:
+        st.error(f"Something went wrong: {type(e).__name__}: {str(e)[:300]}")

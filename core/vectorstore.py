@@ -1,0 +1,207 @@
+"""The vector store behind one small interface: Qdrant local mode on disk by default, a Qdrant server by URL.
+
+Both are the same qdrant-client code; which one is a configuration value (``QDRANT_URL``). Local mode
+locks its folder to one client per process and is not safe for concurrent writes, so every call
+goes through one lock there; it is meant for up to ~20k points (``LOCAL_MODE_COMFORT_POINTS``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from core.config import Settings
+from core.errors import StoreLockedError, VectorStoreError
+
+LOCAL_MODE_COMFORT_POINTS = 20_000
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass
+class PointFilter:
+    """Which points a search, scroll or count may see. Empty means all."""
+
+    document_ids: Sequence[str] | None = None
+    exclude_ids: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass
+class CollectionInfo:
+    name: str
+    points: int
+    dim: int
+    distance: str
+    engine: str  # "local" | "server"
+    location: str
+
+
+class VectorStore(Protocol):
+    engine: str
+
+    def create(self, collection: str, dim: int) -> None: ...
+    def exists(self, collection: str) -> bool: ...
+    def upsert(self, collection: str, ids: Sequence[str], vectors: Sequence[Sequence[float]],
+               payloads: Sequence[dict[str, Any]]) -> None: ...
+    def search(self, collection: str, vector: Sequence[float], k: int,
+               flt: PointFilter | None = None) -> list[Hit]: ...
+    def scroll(self, collection: str, limit: int, offset: Any = None, flt: PointFilter | None = None,
+               with_vectors: bool = False) -> tuple[list[dict[str, Any]], Any]: ...
+    def count(self, collection: str, flt: PointFilter | None = None) -> int: ...
+    def delete(self, collection: str, ids: Sequence[str]) -> None: ...
+    def info(self, collection: str) -> CollectionInfo: ...
+    def close(self) -> None: ...
+
+
+class QdrantStore:
+    """Qdrant through qdrant-client: ``path`` for embedded local mode, ``url`` for a server."""
+
+    def __init__(self, path: str | None = None, url: str | None = None, api_key: str | None = None,
+                 timeout: float = 60.0):
+        from qdrant_client import QdrantClient
+
+        self.engine = "server" if url else "local"
+        self.location = url or str(path)
+        # Local mode is numpy over a dict: concurrent writes corrupt it, so serialize every call.
+        self._lock = threading.RLock() if self.engine == "local" else _NoLock()
+        try:
+            if url:
+                self._client = QdrantClient(url=url, api_key=api_key or None, timeout=int(timeout),
+                                            check_compatibility=False)
+                self._client.get_collections()  # fail now, with a clear message, if unreachable
+            else:
+                self._client = QdrantClient(path=str(path))
+        except VectorStoreError:
+            raise
+        except Exception as e:
+            raise _translate(e, self.location, self.engine) from None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "QdrantStore":
+        if settings.qdrant_url:
+            return cls(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+        return cls(path=str(settings.qdrant_path))
+
+    def _call(self, fn, *args, **kwargs):
+        with self._lock:
+            try:
+                return fn(*args, **kwargs)
+            except VectorStoreError:
+                raise
+            except Exception as e:
+                raise _translate(e, self.location, self.engine) from None
+
+    def create(self, collection: str, dim: int) -> None:
+        from qdrant_client import models
+
+        if self.exists(collection):
+            return
+        self._call(self._client.create_collection, collection,
+                   vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
+        # Payload indexes make filtered search and per-document deletes fast on a server (local mode has none).
+        for key in ("document_id",) if self.engine == "server" else ():
+            self._call(self._client.create_payload_index, collection, key,
+                       field_schema=models.PayloadSchemaType.KEYWORD)
+
+    def exists(self, collection: str) -> bool:
+        return bool(self._call(self._client.collection_exists, collection))
+
+    def upsert(self, collection, ids, vectors, payloads) -> None:
+        from qdrant_client import models
+
+        points = [models.PointStruct(id=i, vector=list(map(float, v)), payload=p)
+                  for i, v, p in zip(ids, vectors, payloads)]
+        self._call(self._client.upsert, collection, points=points, wait=True)
+
+    def search(self, collection, vector, k, flt=None) -> list[Hit]:
+        res = self._call(self._client.query_points, collection, query=list(map(float, vector)), limit=k,
+                         query_filter=_to_filter(flt), with_payload=True)
+        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in res.points]
+
+    def scroll(self, collection, limit, offset=None, flt=None, with_vectors=False):
+        points, next_offset = self._call(self._client.scroll, collection, scroll_filter=_to_filter(flt),
+                                         limit=limit, offset=offset, with_payload=True,
+                                         with_vectors=with_vectors)
+        rows = [{"id": str(p.id), "payload": dict(p.payload or {}),
+                 **({"vector": p.vector} if with_vectors else {})} for p in points]
+        return rows, next_offset
+
+    def count(self, collection, flt=None) -> int:
+        return int(self._call(self._client.count, collection, count_filter=_to_filter(flt), exact=True).count)
+
+    def delete(self, collection, ids) -> None:
+        from qdrant_client import models
+
+        if ids:
+            self._call(self._client.delete, collection,
+                       points_selector=models.PointIdsList(points=list(ids)), wait=True)
+
+    def info(self, collection) -> CollectionInfo:
+        ci = self._call(self._client.get_collection, collection)
+        params = ci.config.params.vectors
+        if isinstance(params, dict):  # named vectors: take the first
+            params = next(iter(params.values()))
+        return CollectionInfo(name=collection, points=self.count(collection), dim=int(params.size),
+                              distance=str(params.distance.value if hasattr(params.distance, "value")
+                                           else params.distance),
+                              engine=self.engine, location=self.location)
+
+    def list_collections(self) -> list[str]:
+        return [c.name for c in self._call(self._client.get_collections).collections]
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:
+            pass
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _to_filter(flt: PointFilter | None):
+    if flt is None or (not flt.document_ids and not flt.exclude_ids):
+        return None
+    from qdrant_client import models
+
+    must = []
+    must_not = []
+    if flt.document_ids:
+        must.append(models.FieldCondition(key="document_id", match=models.MatchAny(any=list(flt.document_ids))))
+    if flt.exclude_ids:
+        must_not.append(models.HasIdCondition(has_id=list(flt.exclude_ids)))
+    return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
+    text = str(e)
+    if "already accessed by another instance" in text or "Resource temporarily unavailable" in text:
+        return StoreLockedError(
+            f"The local Qdrant folder {location} is in use by another process (probably the app, or a CLI "
+            "batch on the same data dir). Close that process, or use a separate GROUNDWORK_DATA_DIR, or "
+            "run a Qdrant server and set QDRANT_URL so several processes can share the corpus.")
+    name = type(e).__name__
+    if engine == "server" and any(s in name + text for s in (
+            "ConnectError", "ConnectionRefused", "Connection refused", "ResponseHandlingException",
+            "Timeout", "Name or service not known", "nodename nor servname")):
+        return VectorStoreError(f"Cannot reach the Qdrant server at {location} ({name}). Check that it is "
+                                "running and the URL is right, or unset QDRANT_URL to use the embedded store.")
+    if "Not found: Collection" in text or "doesn't exist" in text:
+        return VectorStoreError(f"Collection not found in Qdrant at {location}: index a corpus first "
+                                "(Corpus page, or `groundwork index sample_data/`).")
+    if "Unauthorized" in text or "403" in text or "401" in text:
+        return VectorStoreError(f"The Qdrant server at {location} refused the API key: check QDRANT_API_KEY.")
+    return VectorStoreError(f"Qdrant ({engine}, {location}) failed: {name}: {text[:300]}")

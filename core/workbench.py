@@ -1,0 +1,40 @@
+"""The workbench's long-lived parts wired together once per process: settings, database, embedder, store hub.
+
+Pages get one through ``core.ui_cache``; the CLI builds one per command. Heavy things (the embedding
+model, the vector store) load on first use, so opening a workbench is cheap.
+"""
+
+from __future__ import annotations
+
+from core.config import Settings
+from core.corpus import Corpus
+from core.db import Database
+from core.embeddings import Embedder
+from core.storehub import StoreHub
+from core.vectorstore import QdrantStore
+
+
+class Workbench:
+    """Args:
+        settings: the configuration (data dir, store, models).
+        store_idle_close_s: how long the vector store stays open after its last use; the app keeps it
+            short so a CLI batch on the same data dir can take its turn.
+        wait_for_store_s: how long to wait for another process to release the embedded store.
+        embedder: an already loaded embedding model to reuse, if it is the configured one.
+    """
+
+    def __init__(self, settings: Settings, store_idle_close_s: float = 5.0, wait_for_store_s: float = 0.0,
+                 embedder: Embedder | None = None):
+        self.settings = settings
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.db_path)
+        # An embedder can be shared between workbenches (tests, several data dirs in one process).
+        self.embedder = embedder if embedder and embedder.model_name == settings.embedding_model \
+            else Embedder(settings.embedding_model)
+        self.stores = StoreHub(lambda: QdrantStore.from_settings(settings), idle_close_s=store_idle_close_s,
+                               wait_for_lock_s=wait_for_store_s)
+        self.corpus = Corpus(settings, self.db, self.embedder, self.stores)
+
+    def close(self) -> None:
+        self.stores.close()
+        self.db.close()

@@ -1,0 +1,118 @@
+"""Corpus: stats, paged browse of documents and chunks, semantic search, and the ingest form."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_cache
+from core.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
+
+PAGE_SIZE = 25
+
+st.title("Corpus")
+try:
+    wb = ui_cache.workbench()
+    corpus = wb.corpus
+    stats = corpus.stats()
+except Exception as e:
+    ui_cache.show_error(e)
+    st.stop()
+
+cols = st.columns(5)
+cols[0].metric("Documents", f"{stats['documents']:,}")
+cols[1].metric("Chunks", f"{stats['chunks']:,}")
+cols[2].metric("Characters", f"{stats['chars']:,}")
+cols[3].metric("Embedding model", stats["embedding_model"])
+cols[4].metric("Store", stats["engine"], help=stats["location"])
+if stats["warning"]:
+    st.warning(stats["warning"])
+if stats["pending"]:
+    st.warning(f"{stats['pending']} documents were interrupted mid-ingest: ingest the same files again to finish.")
+
+browse, search, ingest = st.tabs(["Browse", "Search", "Ingest"])
+
+
+def _progress_bar():
+    bar = st.progress(0.0, text="starting")
+
+    def show(stage: str, done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{stage}: {done:,}/{total:,}")
+
+    return show
+
+
+def _show_report(report) -> None:
+    st.success(report.summary())
+    for line in report.problems:
+        st.warning(line)
+    for line in report.duplicates:
+        st.info(line)
+    if report.skipped:
+        st.caption(f"Skipped (unsupported type): {', '.join(report.skipped[:20])}")
+
+
+with browse:
+    text_filter = st.text_input("Filter documents (full text)", key="corpus.filter")
+    page = st.number_input("Page", min_value=1, value=1, step=1, key="corpus.page")
+    docs = corpus.documents(limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, search=text_filter)
+    if not docs:
+        st.info("No documents here. Ingest files in the Ingest tab." if not text_filter else "No match.")
+    else:
+        frame = pd.DataFrame(docs)
+        event = st.dataframe(frame[["title", "source_path", "n_chars", "n_chunks", "status"]],
+                             hide_index=True, on_select="rerun", selection_mode="single-row",
+                             key="corpus.table", width="stretch")
+        rows = event.selection.rows if event else []
+        if rows:
+            doc = corpus.document(docs[rows[0]]["id"])
+            st.subheader(doc["title"])
+            st.caption(f"{doc['source_path']} · {doc['n_chars']:,} characters · {doc['n_chunks']} chunks · "
+                       f"id {doc['id']}")
+            if doc["metadata"]:
+                st.json(doc["metadata"], expanded=False)
+            full, chunked = st.tabs(["Full text", "Chunks"])
+            with full:
+                st.text(doc["text"])
+            with chunked:
+                for c in corpus.chunks(doc["id"]):
+                    with st.expander(f"#{c['position']} · characters {c['start_char']}–{c['end_char']}"
+                                     + (" · longer than the model reads" if c["truncated"] else "")):
+                        st.text(c["text"])
+
+with search:
+    query = st.text_input("Question or keywords", key="corpus.query")
+    k = st.slider("Passages", 1, 20, 5, key="corpus.k")
+    if query.strip():
+        try:
+            passages = corpus.search(query, k=k)
+        except Exception as e:
+            ui_cache.show_error(e)
+            passages = []
+        for p in passages:
+            with st.container(border=True):
+                st.markdown(f"**{p.score:.3f}** · {p.title} · `{p.source_path}` · chunk {p.position}")
+                st.text(p.text)
+
+with ingest:
+    st.caption(f"Supported: {' '.join(sorted(SUPPORTED_EXTENSIONS))}. Re-ingesting the same files adds nothing; "
+               "an interrupted ingest is finished by running it again.")
+    text_field = st.text_input("Text field for JSONL/CSV rows", value=wb.settings.content_key,
+                               key="corpus.text_field")
+    folder = st.text_input("Folder or file on the server", value="sample_data", key="corpus.folder")
+    if st.button("Ingest folder", key="corpus.ingest_folder"):
+        try:
+            _show_report(corpus.ingest_path(Path(folder), text_field=text_field, progress=_progress_bar()))
+        except Exception as e:
+            ui_cache.show_error(e)
+    uploads = st.file_uploader("Or upload files", accept_multiple_files=True, key="corpus.uploads")
+    if uploads and st.button("Ingest uploads", key="corpus.ingest_uploads"):
+        target = wb.settings.uploads_path
+        target.mkdir(parents=True, exist_ok=True)
+        for f in uploads:
+            dest = target / safe_upload_name(f.name)
+            dest.write_bytes(f.getvalue())
+            try:
+                _show_report(corpus.ingest_path(dest, text_field=text_field, progress=_progress_bar()))
+            except Exception as e:
+                ui_cache.show_error(e)

@@ -1,0 +1,63 @@
+"""Shared fixtures: fresh real SQLite + Qdrant local data dirs, one real embedding model per session."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never talk to a real provider or pick up a developer's keys.
+for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY", "GROUNDWORK_PROVIDER",
+             "GOOGLE_GEMINI_BASE_URL", "GROUNDWORK_DATA_DIR"):
+    os.environ.pop(name, None)
+
+from core.config import Settings  # noqa: E402
+from core.embeddings import Embedder  # noqa: E402
+from core.workbench import Workbench  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = ROOT / "sample_data"
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    return Settings.from_env(env={}, data_dir=str(data_dir), **overrides)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    e = Embedder()
+    e.load()
+    return e
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def wb(settings, embedder):
+    w = Workbench(settings, store_idle_close_s=0, embedder=embedder)
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="session")
+def indexed_sample_dir(tmp_path_factory, embedder) -> Path:
+    """A data dir with sample_data/ indexed once per session; copy it before writing to it."""
+    data_dir = tmp_path_factory.mktemp("indexed") / "data"
+    w = Workbench(make_settings(data_dir), store_idle_close_s=0, embedder=embedder)
+    w.corpus.ingest_path(SAMPLE_DIR)
+    w.close()
+    return data_dir
+
+
+@pytest.fixture
+def indexed_wb(indexed_sample_dir, tmp_path, embedder):
+    """A private copy of the indexed sample data dir, open as a workbench."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(indexed_sample_dir, data_dir)
+    w = Workbench(make_settings(data_dir), store_idle_close_s=0, embedder=embedder)
+    yield w
+    w.close()

@@ -22,6 +22,8 @@ _SENTENCE_CUT = re.compile(
 )
 _WORD_CUT = re.compile(r"(?<=\S)\s")
 _NON_SPACE = re.compile(r"\S")
+# Any character some cut pattern needs; without one in the window only a hard cut is possible.
+_BREAKABLE = re.compile(r"[\s。！？]")
 # How far past a window a separator may need to be read (e.g. "\n   \n") to be recognised.
 _LOOKAHEAD = 64
 
@@ -85,7 +87,7 @@ def chunk_text(text: str, size: int = 1000, overlap: int = 150) -> list[Chunk]:
         if next_end <= end:
             # Only when a long run of whitespace straddles the window: overlapping would give a
             # chunk that adds nothing, so continue after this chunk instead.
-            pass
+            next_start = _skip_space(text, end)
             next_end = _chunk_end(text, next_start, text_end, size, min_fill)
         start, end = next_start, next_end
 
@@ -101,10 +103,12 @@ def _chunk_end(text: str, start: int, text_end: int, size: int, min_fill: int) -
     if text_end - start <= size:
         return text_end
     low, high = start + min_fill, start + size
-    for pattern in (_PARAGRAPH_CUT, _SENTENCE_CUT, _WORD_CUT):
-        cut = _last_cut(pattern, text, low, high)
-        if cut >= 0:
-            return cut
+    # One quick scan spares three slower ones on text without spaces (base64, URLs, long tokens).
+    if _BREAKABLE.search(text, low, high + 1):
+        for pattern in (_PARAGRAPH_CUT, _SENTENCE_CUT, _WORD_CUT):
+            cut = _last_cut(pattern, text, low, high)
+            if cut >= 0:
+                return cut
     # No whitespace in the second half of the window (a URL, base64, CJK without punctuation):
     # cut hard, trimming any whitespace the cut happens to land after.
     return start + len(text[start:high].rstrip())

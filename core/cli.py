@@ -24,9 +24,15 @@ class Progress:
         self.quiet = quiet
         self._bar = None
         self._stage = None
+        self._last: tuple[str, int] | None = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
+            return
+        if not sys.stderr.isatty():  # logs and CI: one line per change, not a redrawn bar
+            if (stage, done) != self._last:
+                self._last = (stage, done)
+                print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
             return
         from tqdm import tqdm
 
@@ -114,6 +120,91 @@ def cmd_search(args: argparse.Namespace) -> int:
         wb.close()
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    from core.engine import GenerationRun, QuestionMix, RunConfig
+    from core.providers.registry import make_provider
+    from core.workbench import Workbench
+
+    overrides = {"gemini_model": args.gemini_model, "gemini_max_retries": args.gemini_max_retries,
+                 "provider": args.provider}
+    settings = _settings(args).replace(**{k: v for k, v in overrides.items() if v is not None})
+    settings.validate()
+    wb = Workbench(settings, store_idle_close_s=0, wait_for_store_s=args.wait)
+    config = None
+    if not args.resume:
+        config = RunConfig(num_dialogs=args.num_dialogs, max_turns=args.max_turns,
+                           max_concurrency=args.max_concurrency, temperature=args.temperature, top_k=args.top_k,
+                           instructions_per_sample=args.instructions_per_sample, seed=args.seed,
+                           output=args.output or "", max_docs=args.max_docs, log_dir=args.log_dir or "",
+                           retrieval=args.retrieval, token_budget=args.token_budget,
+                           question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
+    run = GenerationRun(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
+                        run_id=args.resume,
+                        on_alert=[lambda a: print(f"alert - {a.name} - {a.message}", file=sys.stderr)])
+    print(f"run {run.run_id}: {run.config.num_dialogs} conversations, up to {run.config.max_turns} turns, "
+          f"concurrency {run.config.max_concurrency}, provider {settings.resolved_provider}", file=sys.stderr)
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["progress"] = run.run()
+        except BaseException as e:  # reported below, after the bar closes
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work, name="generate", daemon=True)
+    worker.start()
+    progress = Progress(args.quiet)
+    try:
+        while worker.is_alive():
+            worker.join(0.5)
+            snap = run.monitor.snapshot()
+            progress("conversations", snap["saved"], run.config.num_dialogs)
+    except KeyboardInterrupt:
+        progress.close()
+        print("cancelling: finishing calls in flight; everything completed is kept …", file=sys.stderr)
+        run.cancel()
+        worker.join(60)
+    finally:
+        progress.close()
+        wb.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    final = outcome.get("progress") or run.progress()
+    snap = final.metrics
+    print(f"run {run.run_id}: {final.status} — {final.saved}/{final.target} saved, {final.failed} failed, "
+          f"{snap.get('calls', 0)} LLM calls, {snap.get('conversations_per_min', 0)} conversations/min")
+    if final.reason:
+        print(f"reason: {final.reason}")
+    if final.status != "completed":
+        print(f"resume with: groundwork generate --resume {run.run_id}", file=sys.stderr)
+    if run.config.output:
+        print(f"JSONL: {run.config.output}")
+    return 0 if final.status == "completed" else 3
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from core.db import Database
+    from core.engine import list_runs
+
+    settings = _settings(args)
+    db = Database(settings.db_path)
+    for r in list_runs(db, args.limit):
+        print(f"{r['id']}  {r['status']:<10} {r['saved']:>5}/{r['num_dialogs']:<5} {r['provider']}/{r['model']}  "
+              f"{r['created_at'][:19]}  {r['reason'] or ''}")
+    return 0
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise GroundworkError(f"{name}={raw!r} is not a whole number.") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundwork", description="Groundwork: grounded SFT conversations "
                                      "from your documents.")
@@ -138,13 +229,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(p)
     p.set_defaults(func=cmd_search)
 
+    p = sub.add_parser("generate", help="generate grounded conversations (headless batch)")
+    _add_store_options(p)
+    p.add_argument("--max-docs", type=int, default=_int_env("MAX_DOCS", 0),
+                   help="sample briefings from at most N documents (env MAX_DOCS; 0: all)")
+    p.add_argument("--num-dialogs", type=int, default=_int_env("NUM_DIALOGS", 10),
+                   help="conversations to save (env NUM_DIALOGS)")
+    p.add_argument("--max-turns", type=int, default=_int_env("MAX_TURNS", 3),
+                   help="turns per conversation are uniform in 1..N (env MAX_TURNS)")
+    p.add_argument("--max-concurrency", type=int, default=_int_env("MAX_CONCURRENCY", 4),
+                   help="conversation workers (env MAX_CONCURRENCY); lower for tight quotas")
+    p.add_argument("--provider", choices=["gemini", "openai", "local"], default=_env("GROUNDWORK_PROVIDER"),
+                   help="LLM provider (env GROUNDWORK_PROVIDER; default gemini with a key, else local)")
+    p.add_argument("--gemini-model", default=_env("GEMINI_MODEL"), help="Gemini model (env GEMINI_MODEL)")
+    p.add_argument("--gemini-max-retries", type=int, default=None,
+                   help="retries of one call on 429/5xx (env GEMINI_MAX_RETRIES)")
+    p.add_argument("--output", default=_env("OUTPUT"), help="JSONL file written as conversations complete "
+                                                            "(env OUTPUT)")
+    p.add_argument("--log-dir", default=_env("LOG_DIR"), help="monitor logs (env LOG_DIR; default data dir logs/)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-k", type=int, default=_int_env("TOP_K", 3), help="passages retrieved per turn")
+    p.add_argument("--retrieval", choices=["rag", "briefing"], default="rag",
+                   help="rag: retrieve for every turn; briefing: answer from the sampled briefing")
+    p.add_argument("--instructions-per-sample", type=int, default=3, help="questions written per briefing")
+    p.add_argument("--unanswerable-share", type=float, default=0.1,
+                   help="share of questions the corpus cannot answer")
+    p.add_argument("--token-budget", type=int, default=_int_env("TOKEN_BUDGET", 0),
+                   help="stop cleanly after this many tokens (0: no budget)")
+    p.add_argument("--seed", type=int, default=_int_env("SEED", 0))
+    p.add_argument("--resume", metavar="RUN_ID", help="finish an incomplete run")
+    p.add_argument("--wait", type=float, default=30.0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("runs", help="list generation runs")
+    p.add_argument("--data-dir")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_runs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except GroundworkError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -77,6 +77,8 @@ class RunConfig:
     stall_timeout_s: float = 120.0  # sustained 429s with no success this long ends the run
     token_budget: int = 0  # 0: none; otherwise stop cleanly once this many tokens were used
     output: str = ""  # JSONL path, written as conversations complete
+    max_docs: int = 0  # 0: briefings may come from any document; N: from N documents chosen by the seed
+    log_dir: str = ""  # monitor log folder; empty: the data dir's logs/
     prompt_versions: dict[str, int] = field(default_factory=dict)
     kind: str = "generate"
 
@@ -276,7 +278,7 @@ class _HitView:
 class BriefingSampler:
     """Samples briefings from the least-used passages, so a run covers the corpus before repeating it."""
 
-    def __init__(self, db: Database, collection: str, passages: int, rng: random.Random):
+    def __init__(self, db: Database, collection: str, passages: int, rng: random.Random, max_docs: int = 0):
         self.db = db
         self.passages = passages
         self.rng = rng
@@ -284,6 +286,10 @@ class BriefingSampler:
         rows = db.rows("SELECT c.id, c.document_id, c.position, c.briefing_uses FROM chunks c JOIN documents d "
                        "ON d.id=c.document_id WHERE c.collection=? AND d.status='complete' "
                        "ORDER BY c.document_id, c.position", [collection])
+        if max_docs > 0:
+            doc_ids = sorted({r["document_id"] for r in rows})
+            keep = set(random.Random(max_docs).sample(doc_ids, min(max_docs, len(doc_ids))))
+            rows = [r for r in rows if r["document_id"] in keep]
         if not rows:
             raise GroundworkError(f"No indexed passages in collection {collection!r}: index a corpus first "
                                   "(Corpus page, or `groundwork index sample_data/`).")
@@ -304,7 +310,7 @@ class BriefingSampler:
             for cid in chosen:
                 self._uses[cid] += 1
         with self.db.write() as w:
-            w.executemany("UPDATE chunks SET briefing_uses = briefing_uses + 1 WHERE id=?", [[c] for c in chosen])
+            w.conn.executemany("UPDATE chunks SET briefing_uses = briefing_uses + 1 WHERE id=?", [[c] for c in chosen])
         return chosen
 
 
@@ -555,7 +561,7 @@ class GenerationRun:
             self.config = config
             self.run_id = new_id()[:12]
         self.monitor = RunMonitor(self.run_id, self.config.num_dialogs, thresholds,
-                                  log_dir=settings.logs_path, on_alert=(on_alert or []) + [self._store_alert])
+                                  log_dir=Path(self.config.log_dir) if self.config.log_dir else settings.logs_path, on_alert=(on_alert or []) + [self._store_alert])
         self.gate = AdaptiveGate(self.config.max_concurrency, settings.rpm_limit, self.config.stall_timeout_s,
                                  self.monitor)
         self.gate.cancelled = self.cancel_event
@@ -666,7 +672,7 @@ class GenerationRun:
             prompt_texts = self._prompt_texts()
             retriever = Retriever(self.corpus, snapshot=not self.settings.qdrant_url)
             sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
-                                      random.Random(self.config.seed + self._count("done")))
+                                      random.Random(self.config.seed + self._count("done")), self.config.max_docs)
             self.provider = self._provider_factory(self.gate)
             simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor)
             batch_rng = random.Random(self.config.seed * 7919 + self._count("done"))
@@ -960,3 +966,14 @@ def _age_s(iso: str) -> float:
         return (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
     except ValueError:
         return 1e9
+
+
+def list_runs(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest runs first, with their counts and stop reasons (no recipes: those are large)."""
+    return db.rows("SELECT id, kind, status, reason, num_dialogs, saved, failed, provider, model, created_at, "
+                   "finished_at FROM runs ORDER BY created_at DESC LIMIT ?", [limit])
+
+
+def run_errors(db: Database, run_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    return db.rows("SELECT id, slot, attempts, error, status FROM work_items WHERE run_id=? AND error IS NOT NULL "
+                   "ORDER BY updated_at DESC LIMIT ?", [run_id, limit])

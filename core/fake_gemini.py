@@ -551,8 +551,9 @@ class FakeGemini(_FakeServer):
 
     @staticmethod
     def _thinking(body: dict[str, Any]) -> bool:
-        budget = ((body.get("generationConfig") or {}).get("thinkingConfig") or {}).get("thinkingBudget")
-        return budget != 0
+        # google-genai 3.x sends this sub-object with snake_case keys; the real API takes both spellings.
+        thinking = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+        return thinking.get("thinkingBudget", thinking.get("thinking_budget")) != 0
 
     def _usage(self, body: dict[str, Any], text: str, thinking: bool) -> dict[str, int]:
         prompt = max(1, len(json.dumps(body.get("contents", "")) + json.dumps(body.get("systemInstruction", ""))) // 4)

@@ -29,7 +29,6 @@ MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 _TEXT_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".html", ".htm"})
-_RECORD_EXTENSIONS = frozenset({".jsonl", ".csv"})
 _TITLE_FIELDS = ("title", "name")
 _MAX_TITLE_CHARS = 200
 # Provenance keys the loader sets in metadata; a record field of the same name is kept as "field_<name>".
@@ -143,7 +142,7 @@ def load_file(path: Path, text_field: str = "text", display_name: str | None = N
         if extension in (".txt", ".md", ".markdown"):
             text, encoding = _decode(_read_bytes(path, name), name)
             text = _require_text(_clean(text), name)
-            documents = [LoadedDocument(_text_title(text, name), text, source,
+            documents = [LoadedDocument(_text_title(text, _base_name(name)), text, source,
                                         {"format": extension.lstrip("."), "encoding": encoding})]
         elif extension in (".html", ".htm"):
             documents = [_load_html(path, name, source)]
@@ -363,8 +362,9 @@ def _clean(text: str) -> str:
 def _require_text(text: str, name: str) -> str:
     if not text:
         raise IngestError(f"{name} is empty: nothing to index.")
-    if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
-        raise IngestError(f"{name} has {_format_size(len(text.encode('utf-8')))} of text, over the "
+    text_bytes = len(text.encode("utf-8"))
+    if text_bytes > MAX_DOCUMENT_BYTES:
+        raise IngestError(f"{name} has {_format_size(text_bytes)} of text, over the "
                           f"{_format_size(MAX_DOCUMENT_BYTES)} limit for one document: split it into smaller files.")
     return text
 
@@ -425,7 +425,7 @@ def _load_html(path: Path, name: str, source: str) -> LoadedDocument:
     for tag in soup.find_all(_HTML_CELLS):
         tag.insert_after(" ")
     text = _require_text(_clean(_tidy_lines(soup.get_text())), name)
-    return LoadedDocument(_shorten(title) or name, text, source, {"format": "html", "encoding": encoding})
+    return LoadedDocument(_shorten(title) or _base_name(name), text, source, {"format": "html", "encoding": encoding})
 
 
 def _tidy_lines(text: str) -> str:
@@ -451,12 +451,15 @@ def _load_pdf(path: Path, name: str, source: str, problems: list[str]) -> Loaded
             if not unlocked:
                 raise IngestError(f"{name} is password-protected: save an unprotected copy and add that.")
         pages = list(reader.pages)
-        pdf_title = str(reader.metadata.title or "").strip() if reader.metadata else ""
     except IngestError:
         raise
     except Exception as exc:  # noqa: BLE001 - pypdf raises many types for damaged files
         raise IngestError(f"{name} is not a readable PDF ({_short(exc)}): it may be damaged or incomplete; "
                           f"open it and save or print it to a new PDF, then add that.") from None
+    try:
+        pdf_title = str(reader.metadata.title or "").strip() if reader.metadata else ""
+    except Exception:  # noqa: BLE001 - a damaged info dictionary only costs the title
+        pdf_title = ""
     page_texts: list[str] = []
     failed_pages: list[int] = []
     for number, page in enumerate(pages, start=1):
@@ -478,7 +481,7 @@ def _load_pdf(path: Path, name: str, source: str, problems: list[str]) -> Loaded
                         f"save or print it to a new PDF to recover them.")
     text = _require_text("\n\n".join(page_texts), name)
     metadata: dict[str, Any] = {"format": "pdf", "pages": len(pages)}
-    return LoadedDocument(_shorten(pdf_title) or name, text, source, metadata)
+    return LoadedDocument(_shorten(pdf_title) or _base_name(name), text, source, metadata)
 
 
 def _load_docx(path: Path, name: str, source: str) -> LoadedDocument:
@@ -504,14 +507,14 @@ def _load_docx(path: Path, name: str, source: str) -> LoadedDocument:
         raise IngestError(f"{name} is not a readable .docx file ({_short(exc)}): open it in Word or LibreOffice "
                           f"and save it again as .docx (old .doc files must be converted).") from None
     text = _require_text(_clean("\n\n".join(block for block in blocks if block.strip(" |"))), name)
-    return LoadedDocument(_shorten(core_title or heading) or name, text, source, {"format": "docx"})
+    return LoadedDocument(_shorten(core_title or heading) or _base_name(name), text, source, {"format": "docx"})
 
 
 def _load_jsonl(path: Path, name: str, source: str, text_field: str,
                 problems: list[str]) -> list[LoadedDocument]:
     text, _ = _decode(_read_bytes(path, name), name)
     records: list[tuple[int, dict[str, Any]]] = []
-    bad_lines: list[str] = []
+    bad_lines: list[str] = []  # "<file> line N: <what is wrong>"
     # split("\n"), not splitlines(): U+2028 and friends may legally sit unescaped inside JSON strings.
     for number, line in enumerate(text.split("\n"), start=1):
         line = line.strip()
@@ -520,21 +523,24 @@ def _load_jsonl(path: Path, name: str, source: str, text_field: str,
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            bad_lines.append(f"{name} line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                             f"fix or remove that line.")
+            bad_lines.append(f"{name} line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
             continue
         if not isinstance(record, dict):
             bad_lines.append(f"{name} line {number}: expected a JSON object with a \"{text_field}\" field, "
-                             f"got {_json_type(record)}; fix or remove that line.")
+                             f"got {_json_type(record)}")
             continue
         records.append((number, record))
     if not records:
         if bad_lines:
-            raise IngestError(f"{name} has no valid JSON line (first error: {bad_lines[0]}). "
-                              f"Each line must be one JSON object.")
+            raise IngestError(f"{name} has no valid JSON line (first error: {bad_lines[0]}); "
+                              f"each line must be one JSON object.")
         raise IngestError(f"{name} is empty: nothing to index.")
-    problems.extend(bad_lines)
-    return _records_to_documents(records, name, source, "jsonl", text_field, problems)
+    record_notes: list[str] = []
+    documents = _records_to_documents(records, name, source, "jsonl", text_field, record_notes)
+    # Only now, so a file that fails as a whole reports just its reason.
+    problems.extend(f"{bad_line}; fix or remove that line." for bad_line in bad_lines)
+    problems.extend(record_notes)
+    return documents
 
 
 def _load_csv(path: Path, name: str, source: str, text_field: str,
@@ -610,7 +616,7 @@ def _records_to_documents(records: list[tuple[int, dict[str, Any]]], name: str, 
             if key != text_field and _is_scalar(item):
                 metadata[f"field_{key}" if key in _RESERVED_METADATA else key] = item
         title = next((str(record[key]).strip() for key in _record_title_keys(record) if str(record[key]).strip()), "")
-        documents.append(LoadedDocument(_shorten(title) or f"{name} line {number}", text, source, metadata))
+        documents.append(LoadedDocument(_shorten(title) or f"{_base_name(name)} line {number}", text, source, metadata))
 
     fields_list = ", ".join(f'"{key}"' for key in fields_seen) or "none"
     if len(missing) == len(records):
@@ -638,6 +644,11 @@ def _record_title_keys(record: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------
 # Small helpers
+
+
+def _base_name(name: str) -> str:
+    """The file name without folders, for titles."""
+    return PurePosixPath(name.replace("\\", "/")).name or name
 
 
 def _is_hidden(name: str) -> bool:

@@ -39,6 +39,25 @@ def workbench() -> Workbench:
     return _workbench(str(s.data_path), s.collection, s.embedding_model, s.qdrant_url)
 
 
+# Provider choices made in the Settings page live in the browser session only; keys are never written.
+_SESSION_OVERRIDES = {"provider": "settings.provider", "gemini_model": "settings.gemini_model",
+                      "openai_base_url": "settings.openai_base_url", "openai_model": "settings.openai_model",
+                      "local_model_path": "settings.local_model_path"}
+
+
+def session_settings() -> Settings:
+    """Settings with this browser session's provider choices applied."""
+    base = settings()
+    changes = {field: st.session_state[key] for field, key in _SESSION_OVERRIDES.items()
+               if st.session_state.get(key) not in (None, "")}
+    return base.replace(**changes) if changes else base
+
+
+def session_api_key() -> str | None:
+    """A Gemini key typed in the sidebar for this session, if any (else the environment's is used)."""
+    return st.session_state.get("settings.gemini_key") or None
+
+
 def show_error(e: Exception) -> None:
     """A user error as a message; anything else as a short message that still names the problem."""
     if isinstance(e, GroundworkError):

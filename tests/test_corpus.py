@@ -48,8 +48,10 @@ def test_identical_boilerplate_in_two_documents_stays_two_chunks(wb, tmp_path):
     folder = tmp_path / "docs"
     folder.mkdir()
     boiler = "This opinion is not designated for publication and may not be cited."
-    (folder / "a.md").write_text(f"# A\n\nFirst case facts about a lease.\n\n{boiler}\n", encoding="utf-8")
-    (folder / "b.md").write_text(f"# B\n\nSecond case facts about a contract.\n\n{boiler}\n", encoding="utf-8")
+    (folder / "a.md").write_text(f"# A\n\nFirst case: the facts of a residential lease dispute between two parties."
+                                 f"\n\n{boiler}\n", encoding="utf-8")
+    (folder / "b.md").write_text(f"# B\n\nSecond case: the facts of a commercial contract dispute over a delivery."
+                                 f"\n\n{boiler}\n", encoding="utf-8")
     wb.settings.chunk_size = 100
     wb.settings.chunk_overlap = 0
     wb.corpus.ingest_path(folder)

@@ -86,7 +86,8 @@ def test_request_reaches_server_in_gemini_shape(fake):
 def test_thinking_budget_is_sent_and_zero_turns_thoughts_off(fake):
     result = provider_for(fake, gemini_thinking_budget=0).generate(ask())
 
-    assert fake.requests[-1].body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 0}
+    thinking = fake.requests[-1].body["generationConfig"]["thinkingConfig"]
+    assert thinking in ({"thinkingBudget": 0}, {"thinking_budget": 0})  # google-genai 3.6 sends snake_case here
     assert result.thinking_tokens == 0
 
 
@@ -264,9 +265,9 @@ def test_key_never_appears_in_errors_or_logs(fake, caplog):
     except LLMError as error:
         errors.append(error)
     fake.api_key = None
-    fake.push_faults(429, 503, "malformed", Fault("timeout", sleep=1.0))
-    provider_for(fake, request_timeout=0.3).generate(ask())  # logs a warning per retry
-    fake.fault_for = lambda n, request: 429
+    fake.push_faults(Fault("rate_minute", retry_delay=0.05), 503, "malformed", Fault("timeout", sleep=1.0))
+    provider_for(fake, request_timeout=0.3, gemini_max_retries=4).generate(ask())  # logs a warning per retry
+    fake.fault_for = lambda n, request: Fault("rate_minute", retry_delay=0.05)
     try:
         provider_for(fake).generate(ask())
     except LLMError as error:
@@ -295,6 +296,24 @@ def test_one_provider_serves_many_threads_at_once():
     assert fake.requests_total == 16 and fake.by_status[200] == 16
     assert fake.max_concurrency > 1
     assert elapsed < 16 * 0.3 / 2  # in parallel, not one after another
+
+
+def test_fake_keeps_up_with_32_concurrent_slow_requests():
+    with FakeGemini(latency=0.5) as fake:
+        provider = provider_for(fake)
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(lambda i: provider.generate(ask(f"Question {i}")), range(32)))
+        elapsed = time.monotonic() - started
+
+    assert len(results) == 32 and fake.max_concurrency == 32
+    assert elapsed < 1.5  # one round of 0.5 s, plus connection set-up
+
+
+def test_scripted_responder(fake):
+    fake.responder = lambda request: "Scripted: " + request["contents"][-1]["parts"][0]["text"]
+
+    assert provider_for(fake).generate(ask("hello")).text == "Scripted: hello"
 
 
 def test_gate_rpm_limit_paces_attempts(fake):

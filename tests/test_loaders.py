@@ -86,7 +86,8 @@ def test_supported_extensions_cover_every_format():
 
 
 def test_txt_keeps_text_and_titles_from_first_non_empty_line(tmp_path):
-    path = write(tmp_path / "notes.txt", "\n\n  Shipping policy  \r\nWe ship on Mondays.\r\n\r\nReturns take 30 days.\n")
+    path = write(tmp_path / "notes.txt",
+                 "\n\n  Shipping policy  \r\nWe ship on Mondays.\r\n\r\nReturns take 30 days.\n")
     document = only(load_file(path))
     assert document.title == "Shipping policy"
     # Windows line endings are unified so paragraph breaks are recognised when chunking.
@@ -447,16 +448,37 @@ def test_directory_walk_with_one_bad_file_among_good_ones(tmp_path):
     assert [d.source_path for d in result.documents] == ["a.md", "b.txt", "sub/c.html", "sub/deeper/d.jsonl"]
     assert [d.text for d in result.documents] == ["# Alpha\n\nAlpha text.", "Bravo text.", "Charlie text.",
                                                   "Delta text."]
+    # Titles use the bare file name, never the folders above it.
+    assert [d.title for d in result.documents] == ["Alpha", "Bravo text.", "Charlie", "d.jsonl line 1"]
     assert len(result.problems) == 1 and result.problems[0].startswith("broken.pdf is not a readable PDF")
     assert result.skipped == ["README", "image.png"]
     assert result.duplicates == []
 
 
-def test_record_level_problems_reach_the_load_result(tmp_path):
-    write(tmp_path / "rows.jsonl", '{"text": "fine"}\nnot json\n')
+def test_record_level_problems_reach_the_load_result_in_file_order(tmp_path):
+    write(tmp_path / "a.jsonl", '{"text": "fine"}\nnot json\n')
+    write(tmp_path / "b.jsonl", '[1]\n{"text": "also fine"}\n{"body": "no text field"}\n')
     result = load_path(tmp_path)
-    assert [d.text for d in result.documents] == ["fine"]
-    assert len(result.problems) == 1 and result.problems[0].startswith("rows.jsonl line 2: not valid JSON")
+    assert [d.text for d in result.documents] == ["fine", "also fine"]
+    assert [problem.split(":")[0] for problem in result.problems] == ["a.jsonl line 2", "b.jsonl line 1", "b.jsonl"]
+    assert result.problems[0] == ("a.jsonl line 2: not valid JSON (Expecting value at column 1); "
+                                  "fix or remove that line.")
+
+
+def test_record_level_problems_are_logged_when_no_list_is_given(tmp_path, caplog):
+    path = write(tmp_path / "rows.jsonl", '{"text": "fine"}\nnot json\n')
+    with caplog.at_level("WARNING", logger="core.loaders"):
+        assert [d.text for d in load_file(path)] == ["fine"]
+    assert [record.getMessage() for record in caplog.records] == [
+        "rows.jsonl line 2: not valid JSON (Expecting value at column 1); fix or remove that line."]
+
+
+def test_a_file_that_fails_whole_reports_only_its_reason(tmp_path):
+    write(tmp_path / "x.jsonl", 'oops\n{"body": "no text"}\n')
+    result = load_path(tmp_path)
+    assert result.documents == []
+    assert result.problems == ['x.jsonl has no "text" field in any line; fields found: "body": '
+                               'choose one with --content-key / the Text field box.']
 
 
 def test_load_path_on_a_single_file(tmp_path):

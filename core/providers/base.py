@@ -187,9 +187,9 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
     """
     retries = 0
     while True:
-        started = time.monotonic()
         try:
             with gate.attempt():
+                started = time.monotonic()  # after the gate: pacing waits are not the model's latency
                 result = attempt()
         except LLMError as error:
             if error.kind in ("rate_limited", "quota_day"):

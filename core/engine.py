@@ -667,6 +667,7 @@ class GenerationRun:
         self.status = "running"
         self._top_up_items()
         self._sync_jsonl()
+        self._heartbeat_stop = threading.Event()
         heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
         try:
             prompt_texts = self._prompt_texts()
@@ -703,6 +704,9 @@ class GenerationRun:
             self._finish()
             raise
         finally:
+            self._heartbeat_stop.set()
+            if heartbeat.is_alive():
+                heartbeat.join()
             if self.provider is not None:
                 self.provider.close()
         return self._finish()
@@ -745,9 +749,8 @@ class GenerationRun:
         return True
 
     def _heartbeat(self) -> None:
-        while not self.cancel_event.wait(2.0) and self.status == "running":
+        while not self._heartbeat_stop.wait(2.0):
             self._beat()
-        self._beat()
 
     def _beat(self) -> None:
         self.monitor.check_alerts()

@@ -377,7 +377,11 @@ class _FakeServer:
                 self.requests.append(RecordedRequest(path, model, body, key_sent=bool(key)))
             if self.latency:
                 time.sleep(self.latency)
-            reply = self._answer(method, path, model, key, body)
+            try:
+                reply = self._answer(method, path, model, key, body)
+            except Exception as exc:  # a broken responder or fault_for: answer 500 rather than drop the connection
+                reply = _json_reply(500, {"error": {"code": 500, "message": f"fake server bug: {exc!r}",
+                                                    "status": "INTERNAL"}})
             with self._lock:
                 self.by_status[reply.status] += 1
             handler.send_response(reply.status)

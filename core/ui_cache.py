@@ -64,3 +64,25 @@ def show_error(e: Exception) -> None:
         st.error(str(e))
     else:
         st.error(f"Something went wrong: {type(e).__name__}: {str(e)[:300]}")
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs(data_dir: str, collection: str, embedding_model: str, qdrant_url: str):
+    from core.jobs import JobManager
+
+    return JobManager(_workbench(data_dir, collection, embedding_model, qdrant_url))
+
+
+def jobs():
+    """The background-run manager of this data dir (one per server process)."""
+    s = settings()
+    return _jobs(str(s.data_path), s.collection, s.embedding_model, s.qdrant_url)
+
+
+def provider_factory():
+    """Builds providers from this session's choices; a typed key stays in this closure, in memory only."""
+    from core.providers.registry import make_provider
+
+    s = session_settings()
+    key = session_api_key()
+    return lambda gate: make_provider(s, gate=gate, api_key=key), s

@@ -61,3 +61,32 @@ def test_corpus_page_ingest_reports_bad_folder(indexed_app_env):
     at.button(key="corpus.ingest_folder").click().run()
     assert not at.exception
     assert "does not exist" in at.error[0].value
+
+
+def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypatch):
+    import time
+
+    from core.fake_gemini import FakeGemini
+
+    with FakeGemini(latency=0.05) as fake:
+        monkeypatch.setenv("GEMINI_API_KEY", "AIza-page-test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
+        at = new_app("pages/generate.py")
+        assert "gemini" in at.caption[0].value
+        at.number_input(key="generate.num_dialogs").set_value(3)
+        at.number_input(key="generate.concurrency").set_value(2)
+        at.button[0].click().run()  # the form's Start button
+        assert not at.exception
+        run_id = at.session_state["generate.run_id"]
+        deadline = time.monotonic() + 60
+        # AppTest does not re-run a run_every fragment by itself: rerun as the job advances.
+        while time.monotonic() < deadline:
+            at.run()
+            if any("Completed" in s.value for s in at.success):
+                break
+            time.sleep(0.3)
+        assert not at.exception
+        assert any("Completed: 3 conversations" in s.value for s in at.success)
+        assert run_id in at.dataframe[-1].value["id"].tolist()
+        shown = [e.value for kind in (at.markdown, at.caption, at.success, at.info) for e in kind]
+        assert shown and "AIza-page-test-key" not in str(shown)

@@ -1,0 +1,127 @@
+"""Generate: configure a batch, start it in the background, watch it live, cancel or resume runs."""
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_cache
+from core.engine import QuestionMix, RunConfig, list_runs, run_errors
+from core.prompts import KINDS, PromptLibrary
+from core.providers.registry import provider_info
+
+st.title("Generate")
+try:
+    wb = ui_cache.workbench()
+    manager = ui_cache.jobs()
+    factory, settings = ui_cache.provider_factory()
+    info = provider_info(settings, api_key=ui_cache.session_api_key())
+except Exception as e:
+    ui_cache.show_error(e)
+    st.stop()
+
+st.caption(f"Provider **{info.name}** · model `{info.model}` — change it on the Settings page.")
+if info.note:
+    st.info(info.note)
+if wb.corpus.stats()["chunks"] == 0:
+    st.warning("The corpus is empty: index documents on the Corpus page first.")
+
+library = PromptLibrary(wb.db)
+library.ensure_defaults()
+
+with st.form("generate.form"):
+    c1, c2, c3, c4 = st.columns(4)
+    num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, key="generate.num_dialogs")
+    max_turns = c2.number_input("Max turns", 1, 20, 3, key="generate.max_turns",
+                                help="each conversation gets 1..max turns, uniformly")
+    concurrency = c3.number_input("Concurrency", 1, 64, 1 if info.name == "local" else 8, key="generate.concurrency")
+    per_sample = c4.number_input("Questions per briefing", 1, 10, 3, key="generate.per_sample")
+    c1, c2, c3, c4 = st.columns(4)
+    temperature = c1.slider("Temperature", 0.0, 1.5, 0.7, 0.05, key="generate.temperature")
+    top_k = c2.number_input("Passages per turn (top-k)", 1, 20, 3, key="generate.top_k")
+    max_tokens = c3.number_input("Max tokens per reply", 64, 8192, 400 if info.name == "local" else 1024,
+                                 key="generate.max_tokens")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="generate.seed")
+    c1, c2, c3 = st.columns(3)
+    retrieval = c1.selectbox("Answer context", ["rag", "briefing"], key="generate.retrieval",
+                             format_func=lambda v: {"rag": "retrieve for every turn",
+                                                    "briefing": "the sampled briefing"}[v])
+    unanswerable = c2.slider("Share of unanswerable questions", 0.0, 0.5, 0.1, 0.05, key="generate.unanswerable")
+    token_budget = c3.number_input("Token budget (0: none)", 0, 10**9, 0, step=10_000, key="generate.budget")
+    versions = {}
+    cols = st.columns(3)
+    for col, kind in zip(cols, KINDS):
+        history = library.history(kind)
+        versions[kind] = col.selectbox(f"{kind.capitalize()} prompt", [h["id"] for h in history],
+                                       format_func=lambda i, h=history: next(
+                                           f"v{r['version']} · {r['name']}" for r in h if r["id"] == i),
+                                       key=f"generate.version.{kind}")
+    submitted = st.form_submit_button("Start", type="primary")
+
+if submitted:
+    config = RunConfig(num_dialogs=int(num_dialogs), max_turns=int(max_turns), max_concurrency=int(concurrency),
+                       temperature=float(temperature), top_k=int(top_k), max_tokens=int(max_tokens),
+                       instructions_per_sample=int(per_sample), seed=int(seed), retrieval=retrieval,
+                       token_budget=int(token_budget), prompt_versions=versions,
+                       question_mix=QuestionMix(unanswerable_share=float(unanswerable)))
+    try:
+        st.session_state["generate.run_id"] = manager.start(config, factory)
+    except Exception as e:
+        ui_cache.show_error(e)
+
+
+@st.fragment(run_every=1.0)
+def live_progress() -> None:
+    run_id = st.session_state.get("generate.run_id")
+    if not run_id:
+        return
+    job = manager.get(run_id)
+    progress = manager.progress(run_id)
+    if progress is None:
+        return
+    m = progress.metrics
+    st.subheader(f"Run {run_id}")
+    st.progress(progress.fraction, text=f"{m['saved']}/{progress.target} conversations · {progress.status}")
+    cols = st.columns(6)
+    cols[0].metric("Saved", m["saved"])
+    cols[1].metric("Failed attempts", m["failed_attempts"])
+    cols[2].metric("LLM calls", m["calls"])
+    cols[3].metric("Conversations/min", m["conversations_per_min"])
+    cols[4].metric("Tokens", f"{m['prompt_tokens'] + m['completion_tokens'] + m['thinking_tokens']:,}")
+    cols[5].metric("Concurrency limit", m["concurrency_limit"], help=f"{m['rate_limited']} calls answered 429")
+    for alert in m["alerts"]:
+        st.warning(f"alert · {alert['name']}: {alert['message']}")
+    if job and job.alive:
+        if st.button("Cancel", key="generate.cancel"):
+            manager.cancel(run_id)
+            st.info("Cancelling: calls in flight finish, everything completed is kept.")
+    else:
+        if job and job.error:
+            st.error(job.error)
+        elif progress.status == "completed":
+            st.success(f"Completed: {progress.saved} conversations saved. Review them on the Review page.")
+        elif progress.reason:
+            st.warning(f"Stopped: {progress.reason}. Resume it below.")
+
+
+live_progress()
+
+st.subheader("Runs")
+runs = list_runs(wb.db)
+if not runs:
+    st.caption("No runs yet.")
+else:
+    st.dataframe(pd.DataFrame(runs), hide_index=True, width="stretch")
+    resumable = [r["id"] for r in runs if r["status"] in ("incomplete", "running", "pending")
+                 and r["id"] not in manager.active()]
+    if resumable:
+        c1, c2 = st.columns([3, 1])
+        chosen = c1.selectbox("Resume an incomplete run", resumable, key="generate.resume_choice")
+        if c2.button("Resume", key="generate.resume"):
+            try:
+                st.session_state["generate.run_id"] = manager.start(None, factory, run_id=chosen)
+                st.rerun()
+            except Exception as e:
+                ui_cache.show_error(e)
+        errors = run_errors(wb.db, chosen)
+        if errors:
+            with st.expander(f"Errors in run {chosen}"):
+                st.dataframe(pd.DataFrame(errors), hide_index=True, width="stretch")

@@ -1,0 +1,238 @@
+"""The generation engine against the real google-genai client and the fake Gemini server, on real data dirs."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from core.db import loads
+from core.engine import AdaptiveGate, GenerationRun, RunConfig
+from core.fake_gemini import Fault, FakeGemini
+from core.providers.gemini import GeminiProvider
+from tests.conftest import ROOT
+
+KEY = "AIzaSy-engine-test-key-000000000000000"
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini(latency=0.02) as server:
+        yield server
+
+
+def gemini_settings(wb, fake, **changes):
+    return wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url, gemini_max_retries=4,
+                               request_timeout=3.0, **changes)
+
+
+def make_run(wb, fake, config=None, run_id=None, **settings_changes):
+    settings = gemini_settings(wb, fake, **settings_changes)
+    factory = lambda gate: GeminiProvider(settings, gate=gate, backoff_base=0.01, max_backoff=0.05,  # noqa: E731
+                                          max_retry_wait=1.0)
+    return GenerationRun(settings, wb.db, wb.corpus, factory, config=config, run_id=run_id)
+
+
+def conversations(wb, run_id):
+    return wb.db.rows("SELECT * FROM conversations WHERE run_id=?", [run_id])
+
+
+def test_turn_counts_are_uniform_within_max_turns_and_seeded(indexed_wb, fake):
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=40, max_turns=4, max_concurrency=8, seed=11))
+    progress = run.run()
+    assert progress.status == "completed" and progress.saved == 40
+    counts = collections.Counter(c["num_turns"] for c in conversations(indexed_wb, run.run_id))
+    assert set(counts) <= {1, 2, 3, 4} and len(counts) >= 3  # spread across the range
+    assert max(counts.values()) <= 20
+    # Same seed → same turn counts per slot.
+    again = make_run(indexed_wb, fake, RunConfig(num_dialogs=40, max_turns=4, max_concurrency=8, seed=11))
+    again.run()
+    by_slot = lambda rid: sorted((w["slot"], c["num_turns"]) for w, c in zip(  # noqa: E731
+        indexed_wb.db.rows("SELECT slot, conversation_id FROM work_items WHERE run_id=? ORDER BY conversation_id",
+                           [rid]),
+        indexed_wb.db.rows("SELECT id, num_turns FROM conversations WHERE run_id=? ORDER BY id", [rid])))
+    assert by_slot(run.run_id) == by_slot(again.run_id)
+
+
+def test_every_assistant_turn_stores_its_retrieval_and_calls(indexed_wb, fake):
+    out = indexed_wb.settings.data_path / "out.jsonl"
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=6, max_turns=3, max_concurrency=3, top_k=3,
+                                               output=str(out)))
+    run.run()
+    for c in conversations(indexed_wb, run.run_id):
+        turns = indexed_wb.db.rows("SELECT * FROM turns WHERE conversation_id=? ORDER BY idx", [c["id"]])
+        roles = [t["role"] for t in turns]
+        assert roles[0] == "user" and roles[-1] == "assistant"
+        assert all(a != b for a, b in zip(roles, roles[1:]))  # alternating
+        assert roles.count("assistant") == c["num_turns"]
+        for t in turns:
+            assert t["content"].strip()
+            if t["role"] == "assistant":
+                passages = loads(t["retrieval"])
+                assert len(passages) == 3 and all(p["id"] and p["text"] and p["document_id"] for p in passages)
+                assert passages[0]["score"] >= passages[-1]["score"]
+        calls = indexed_wb.db.rows("SELECT purpose, system_prompt FROM calls WHERE conversation_id=?", [c["id"]])
+        respondent = [x for x in calls if x["purpose"] == "respondent"]
+        assert len(respondent) == c["num_turns"]
+        # The prompt modifier put the retrieved passages, with their ids, into the respondent's system prompt.
+        first = loads(turns[1]["retrieval"])[0]
+        assert f"id={first['id']}" in respondent[0]["system_prompt"]
+        assert c["briefing"] and loads(c["briefing_ids"]) and c["prompt_tokens"] > 0 and c["thinking_tokens"] > 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6
+    row = rows[0]
+    assert row["messages"][0]["role"] == "user" and row["messages"][-1]["role"] == "assistant"
+    assert row["context"] and row["context_ids"] and row["run_id"] == run.run_id
+    assert set(row["retrieved_context"][0]["passages"][0]) >= {"id", "score", "text", "document_id"}
+    assert set(row["prompt_versions"]) == {"respondent", "correspondent", "instruction"}
+    recipe = loads(indexed_wb.db.scalar("SELECT recipe FROM runs WHERE id=?", [run.run_id]))
+    assert recipe["config"]["top_k"] == 3 and recipe["corpus"]["chunks"] > 0
+    assert recipe["settings"]["embedding_model"] and KEY not in json.dumps(recipe)
+
+
+def test_exactly_n_saved_with_faults_every_seventh_call(indexed_wb, fake):
+    kinds = itertools_cycle(["rate_minute", "internal", "unavailable"])
+    fake.fault_for = lambda n, body: (Fault(next(kinds), retry_delay=0.05) if n % 7 == 0 else None)
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=15, max_turns=3, max_concurrency=6))
+    progress = run.run()
+    assert progress.status == "completed"
+    assert len(conversations(indexed_wb, run.run_id)) == 15  # never more: no overshoot
+    assert fake.by_status[429] >= 1 and fake.by_status[500] >= 1 and fake.by_status[503] >= 1
+    assert run.monitor.rate_limited >= 1
+
+
+def itertools_cycle(items):
+    import itertools
+
+    return itertools.cycle(items)
+
+
+def test_a_failing_conversation_is_replaced_and_never_sinks_the_batch(indexed_wb, fake):
+    # Every 4th call comes back blocked by safety: not retried at the call level, so conversations fail.
+    fake.fault_for = lambda n, body: "safety" if n % 4 == 0 else None
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=8, max_turns=3, max_concurrency=4,
+                                               replacement_budget=30, max_conversation_attempts=2))
+    progress = run.run()
+    assert progress.status == "completed" and progress.saved == 8
+    assert len(conversations(indexed_wb, run.run_id)) == 8
+    events = indexed_wb.db.rows("SELECT payload FROM events WHERE run_id=? AND kind='conversation_failed'",
+                                [run.run_id])
+    assert events and "safety" in events[0]["payload"].lower()
+
+
+def test_replacement_budget_bounds_failures_and_run_ends_incomplete(indexed_wb, fake):
+    fake.fault_for = lambda n, body: "recitation"  # every call fails
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=1, max_concurrency=2,
+                                               replacement_budget=2, max_conversation_attempts=2))
+    progress = run.run()
+    assert progress.status == "incomplete" and progress.saved == 0
+    assert "replacement budget" in progress.reason
+    items = indexed_wb.db.scalar("SELECT COUNT(*) FROM work_items WHERE run_id=?", [run.run_id])
+    assert items == 3 + 2
+
+
+def test_daily_quota_stops_the_run_with_a_clear_reason_and_resume_finishes(indexed_wb, fake):
+    fake.fault_for = lambda n, body: "rate_day" if n > 6 else None
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=10, max_turns=1, max_concurrency=2))
+    progress = run.run()
+    assert progress.status == "incomplete"
+    assert "day" in progress.reason.lower()
+    saved = len(conversations(indexed_wb, run.run_id))
+    assert 0 < saved < 10
+    fake.fault_for = None
+    resumed = make_run(indexed_wb, fake, run_id=run.run_id).run()
+    assert resumed.status == "completed" and len(conversations(indexed_wb, run.run_id)) == 10
+
+
+def test_sustained_429s_end_the_run_within_bounded_time(indexed_wb, fake):
+    fake.fault_for = lambda n, body: Fault("rate_minute", retry_delay=0.05) if n > 4 else None
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=20, max_turns=1, max_concurrency=4, stall_timeout_s=2.0))
+    started = time.monotonic()
+    progress = run.run()
+    assert time.monotonic() - started < 30
+    assert progress.status == "incomplete"
+    assert "429" in progress.reason or "quota" in progress.reason.lower()
+    assert progress.saved >= 1
+
+
+def test_cancel_keeps_completed_conversations(indexed_wb, fake):
+    fake.latency = 0.15
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=200, max_turns=2, max_concurrency=4))
+    t = threading.Thread(target=run.run)
+    t.start()
+    deadline = time.monotonic() + 60
+    while run.monitor.saved < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cancelled_at = time.monotonic()
+    run.cancel()
+    t.join(30)
+    assert not t.is_alive() and time.monotonic() - cancelled_at < 5
+    progress = run.progress()
+    assert progress.status == "incomplete" and "cancelled" in progress.reason
+    saved = conversations(indexed_wb, run.run_id)
+    assert len(saved) == progress.saved >= 3
+    states = collections.Counter(r["status"] for r in indexed_wb.db.rows(
+        "SELECT status FROM work_items WHERE run_id=?", [run.run_id]))
+    assert states["in_flight"] == 0 and states["done"] == len(saved)
+
+
+def test_adaptive_gate_halves_on_429_and_grows_back():
+    gate = AdaptiveGate(max_concurrency=32)
+    gate.record_rate_limited(None)
+    assert gate.limit == 16
+    gate.record_rate_limited(None)  # same burst: counted once
+    assert gate.limit == 16
+    for _ in range(200):
+        gate.record_success()
+    assert 20 < gate.limit <= 32
+    in_flight = []
+    gate.limit = 2
+
+    def hold():
+        with gate.attempt():
+            in_flight.append(gate.in_flight)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(in_flight) <= 2
+
+
+def test_sigkill_then_resume_gives_exactly_n(indexed_wb):
+    with FakeGemini(latency=0.25) as fake:
+        env = {**os.environ, "GROUNDWORK_DATA_DIR": str(indexed_wb.settings.data_path), "GEMINI_API_KEY": KEY,
+               "GOOGLE_GEMINI_BASE_URL": fake.base_url, "HF_HUB_OFFLINE": "1"}
+        indexed_wb.close()
+        out = indexed_wb.settings.data_path / "kill.jsonl"
+        cmd = [sys.executable, "-m", "core.cli", "generate", "--num-dialogs", "10", "--max-turns", "2",
+               "--max-concurrency", "2", "--provider", "gemini", "--output", str(out), "--quiet"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        from core.db import Database
+
+        db = Database(indexed_wb.settings.db_path)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (db.scalar("SELECT COUNT(*) FROM conversations") or 0) >= 3:
+                break
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        run_id = db.scalar("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1")
+        before = db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id])
+        assert 3 <= before < 10
+        resumed = subprocess.run([sys.executable, "-m", "core.cli", "generate", "--resume", run_id, "--quiet"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "completed — 10/10" in resumed.stdout
+        assert db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id]) == 10
+        ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+        assert len(ids) == 10 and len(set(ids)) == 10
+        db.close()

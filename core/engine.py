@@ -842,54 +842,19 @@ class GenerationRun:
         result = simulator.converse(question, turns, rng, should_stop=self._should_stop)
         self._save(item, question, result, turns)
 
-    def _save_call(self, conversation_id: str | None, record: CallRecord, w=None) -> int:
-        r = record.result
-        row = {"conversation_id": conversation_id, "run_id": self.run_id, "purpose": record.purpose,
-               "system_prompt": record.system_prompt, "messages": dumps(record.messages), "response": r.text,
-               "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-               "thinking_tokens": r.thinking_tokens, "latency_ms": r.latency_ms, "finish_reason": r.finish_reason,
-               "created_at": now()}
-        if w is not None:
-            w["calls"].insert(row)
-            return w.execute("SELECT last_insert_rowid()").fetchone()[0]
-        with self.db.write() as w2:
-            w2["calls"].insert(row)
-            return w2.execute("SELECT last_insert_rowid()").fetchone()[0]
+    def _save_call(self, conversation_id: str | None, record: CallRecord) -> int:
+        with self.db.write() as w:
+            return store_call(w, self.run_id, conversation_id, record)
 
     def _save(self, item: dict[str, Any], question: Question, result: dict[str, Any], turns: int) -> None:
-        conversation_id = new_id()
-        calls: list[CallRecord] = result["calls"]
         provider, model = self._provider_identity()
-        totals = {k: sum(getattr(c.result, k) for c in calls)
-                  for k in ("prompt_tokens", "completion_tokens", "thinking_tokens", "latency_ms")}
-        created = now()
-        conversation = {
-            "id": conversation_id, "run_id": self.run_id, "work_item_id": item["id"], "status": "new",
-            "provider": provider, "model": model, "prompt_versions": dumps(self.config.prompt_versions),
-            "briefing": question.briefing, "briefing_ids": dumps(question.briefing_ids),
-            "question": question.text, "question_meta": dumps(question.meta), "num_turns": turns,
-            **totals, "created_at": created,
-            "search_text": "\n".join(t["content"] for t in result["turns"]),
-        }
         with self.db.write() as w:
             current = w.execute("SELECT status FROM work_items WHERE id=?", [item["id"]]).fetchone()
             if current is None or current["status"] != "in_flight":
                 return  # released by a cancel in the meantime: never save twice
-            w["conversations"].insert(conversation)
-            for idx, t in enumerate(result["turns"]):
-                call = t["call"]
-                w["turns"].insert({
-                    "conversation_id": conversation_id, "idx": idx, "role": t["role"], "content": t["content"],
-                    "weight": 1, "retrieval": dumps(t["retrieval"]) if t["retrieval"] is not None else None,
-                    "prompt_tokens": call.result.prompt_tokens if call else 0,
-                    "completion_tokens": call.result.completion_tokens if call else 0,
-                    "thinking_tokens": call.result.thinking_tokens if call else 0,
-                    "latency_ms": call.result.latency_ms if call else 0, "created_at": created})
-            for c in calls:
-                self._save_call(conversation_id, c, w)
-            for t in result["turns"]:
-                for p in t["retrieval"] or []:
-                    w.execute("UPDATE chunks SET retrieved_uses = retrieved_uses + 1 WHERE id=?", [p["id"]])
+            conversation_id = store_conversation(
+                w, run_id=self.run_id, work_item_id=item["id"], provider=provider, model=model,
+                prompt_versions=self.config.prompt_versions, question=question, result=result, turns=turns)
             w.execute("UPDATE work_items SET status='done', conversation_id=?, error=NULL, updated_at=? WHERE id=?",
                       [conversation_id, now(), item["id"]])
             w.execute("UPDATE runs SET saved = saved + 1 WHERE id=?", [self.run_id])
@@ -927,6 +892,56 @@ class GenerationRun:
         for row in self.db.rows("SELECT id FROM conversations WHERE run_id=? ORDER BY created_at", [self.run_id]):
             if row["id"] not in written:
                 self._append_jsonl(row["id"])
+
+
+def store_call(w, run_id: str, conversation_id: str | None, record: CallRecord) -> int:
+    """Insert one LLM call (rendered prompt, reply, tokens, latency) inside a write transaction ``w``."""
+    r = record.result
+    w["calls"].insert({"conversation_id": conversation_id, "run_id": run_id, "purpose": record.purpose,
+                       "system_prompt": record.system_prompt, "messages": dumps(record.messages), "response": r.text,
+                       "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                       "thinking_tokens": r.thinking_tokens, "latency_ms": r.latency_ms,
+                       "finish_reason": r.finish_reason, "created_at": now()})
+    return w.execute("SELECT last_insert_rowid()").fetchone()[0]
+
+
+def store_conversation(w, *, run_id: str, work_item_id: str | None, provider: str, model: str,
+                       prompt_versions: dict[str, int], question: Question, result: dict[str, Any], turns: int,
+                       comparison_id: str | None = None, arm: str | None = None,
+                       parent_id: str | None = None) -> str:
+    """Insert a simulated conversation (turns with per-turn retrieval, and its calls) inside ``w``.
+
+    The engine, the dry run and prompt A/B all store conversations through this one function, so
+    every conversation looks the same to review and export wherever it came from.
+    """
+    conversation_id = new_id()
+    calls: list[CallRecord] = result["calls"]
+    totals = {k: sum(getattr(c.result, k) for c in calls)
+              for k in ("prompt_tokens", "completion_tokens", "thinking_tokens", "latency_ms")}
+    created = now()
+    w["conversations"].insert({
+        "id": conversation_id, "run_id": run_id, "work_item_id": work_item_id, "status": "new",
+        "provider": provider, "model": model, "prompt_versions": dumps(prompt_versions),
+        "briefing": question.briefing, "briefing_ids": dumps(question.briefing_ids),
+        "question": question.text, "question_meta": dumps(question.meta), "num_turns": turns,
+        **totals, "created_at": created, "comparison_id": comparison_id, "arm": arm, "parent_id": parent_id,
+        "search_text": "\n".join(t["content"] for t in result["turns"]),
+    })
+    for idx, t in enumerate(result["turns"]):
+        call = t["call"]
+        w["turns"].insert({
+            "conversation_id": conversation_id, "idx": idx, "role": t["role"], "content": t["content"],
+            "weight": 1, "retrieval": dumps(t["retrieval"]) if t["retrieval"] is not None else None,
+            "prompt_tokens": call.result.prompt_tokens if call else 0,
+            "completion_tokens": call.result.completion_tokens if call else 0,
+            "thinking_tokens": call.result.thinking_tokens if call else 0,
+            "latency_ms": call.result.latency_ms if call else 0, "created_at": created})
+    for c in calls:
+        store_call(w, run_id, conversation_id, c)
+    for t in result["turns"]:
+        for p in t["retrieval"] or []:
+            w.execute("UPDATE chunks SET retrieved_uses = retrieved_uses + 1 WHERE id=?", [p["id"]])
+    return conversation_id
 
 
 def conversation_record(db: Database, conversation_id: str) -> dict[str, Any]:

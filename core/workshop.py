@@ -1,0 +1,319 @@
+"""The prompt workshop: retrieval preview, a step-by-step dry run, and prompt A/B on identical questions.
+
+Everything here reuses the engine's Simulator, so what the workshop shows is exactly what a run
+would send. Nothing is stored unless asked: a dry run is saved only on request, and A/B saves both
+arms into one comparison the review page can filter by.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import prompts as prompt_lib
+from core.corpus import Passage
+from core.db import dumps, new_id, now
+from core.engine import (BriefingSampler, CallRecord, Question, Retriever, RunConfig, Simulator, format_passages,
+                         store_conversation)
+from core.errors import GroundworkError, ValidationError
+from core.providers.base import CallGate, LLMError, LLMProvider, Message
+from core.workbench import Workbench
+
+ProviderFactory = Callable[[CallGate], LLMProvider]
+_WORD = re.compile(r"[A-Za-z0-9§][A-Za-z0-9§.\-']*")
+_STOPWORDS = set("""a an and are as at be by can did do does for from had has have how i if in is it its may
+of on or the this that to was were what when where which who why will with would you your my me about under
+their there they them than then into not no yes""".split())
+
+
+def query_terms(question: str) -> list[str]:
+    terms = []
+    for w in _WORD.findall(question):
+        w = w.strip(".-'")
+        if len(w) > 2 and w.lower() not in _STOPWORDS and w.lower() not in terms:
+            terms.append(w.lower())
+    return terms
+
+
+def highlight_html(text: str, terms: list[str]) -> str:
+    """``text`` escaped as HTML with the question's terms wrapped in <mark>: corpus text never becomes markup."""
+    escaped = html.escape(text)
+    if not terms:
+        return escaped
+    pattern = re.compile(r"\b(" + "|".join(re.escape(html.escape(t)) for t in sorted(terms, key=len, reverse=True))
+                         + r")", re.IGNORECASE)
+    return pattern.sub(r"<mark>\1</mark>", escaped)
+
+
+@dataclass
+class RetrievalPreview:
+    passages: list[Passage]
+    terms: list[str]
+    system_prompt: str
+
+
+@dataclass
+class Step:
+    """One thing the dry run did, as the page shows it."""
+
+    kind: str  # briefing | questions | retrieval | answer | follow_up | error
+    title: str
+    system_prompt: str = ""
+    messages: list[dict[str, str]] = field(default_factory=list)
+    reply: str = ""
+    passages: list[dict[str, Any]] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=dict)
+    latency_ms: int = 0
+
+
+@dataclass
+class DryRunResult:
+    steps: list[Step]
+    question: Question | None = None
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    prompt_versions: dict[str, int] = field(default_factory=dict)
+    provider: str = ""
+    model: str = ""
+    error: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.turns) and not self.error
+
+
+def _tokens(record: CallRecord) -> dict[str, int]:
+    r = record.result
+    return {"prompt": r.prompt_tokens, "completion": r.completion_tokens, "thinking": r.thinking_tokens}
+
+
+class Workshop:
+    """Args:
+        wb: the workbench (database, corpus).
+        provider_factory: builds the LLM provider (with its gate) for dry runs and A/B.
+        provider_name, model: recorded on saved conversations.
+    """
+
+    def __init__(self, wb: Workbench, provider_factory: ProviderFactory, provider_name: str = "", model: str = ""):
+        self.wb = wb
+        self.provider_factory = provider_factory
+        self.provider_name = provider_name
+        self.model = model
+        self.library = prompt_lib.PromptLibrary(wb.db)
+
+    def _texts(self, versions: dict[str, int] | None) -> tuple[dict[str, str], dict[str, int]]:
+        texts, ids = {}, {}
+        for kind in prompt_lib.KINDS:
+            row = self.library.get(versions[kind]) if versions and versions.get(kind) else self.library.current(kind)
+            texts[kind], ids[kind] = row["text"], row["id"]
+        return texts, ids
+
+    def _require_corpus(self) -> None:
+        if not self.wb.corpus.stats()["chunks"]:
+            raise ValidationError("No corpus is indexed yet: ingest documents on the Corpus page (or run "
+                                  "`groundwork index sample_data/`) before previewing or generating.")
+
+    def preview_retrieval(self, question: str, k: int = 3, respondent_version: int | None = None
+                          ) -> RetrievalPreview:
+        """Top-k passages for a question and the exact respondent system prompt built from them."""
+        if not question.strip():
+            raise ValidationError("Type a question to preview what retrieval returns for it.")
+        self._require_corpus()
+        passages = self.wb.corpus.search(question, k=k)
+        text = (self.library.get(respondent_version) if respondent_version else self.library.current("respondent"))
+        return RetrievalPreview(passages, query_terms(question),
+                                prompt_lib.render(text["text"], context=format_passages(passages)))
+
+    def dry_run(self, turns: int = 2, top_k: int = 3, seed: int = 0, versions: dict[str, int] | None = None,
+                temperature: float = 0.7, max_tokens: int = 512, question: str = "",
+                on_step: Callable[[Step], None] | None = None) -> DryRunResult:
+        """One conversation, step by step. LLM errors end the dry run with an error step; nothing is stored."""
+        self._require_corpus()
+        texts, ids = self._texts(versions)
+        result = DryRunResult(steps=[], prompt_versions=ids, provider=self.provider_name, model=self.model)
+
+        def emit(step: Step) -> None:
+            result.steps.append(step)
+            if on_step:
+                on_step(step)
+
+        config = RunConfig(num_dialogs=1, max_turns=turns, top_k=top_k, temperature=temperature,
+                           max_tokens=max_tokens, instructions_per_sample=1, seed=seed)
+        rng = random.Random(seed)
+        provider = None
+        try:
+            retriever = Retriever(self.wb.corpus, snapshot=False)
+            provider = self.provider_factory(CallGate(self.wb.settings.rpm_limit))
+            sim = Simulator(provider, retriever, config, texts)
+            sampler = BriefingSampler(self.wb.db, self.wb.corpus.collection, config.briefing_passages, rng)
+            briefing = retriever.passages_by_id(sampler.sample())
+            emit(Step("briefing", "Sampled briefing", passages=[p.as_dict() for p in briefing]))
+            if question.strip():
+                q = Question(question.strip(), {"source": "typed"}, [p.id for p in briefing],
+                             format_passages(briefing))
+            else:
+                questions, record = sim.write_questions(briefing, 1, rng)
+                q = questions[0]
+                emit(Step("questions", "Generated question", record.system_prompt, record.messages,
+                          "\n".join(x.text for x in questions), tokens=_tokens(record),
+                          latency_ms=record.result.latency_ms))
+                result.calls.append(record)
+            result.question = q
+            history = [Message("user", q.text)]
+            out_turns: list[dict[str, Any]] = [{"role": "user", "content": q.text, "retrieval": None, "call": None}]
+            for t in range(turns):
+                started = time.monotonic()
+                passages = sim.retrieve(history, q)
+                emit(Step("retrieval", f"Turn {t + 1}: retrieval for “{history[-1].content[:80]}”",
+                          passages=[p.as_dict() for p in passages],
+                          latency_ms=int((time.monotonic() - started) * 1000)))
+                answer = sim.respond(history, passages, seed=rng.randrange(2**31))
+                result.calls.append(answer)
+                emit(Step("answer", f"Turn {t + 1}: assistant answer", answer.system_prompt, answer.messages,
+                          answer.result.text, tokens=_tokens(answer), latency_ms=answer.result.latency_ms))
+                history.append(Message("assistant", answer.result.text.strip()))
+                out_turns.append({"role": "assistant", "content": answer.result.text.strip(),
+                                  "retrieval": [p.as_dict() for p in passages], "call": answer})
+                if t + 1 < turns:
+                    follow = sim.follow_up(history, q, seed=rng.randrange(2**31))
+                    result.calls.append(follow)
+                    emit(Step("follow_up", f"Turn {t + 1}: simulated user follow-up", follow.system_prompt,
+                              follow.messages, follow.result.text, tokens=_tokens(follow),
+                              latency_ms=follow.result.latency_ms))
+                    history.append(Message("user", follow.result.text.strip()))
+                    out_turns.append({"role": "user", "content": follow.result.text.strip(), "retrieval": None,
+                                      "call": follow})
+            result.turns = out_turns
+        except (LLMError, GroundworkError) as e:
+            result.error = str(e)
+            emit(Step("error", "The dry run stopped", reply=str(e)))
+        finally:
+            if provider is not None:
+                provider.close()
+        return result
+
+    def _new_run(self, kind: str, config: dict[str, Any]) -> str:
+        run_id = new_id()[:12]
+        with self.wb.db.write() as w:
+            w["runs"].insert({"id": run_id, "kind": kind, "status": "completed", "reason": "", "num_dialogs": 0,
+                              "saved": 0, "failed": 0, "provider": self.provider_name, "model": self.model,
+                              "recipe": dumps({"config": config, "settings": self.wb.settings.public_dict()}),
+                              "created_at": now(), "finished_at": now()})
+        return run_id
+
+    def save_dry_run(self, result: DryRunResult) -> str:
+        """Store a finished dry run like any generated conversation; returns its id."""
+        if not result.complete:
+            raise ValidationError("Only a dry run that finished can be saved: run it again.")
+        run_id = self._new_run("dryrun", {"prompt_versions": result.prompt_versions})
+        with self.wb.db.write() as w:
+            cid = store_conversation(w, run_id=run_id, work_item_id=None, provider=result.provider,
+                                     model=result.model, prompt_versions=result.prompt_versions,
+                                     question=result.question, result={"turns": result.turns, "calls": result.calls},
+                                     turns=sum(t["role"] == "assistant" for t in result.turns))
+            w.execute("UPDATE runs SET saved=1, num_dialogs=1 WHERE id=?", [run_id])
+        return cid
+
+    def run_ab(self, kind: str, version_a: int, version_b: int, n: int = 3, max_turns: int = 2, seed: int = 0,
+               top_k: int = 3, temperature: float = 0.7, max_tokens: int = 512, name: str = "",
+               progress: Callable[[int, int], None] | None = None) -> str:
+        """Run the same sampled briefings and questions through two versions of one prompt; returns the comparison id.
+
+        Both arms of a pair share the question, the turn count and the random seed, so the only
+        difference between them is the prompt version under test.
+        """
+        if kind not in ("respondent", "correspondent"):
+            raise ValidationError("A/B compares respondent or correspondent prompts (the question stays fixed).")
+        a, b = self.library.get(version_a), self.library.get(version_b)
+        if a["kind"] != kind or b["kind"] != kind:
+            raise ValidationError(f"Both versions must be {kind} prompts.")
+        if version_a == version_b:
+            raise ValidationError("Pick two different versions to compare.")
+        if not 1 <= n <= 50:
+            raise ValidationError("Compare between 1 and 50 questions at a time.")
+        self._require_corpus()
+        base_texts, base_ids = self._texts(None)
+        arms = {}
+        for arm, row in (("A", a), ("B", b)):
+            texts, ids = dict(base_texts), dict(base_ids)
+            texts[kind], ids[kind] = row["text"], row["id"]
+            arms[arm] = (texts, ids)
+        config = RunConfig(num_dialogs=n, max_turns=max_turns, top_k=top_k, temperature=temperature,
+                           max_tokens=max_tokens, instructions_per_sample=1, seed=seed, kind="ab")
+        rng = random.Random(seed)
+        retriever = Retriever(self.wb.corpus, snapshot=False)
+        provider = self.provider_factory(CallGate(self.wb.settings.rpm_limit))
+        comparison_id = new_id()[:12]
+        run_id = self._new_run("ab", {**config.to_json(), "kind": kind, "version_a": version_a,
+                                      "version_b": version_b})
+        try:
+            sampler = BriefingSampler(self.wb.db, self.wb.corpus.collection, config.briefing_passages, rng)
+            question_sim = Simulator(provider, retriever, config, arms["A"][0])
+            questions = []
+            for i in range(n):
+                qs, record = question_sim.write_questions(retriever.passages_by_id(sampler.sample()), 1, rng)
+                questions.append((qs[0], rng.randrange(2**62)))
+            with self.wb.db.write() as w:
+                w["comparisons"].insert({"id": comparison_id, "name": name or f"{kind} v{a['version']} vs v{b['version']}",
+                                         "kind": kind, "version_a": version_a, "version_b": version_b,
+                                         "created_at": now()})
+
+            def simulate(job: tuple[int, str]) -> None:
+                i, arm = job
+                question, pair_seed = questions[i]
+                pair_rng = random.Random(pair_seed)
+                turns = pair_rng.randint(1, max_turns)
+                texts, ids = arms[arm]
+                result = Simulator(provider, retriever, config, texts).converse(question, turns, pair_rng)
+                with self.wb.db.write() as w:
+                    store_conversation(w, run_id=run_id, work_item_id=f"{comparison_id}-{i}",
+                                       provider=self.provider_name, model=self.model, prompt_versions=ids,
+                                       question=question, result=result, turns=turns,
+                                       comparison_id=comparison_id, arm=arm)
+                    w.execute("UPDATE runs SET saved = saved + 1, num_dialogs = ? WHERE id=?", [2 * n, run_id])
+
+            jobs = [(i, arm) for i in range(n) for arm in ("A", "B")]
+            done = 0
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for _ in pool.map(simulate, jobs):
+                    done += 1
+                    if progress:
+                        progress(done, len(jobs))
+        finally:
+            provider.close()
+        return comparison_id
+
+    def comparison_pairs(self, comparison_id: str) -> list[dict[str, Any]]:
+        """Pairs of conversations (A, B) that share a question, with any pick already made."""
+        rows = self.wb.db.rows("SELECT id, work_item_id, arm, question FROM conversations WHERE comparison_id=? "
+                               "ORDER BY work_item_id, arm", [comparison_id])
+        picks = {p["pair"]: p for p in self.wb.db.rows(
+            "SELECT json_extract(payload,'$.pair') AS pair, json_extract(payload,'$.winner') AS winner "
+            "FROM events WHERE kind='ab_pick' AND json_extract(payload,'$.comparison_id')=? ORDER BY id",
+            [comparison_id])}
+        pairs: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            pair = pairs.setdefault(r["work_item_id"], {"pair": r["work_item_id"], "question": r["question"]})
+            pair[r["arm"]] = r["id"]
+            pair["winner"] = picks.get(r["work_item_id"], {}).get("winner")
+        return [p for p in pairs.values() if "A" in p and "B" in p]
+
+    def pick(self, comparison_id: str, pair: str, winner: str, actor: str = "") -> None:
+        """Record which arm of a pair is better ('A' or 'B'); the export turns picks into preference pairs."""
+        if winner not in ("A", "B"):
+            raise ValidationError("Pick A or B.")
+        match = [p for p in self.comparison_pairs(comparison_id) if p["pair"] == pair]
+        if not match:
+            raise ValidationError(f"Pair {pair} is not part of comparison {comparison_id}.")
+        loser = "B" if winner == "A" else "A"
+        with self.wb.db.write() as w:
+            w["events"].insert({"ts": now(), "actor": actor or "reviewer", "kind": "ab_pick",
+                                "conversation_id": match[0][winner],
+                                "payload": dumps({"comparison_id": comparison_id, "pair": pair, "winner": winner,
+                                                  "chosen": match[0][winner], "rejected": match[0][loser]})})

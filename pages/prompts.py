@@ -1,0 +1,62 @@
+"""Prompts: edit the respondent, correspondent and instruction prompts; every save is a new version."""
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_cache
+from core.prompts import KINDS, PLACEHOLDER_HELP, PLACEHOLDERS, TEMPLATES, PromptLibrary
+
+st.title("Prompts")
+st.caption("Every save is a new immutable version; runs record the versions they used.")
+try:
+    library = PromptLibrary(ui_cache.workbench().db)
+    library.ensure_defaults()
+except Exception as e:
+    ui_cache.show_error(e)
+    st.stop()
+
+kind = st.segmented_control("Prompt", KINDS, default="respondent", key="prompts.kind") or "respondent"
+required, allowed = PLACEHOLDERS[kind]
+st.caption("Placeholders: " + " · ".join(f"`{{{p}}}` {PLACEHOLDER_HELP[p]}" + (" (required)" if p in required else "")
+                                         for p in sorted(allowed)))
+current = library.current(kind)
+
+with st.expander("Start from a domain template"):
+    template = st.selectbox("Template", list(TEMPLATES), format_func=lambda t: f"{TEMPLATES[t].name} — "
+                            f"{TEMPLATES[t].description}", key="prompts.template")
+    if st.button("Load into the editor", key="prompts.load_template"):
+        st.session_state[f"prompts.text.{kind}"] = getattr(TEMPLATES[template], kind)
+        st.session_state[f"prompts.template_used.{kind}"] = template
+
+text_key = f"prompts.text.{kind}"
+if text_key not in st.session_state:
+    st.session_state[text_key] = current["text"]
+st.text_area(f"{kind.capitalize()} prompt (editing from v{current['version']})", height=380, key=text_key)
+c1, c2 = st.columns([1, 2])
+name = c1.text_input("Version name", key=f"prompts.name.{kind}")
+note = c2.text_input("Note (what changed and why)", key=f"prompts.note.{kind}")
+if st.button("Save as new version", type="primary", key=f"prompts.save.{kind}"):
+    try:
+        row = library.save(kind, st.session_state[text_key], name=name, note=note,
+                           template=st.session_state.get(f"prompts.template_used.{kind}", ""))
+        st.success(f"Saved {kind} v{row['version']}.")
+    except Exception as e:
+        ui_cache.show_error(e)
+
+st.subheader("Versions")
+history = library.history(kind)
+st.dataframe(pd.DataFrame(history)[["id", "version", "name", "note", "template", "created_at"]], hide_index=True,
+             width="stretch")
+chosen = st.selectbox("Inspect a version", [h["id"] for h in history], key=f"prompts.inspect.{kind}",
+                      format_func=lambda i: next(f"v{h['version']} · {h['name']}" for h in history if h["id"] == i))
+if chosen:
+    diff = library.diff(chosen)
+    st.code(diff or "(first version: nothing to compare with)", language="diff")
+    if st.button("Restore this version (saves it as the newest)", key=f"prompts.restore.{kind}"):
+        try:
+            row = library.restore(chosen)
+            st.session_state[text_key] = row["text"]
+            st.success(f"Restored as v{row['version']}.")
+            st.rerun()
+        except Exception as e:
+            ui_cache.show_error(e)

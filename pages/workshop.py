@@ -1,0 +1,139 @@
+"""Workshop: preview retrieval for a question, dry-run one conversation step by step, and A/B two prompt versions."""
+
+import streamlit as st
+
+from core import ui_cache
+from core.prompts import PromptLibrary
+from core.providers.registry import provider_info
+from core.workshop import Workshop, highlight_html
+
+st.title("Workshop")
+try:
+    wb = ui_cache.workbench()
+    factory, settings = ui_cache.provider_factory()
+    info = provider_info(settings, api_key=ui_cache.session_api_key())
+    workshop = Workshop(wb, factory, info.name, info.model)
+    library = PromptLibrary(wb.db)
+    library.ensure_defaults()
+except Exception as e:
+    ui_cache.show_error(e)
+    st.stop()
+
+
+def version_picker(kind: str, key: str, label: str | None = None) -> int:
+    history = library.history(kind)
+    return st.selectbox(label or f"{kind.capitalize()} prompt", [h["id"] for h in history], key=key,
+                        format_func=lambda i: next(f"v{h['version']} · {h['name']}" for h in history if h["id"] == i))
+
+
+def show_passages(passages: list[dict], terms: list[str] | None = None) -> None:
+    for i, p in enumerate(passages, 1):
+        with st.container(border=True):
+            st.markdown(f"**[{i}] {p['score']:.3f}** · {p['title']} · `{p['source_path']}` · chunk {p['position']}")
+            st.html(f"<div style='white-space: pre-wrap'>{highlight_html(p['text'], terms or [])}</div>")
+
+
+preview, dry, ab = st.tabs(["Retrieval preview", "Dry run", "Prompt A/B"])
+
+with preview:
+    question = st.text_input("Question", key="workshop.question",
+                             placeholder="When must a landlord return a security deposit?")
+    c1, c2 = st.columns(2)
+    k = c1.slider("Passages (k)", 1, 10, 3, key="workshop.k")
+    with c2:
+        respondent_version = version_picker("respondent", "workshop.preview_version")
+    if question.strip():
+        try:
+            result = workshop.preview_retrieval(question, k=k, respondent_version=respondent_version)
+            show_passages([p.as_dict() for p in result.passages], result.terms)
+            with st.expander("The exact respondent system prompt built from these passages"):
+                st.code(result.system_prompt, language=None, wrap_lines=True)
+        except Exception as e:
+            ui_cache.show_error(e)
+
+with dry:
+    st.caption(f"One conversation, step by step, with **{info.name}** `{info.model}`. Nothing is saved unless "
+               "you click Save.")
+    c1, c2, c3 = st.columns(3)
+    turns = c1.number_input("Turns", 1, 6, 2, key="workshop.dry_turns")
+    dry_k = c2.number_input("Passages per turn", 1, 10, 3, key="workshop.dry_k")
+    seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="workshop.dry_seed")
+    versions = {kind: version_picker(kind, f"workshop.dry_version.{kind}") for kind in
+                ("respondent", "correspondent", "instruction")}
+    typed = st.text_input("Opening question (empty: let the instruction prompt write one)", key="workshop.dry_q")
+    if st.button("Run dry run", type="primary", key="workshop.dry_start"):
+        with st.status("Dry run …", expanded=True) as status:
+            def on_step(step) -> None:
+                status.write(f"✓ {step.title}")
+
+            result = workshop.dry_run(turns=int(turns), top_k=int(dry_k), seed=int(seed), versions=versions,
+                                      question=typed, on_step=on_step,
+                                      max_tokens=400 if info.name == "local" else 1024)
+            status.update(label="Dry run stopped" if result.error else "Dry run finished",
+                          state="error" if result.error else "complete")
+        st.session_state["workshop.dry_result"] = result
+    result = st.session_state.get("workshop.dry_result")
+    if result is not None:
+        for step in result.steps:
+            with st.container(border=True):
+                st.markdown(f"**{step.title}**" + (f" · {step.latency_ms} ms" if step.latency_ms else "")
+                            + (f" · tokens {step.tokens}" if step.tokens else ""))
+                if step.kind == "error":
+                    st.error(step.reply)
+                    continue
+                if step.passages:
+                    show_passages(step.passages)
+                if step.system_prompt:
+                    with st.expander("Prompt sent"):
+                        st.code(step.system_prompt, language=None, wrap_lines=True)
+                        for m in step.messages:
+                            st.text(f"{m['role']}: {m['content']}")
+                if step.reply:
+                    st.text(step.reply)
+        if result.complete and st.button("Save this conversation", key="workshop.dry_save"):
+            try:
+                cid = workshop.save_dry_run(result)
+                st.success(f"Saved as conversation {cid}: it is in the Review queue.")
+                del st.session_state["workshop.dry_result"]
+            except Exception as e:
+                ui_cache.show_error(e)
+
+with ab:
+    st.caption("The same sampled briefings and questions (same seed) through two versions of one prompt, side by "
+               "side. Both arms are saved into one comparison the Review page can filter by.")
+    ab_kind = st.radio("Compare", ["respondent", "correspondent"], horizontal=True, key="workshop.ab_kind")
+    c1, c2 = st.columns(2)
+    with c1:
+        version_a = version_picker(ab_kind, "workshop.ab_a", "Version A")
+    with c2:
+        version_b = version_picker(ab_kind, "workshop.ab_b", "Version B")
+    c1, c2, c3 = st.columns(3)
+    n = c1.number_input("Questions", 1, 20, 2, key="workshop.ab_n")
+    ab_turns = c2.number_input("Max turns", 1, 6, 2, key="workshop.ab_turns")
+    ab_seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="workshop.ab_seed")
+    if st.button("Run A/B", key="workshop.ab_start"):
+        bar = st.progress(0.0, text="A/B")
+        try:
+            st.session_state["workshop.comparison"] = workshop.run_ab(
+                ab_kind, version_a, version_b, n=int(n), max_turns=int(ab_turns), seed=int(ab_seed),
+                max_tokens=400 if info.name == "local" else 1024,
+                progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} conversations"))
+        except Exception as e:
+            ui_cache.show_error(e)
+    comparison = st.session_state.get("workshop.comparison")
+    if comparison:
+        st.caption(f"Comparison `{comparison}`")
+        for pair in workshop.comparison_pairs(comparison):
+            st.markdown(f"**Question:** {pair['question']}")
+            cols = st.columns(2)
+            for col, arm in zip(cols, ("A", "B")):
+                with col:
+                    st.markdown(f"**{arm}**" + (" ✅ picked" if pair.get("winner") == arm else ""))
+                    for t in wb.db.rows("SELECT role, content FROM turns WHERE conversation_id=? ORDER BY idx",
+                                        [pair[arm]]):
+                        st.text(f"{t['role']}: {t['content']}")
+                    if st.button(f"{arm} is better", key=f"workshop.pick.{pair['pair']}.{arm}"):
+                        workshop.pick(comparison, pair["pair"], arm,
+                                      actor=st.session_state.get("review.reviewer", ""))
+                        st.rerun()
+            st.divider()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from typing import Any
@@ -19,8 +18,6 @@ from core.config import Settings
 from core.providers.base import (CallGate, LLMError, LLMRequest, LLMResult, QuotaExhaustedError, RetryPolicy,
                                  call_with_retries)
 from core.providers.registry import redact
-
-logger = logging.getLogger(__name__)
 
 NO_KEY_MESSAGE = "No Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) or enter a key in the sidebar."
 KEY_REJECTED_MESSAGE = "The Gemini key was rejected: check GEMINI_API_KEY or the key typed in the sidebar."
@@ -71,7 +68,7 @@ class GeminiProvider:
             base_url=settings.gemini_base_url or None,  # None: the SDK reads GOOGLE_GEMINI_BASE_URL itself
             timeout=int(settings.request_timeout * 1000),
             retry_options=None,
-            # httpx keeps only 20 idle connections by default: with more workers, every call beyond 20 would
+            # httpx2 keeps only 20 idle connections by default: with more workers, every call beyond 20 would
             # open (and TLS-handshake) a fresh connection.
             client_args={"limits": httpx2.Limits(max_connections=max_connections,
                                                  max_keepalive_connections=max_connections)},

@@ -140,6 +140,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            instructions_per_sample=args.instructions_per_sample, seed=args.seed,
                            output=args.output or "", max_docs=args.max_docs, log_dir=args.log_dir or "",
                            retrieval=args.retrieval, token_budget=args.token_budget,
+                           auto_improve=args.auto_improve, max_improve_attempts=args.improve_attempts,
+                           judge_threshold=args.judge_threshold,
                            question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
     run = GenerationRun(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
                         run_id=args.resume,
@@ -257,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-budget", type=int, default=_int_env("TOKEN_BUDGET", 0),
                    help="stop cleanly after this many tokens (0: no budget)")
     p.add_argument("--seed", type=int, default=_int_env("SEED", 0))
+    p.add_argument("--auto-improve", action="store_true", default=_env("AUTO_IMPROVE", "") in ("1", "true", "yes"),
+                   help="judge each conversation and regenerate it with the judge's feedback when below the "
+                        "threshold (env AUTO_IMPROVE; costs extra calls)")
+    p.add_argument("--improve-attempts", type=int, default=2, help="attempts per conversation with --auto-improve")
+    p.add_argument("--judge-threshold", type=float, default=3.5, help="mean rubric score (1-5) to pass")
     p.add_argument("--resume", metavar="RUN_ID", help="finish an incomplete run")
     p.add_argument("--wait", type=float, default=30.0)
     p.add_argument("--quiet", action="store_true")

@@ -32,6 +32,7 @@ from core.config import Settings
 from core.corpus import Corpus, Passage
 from core.db import Database, dumps, loads, new_id, now
 from core.errors import GroundworkError, NotFoundError, ValidationError
+from core.judge import Attempt, Judge, JudgeRecord, judge_available, with_feedback
 from core.monitor import Alert, AlertThresholds, RunMonitor
 from core.providers.base import (CallGate, LLMError, LLMProvider, LLMRequest, LLMResult, Message,
                                  QuotaExhaustedError)
@@ -79,6 +80,9 @@ class RunConfig:
     output: str = ""  # JSONL path, written as conversations complete
     max_docs: int = 0  # 0: briefings may come from any document; N: from N documents chosen by the seed
     log_dir: str = ""  # monitor log folder; empty: the data dir's logs/
+    auto_improve: bool = False  # judge each conversation; regenerate with the judge's feedback when below threshold
+    judge_threshold: float = 3.5  # mean rubric score (1-5) a conversation must reach
+    max_improve_attempts: int = 2  # attempts per conversation in all, the first included
     prompt_versions: dict[str, int] = field(default_factory=dict)
     kind: str = "generate"
 
@@ -98,6 +102,10 @@ class RunConfig:
             problems.append(f"instructions per sample must be between 1 and 20 (got {self.instructions_per_sample})")
         if self.retrieval not in ("rag", "briefing"):
             problems.append(f"retrieval must be 'rag' or 'briefing' (got {self.retrieval!r})")
+        if not 1 <= self.max_improve_attempts <= 5:
+            problems.append(f"auto-improve attempts must be between 1 and 5 (got {self.max_improve_attempts})")
+        if not 1 <= self.judge_threshold <= 5:
+            problems.append(f"the judge threshold must be between 1 and 5 (got {self.judge_threshold})")
         if not 0 <= self.question_mix.unanswerable_share <= 1:
             problems.append("the unanswerable share must be between 0 and 1")
         if problems:
@@ -450,6 +458,10 @@ class Simulator:
         return {"turns": out_turns, "calls": calls}
 
 
+def _messages(result: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"role": t["role"], "content": t["content"]} for t in result["turns"]]
+
+
 def _clean_reply(text: str, strip_speaker: bool = False) -> str:
     text = text.strip()
     if strip_speaker:
@@ -567,6 +579,10 @@ class GenerationRun:
         self.gate.cancelled = self.cancel_event
         self._provider_factory = provider_factory
         self.provider: LLMProvider | None = None
+        if self.config.auto_improve:
+            available, reason = judge_available(settings.resolved_provider)
+            if not available:
+                raise ValidationError(f"Auto-improve needs a judge. {reason}")
         if not run_id:
             self._create()
         self.monitor.saved_before = self._count("done")
@@ -840,13 +856,39 @@ class GenerationRun:
         rng = random.Random(item["seed"])
         turns = rng.randint(1, self.config.max_turns)
         result = simulator.converse(question, turns, rng, should_stop=self._should_stop)
-        self._save(item, question, result, turns)
+        judged = None
+        if self.config.auto_improve:
+            result, judged = self._improve(simulator, question, turns, item, result)
+        self._save(item, question, result, turns, judged)
+
+    def _improve(self, simulator: Simulator, question: Question, turns: int, item: dict[str, Any],
+                 result: dict[str, Any]) -> tuple[dict[str, Any], JudgeRecord]:
+        """Judge; while below threshold and attempts remain, regenerate with the feedback. Keep the best."""
+        judge = Judge(simulator.provider, self.config.judge_threshold, self.config.max_improve_attempts)
+        record = JudgeRecord(threshold=self.config.judge_threshold)
+        results = [result]
+        feedback_used = ""
+        while True:
+            verdict = judge.score(results[-1]["turns"])
+            self.monitor.record_call(0.0, verdict.prompt_tokens, verdict.completion_tokens, 0)
+            record.attempts.append(Attempt(verdict, _messages(results[-1]), feedback_used))
+            if judge.passes(verdict) or len(results) >= judge.max_attempts or self._should_stop():
+                break
+            feedback_used = verdict.feedback
+            texts = dict(simulator.prompt_texts)
+            texts["respondent"] = with_feedback(texts["respondent"], feedback_used)
+            retry = Simulator(simulator.provider, simulator.retriever, self.config, texts, self.monitor)
+            results.append(retry.converse(question, turns, random.Random(item["seed"] + len(results)),
+                                          should_stop=self._should_stop))
+        record.best = max(range(len(record.attempts)), key=lambda i: record.attempts[i].verdict.overall)
+        return results[record.best], record
 
     def _save_call(self, conversation_id: str | None, record: CallRecord) -> int:
         with self.db.write() as w:
             return store_call(w, self.run_id, conversation_id, record)
 
-    def _save(self, item: dict[str, Any], question: Question, result: dict[str, Any], turns: int) -> None:
+    def _save(self, item: dict[str, Any], question: Question, result: dict[str, Any], turns: int,
+              judged: JudgeRecord | None = None) -> None:
         provider, model = self._provider_identity()
         with self.db.write() as w:
             current = w.execute("SELECT status FROM work_items WHERE id=?", [item["id"]]).fetchone()
@@ -854,7 +896,8 @@ class GenerationRun:
                 return  # released by a cancel in the meantime: never save twice
             conversation_id = store_conversation(
                 w, run_id=self.run_id, work_item_id=item["id"], provider=provider, model=model,
-                prompt_versions=self.config.prompt_versions, question=question, result=result, turns=turns)
+                prompt_versions=self.config.prompt_versions, question=question, result=result, turns=turns,
+                judge=judged.as_json() if judged else None)
             w.execute("UPDATE work_items SET status='done', conversation_id=?, error=NULL, updated_at=? WHERE id=?",
                       [conversation_id, now(), item["id"]])
             w.execute("UPDATE runs SET saved = saved + 1 WHERE id=?", [self.run_id])
@@ -908,7 +951,7 @@ def store_call(w, run_id: str, conversation_id: str | None, record: CallRecord) 
 def store_conversation(w, *, run_id: str, work_item_id: str | None, provider: str, model: str,
                        prompt_versions: dict[str, int], question: Question, result: dict[str, Any], turns: int,
                        comparison_id: str | None = None, arm: str | None = None,
-                       parent_id: str | None = None) -> str:
+                       parent_id: str | None = None, judge: str | None = None) -> str:
     """Insert a simulated conversation (turns with per-turn retrieval, and its calls) inside ``w``.
 
     The engine, the dry run and prompt A/B all store conversations through this one function, so
@@ -925,6 +968,7 @@ def store_conversation(w, *, run_id: str, work_item_id: str | None, provider: st
         "briefing": question.briefing, "briefing_ids": dumps(question.briefing_ids),
         "question": question.text, "question_meta": dumps(question.meta), "num_turns": turns,
         **totals, "created_at": created, "comparison_id": comparison_id, "arm": arm, "parent_id": parent_id,
+        "judge": judge,
         "search_text": "\n".join(t["content"] for t in result["turns"]),
     })
     for idx, t in enumerate(result["turns"]):

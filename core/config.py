@@ -52,6 +52,9 @@ class Settings:
         -1, "GEMINI_THINKING_BUDGET",
         "Thinking tokens per call (billed, count against max tokens). -1: the model's default; 0: off.")
     request_timeout: float = _setting(120.0, "GROUNDWORK_REQUEST_TIMEOUT", "Seconds before one LLM call times out.")
+    prices: str = _setting("", "GROUNDWORK_PRICES",
+                           "US$ per million tokens for cost estimates, 'model=in/out;…' (e.g. "
+                           "gemini-2.5-flash=0.30/2.50); built-in defaults cover current Gemini models.")
     rpm_limit: int = _setting(0, "GROUNDWORK_RPM_LIMIT",
                               "Requests per minute per provider, shared by all workers. 0: no limit.")
     openai_base_url: str = _setting("http://127.0.0.1:11434/v1", "OPENAI_BASE_URL",

@@ -4,7 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_cache
+from core.cost import estimate_run, parse_prices
 from core.engine import QuestionMix, RunConfig, list_runs, run_errors
+from core.judge import judge_available
 from core.prompts import KINDS, PromptLibrary
 from core.providers.registry import provider_info
 
@@ -27,7 +29,7 @@ if wb.corpus.stats()["chunks"] == 0:
 library = PromptLibrary(wb.db)
 library.ensure_defaults()
 
-with st.form("generate.form"):
+with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
     num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, key="generate.num_dialogs")
     max_turns = c2.number_input("Max turns", 1, 20, 3, key="generate.max_turns",
@@ -54,14 +56,38 @@ with st.form("generate.form"):
                                        format_func=lambda i, h=history: next(
                                            f"v{r['version']} · {r['name']}" for r in h if r["id"] == i),
                                        key=f"generate.version.{kind}")
-    submitted = st.form_submit_button("Start", type="primary")
-
-if submitted:
+    judge_ok, judge_reason = judge_available(info.name)
+    c1, c2, c3 = st.columns(3)
+    auto_improve = c1.checkbox("Auto-improve with an LLM judge", key="generate.auto_improve",
+                               disabled=not judge_ok, help=judge_reason or "judge each conversation; regenerate "
+                               "with the judge's feedback when below the threshold (extra calls)")
+    attempts = c2.number_input("Attempts per conversation", 1, 5, 2, key="generate.attempts",
+                               disabled=not auto_improve)
+    threshold = c3.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, key="generate.threshold",
+                          disabled=not auto_improve)
+    if not judge_ok:
+        st.caption(f"Judge off: {judge_reason}")
     config = RunConfig(num_dialogs=int(num_dialogs), max_turns=int(max_turns), max_concurrency=int(concurrency),
                        temperature=float(temperature), top_k=int(top_k), max_tokens=int(max_tokens),
                        instructions_per_sample=int(per_sample), seed=int(seed), retrieval=retrieval,
                        token_budget=int(token_budget), prompt_versions=versions,
+                       auto_improve=bool(auto_improve and judge_ok), max_improve_attempts=int(attempts),
+                       judge_threshold=float(threshold),
                        question_mix=QuestionMix(unanswerable_share=float(unanswerable)))
+    try:
+        texts = {kind: library.get(vid)["text"] for kind, vid in versions.items()}
+        estimate = estimate_run(wb.db, config, info.model, texts, settings.chunk_size,
+                                parse_prices(settings.prices), provider=info.name)
+        cost = "free (runs on this machine)" if info.name == "local" else (
+            f"≈ ${estimate.cost_usd:,.2f}" if estimate.cost_usd is not None else "no price known for this model "
+            "(set GROUNDWORK_PRICES)")
+        st.caption(f"Estimate: ≈ {estimate.calls:,.0f} LLM calls, ≈ {estimate.total_tokens:,.0f} tokens, {cost} — "
+                   f"from {estimate.basis}.")
+    except Exception as e:
+        ui_cache.show_error(e)
+    submitted = st.button("Start", type="primary", key="generate.start")
+
+if submitted:
     try:
         st.session_state["generate.run_id"] = manager.start(config, factory)
     except Exception as e:

@@ -75,7 +75,8 @@ def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypat
         assert "gemini" in at.caption[0].value
         at.number_input(key="generate.num_dialogs").set_value(3)
         at.number_input(key="generate.concurrency").set_value(2)
-        at.button[0].click().run()  # the form's Start button
+        assert "Estimate: ≈" in " ".join(c.value for c in at.caption)
+        at.button(key="generate.start").click().run()
         assert not at.exception
         run_id = at.session_state["generate.run_id"]
         deadline = time.monotonic() + 60

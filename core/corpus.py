@@ -230,7 +230,7 @@ class Corpus:
                 return self.verify(s, probes)
         if not store.exists(self.collection):
             raise VectorStoreError(f"Collection {self.collection!r} does not exist yet: index a corpus first "
-                                   "(Corpus page, or `groundwork index sample_data/`).")
+                                   "(Corpus page, or `groundwork index sample_data/corpus`).")
         info = store.info(self.collection)
         dim = self.embedder.dim
         if info.dim != dim:

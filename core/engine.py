@@ -300,7 +300,7 @@ class BriefingSampler:
             rows = [r for r in rows if r["document_id"] in keep]
         if not rows:
             raise GroundworkError(f"No indexed passages in collection {collection!r}: index a corpus first "
-                                  "(Corpus page, or `groundwork index sample_data/`).")
+                                  "(Corpus page, or `groundwork index sample_data/corpus`).")
         self._uses = {r["id"]: r["briefing_uses"] for r in rows}
         self._next_in_doc: dict[str, str] = {}
         for a, b in zip(rows, rows[1:]):

@@ -201,7 +201,7 @@ def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
                                 "running and the URL is right, or unset QDRANT_URL to use the embedded store.")
     if "Not found: Collection" in text or "doesn't exist" in text:
         return VectorStoreError(f"Collection not found in Qdrant at {location}: index a corpus first "
-                                "(Corpus page, or `groundwork index sample_data/`).")
+                                "(Corpus page, or `groundwork index sample_data/corpus`).")
     if "Unauthorized" in text or "403" in text or "401" in text:
         return VectorStoreError(f"The Qdrant server at {location} refused the API key: check QDRANT_API_KEY.")
     return VectorStoreError(f"Qdrant ({engine}, {location}) failed: {name}: {text[:300]}")

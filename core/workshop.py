@@ -117,7 +117,7 @@ class Workshop:
     def _require_corpus(self) -> None:
         if not self.wb.corpus.stats()["chunks"]:
             raise ValidationError("No corpus is indexed yet: ingest documents on the Corpus page (or run "
-                                  "`groundwork index sample_data/`) before previewing or generating.")
+                                  "`groundwork index sample_data/corpus`) before previewing or generating.")
 
     def preview_retrieval(self, question: str, k: int = 3, respondent_version: int | None = None
                           ) -> RetrievalPreview:

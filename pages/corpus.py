@@ -99,7 +99,7 @@ with ingest:
                "an interrupted ingest is finished by running it again.")
     text_field = st.text_input("Text field for JSONL/CSV rows", value=wb.settings.content_key,
                                key="corpus.text_field")
-    folder = st.text_input("Folder or file on the server", value="sample_data", key="corpus.folder")
+    folder = st.text_input("Folder or file on the server", value="sample_data/corpus", key="corpus.folder")
     if st.button("Ingest folder", key="corpus.ingest_folder"):
         try:
             _show_report(corpus.ingest_path(Path(folder), text_field=text_field, progress=_progress_bar()))

@@ -6,7 +6,7 @@ import streamlit as st
 
 from core import ui_cache
 
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "corpus"
 
 st.title("Groundwork")
 st.caption("Turn a document corpus into grounded, multi-turn SFT conversations — then review and export them.")
@@ -15,7 +15,7 @@ try:
     wb = ui_cache.workbench()
     stats = wb.corpus.stats()
     if stats["documents"] == 0 and SAMPLE_DIR.is_dir() and not st.session_state.get("home.sample_failed"):
-        st.info("First open: indexing the fictional case-law sample corpus in `sample_data/` …")
+        st.info("First open: indexing the fictional case-law sample corpus in `sample_data/corpus` …")
         bar = st.progress(0.0, text="reading files")
 
         def show(stage: str, done: int, total: int) -> None:

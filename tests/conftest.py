@@ -17,7 +17,7 @@ from core.embeddings import Embedder  # noqa: E402
 from core.workbench import Workbench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = ROOT / "sample_data"
+SAMPLE_DIR = ROOT / "sample_data" / "corpus"
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
@@ -45,7 +45,7 @@ def wb(settings, embedder):
 
 @pytest.fixture(scope="session")
 def indexed_sample_dir(tmp_path_factory, embedder) -> Path:
-    """A data dir with sample_data/ indexed once per session; copy it before writing to it."""
+    """A data dir with sample_data/corpus indexed once per session; copy it before writing to it."""
     data_dir = tmp_path_factory.mktemp("indexed") / "data"
     w = Workbench(make_settings(data_dir), store_idle_close_s=0, embedder=embedder)
     w.corpus.ingest_path(SAMPLE_DIR)

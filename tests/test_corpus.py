@@ -218,7 +218,7 @@ def test_cli_index_and_search(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["index", "/no/such/folder"], "does not exist"),
-    (["index", "sample_data", "--chunk-size", "10"], "use at least 100"),
+    (["index", "sample_data/corpus", "--chunk-size", "10"], "use at least 100"),
     (["search", "x", "--collection", "missing"], "does not exist yet"),
 ])
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, args, fragment):

@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from core import ui_cache
+
 st.set_page_config(page_title="Groundwork", page_icon="🧱", layout="wide")
 
 pages = [
@@ -10,6 +12,11 @@ pages = [
     st.Page("pages/prompts.py", title="Prompts", icon="✍️"),
     st.Page("pages/workshop.py", title="Workshop", icon="🔬"),
     st.Page("pages/generate.py", title="Generate", icon="🧪"),
+    st.Page("pages/review.py", title="Review", icon="📝"),
+    st.Page("pages/export.py", title="Export", icon="📦"),
+    st.Page("pages/dashboard.py", title="Dashboard", icon="📊"),
     st.Page("pages/settings.py", title="Settings", icon="🔑"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+ui_cache.sidebar()
+page.run()

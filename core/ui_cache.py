@@ -6,9 +6,13 @@ whole server process, shared by every browser session and safe across threads.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import streamlit as st
 
 from core.config import Settings
+from core.embeddings import Embedder
 from core.errors import GroundworkError
 from core.workbench import Workbench
 
@@ -23,20 +27,52 @@ def settings() -> Settings:
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY", "OPENAI_API_KEY"):
         if name in secrets:
             overrides.setdefault(name, str(secrets[name]))
-    import os
-
     env = {**overrides, **{k: v for k, v in os.environ.items() if v}}
-    return Settings.from_env(env)
+    base = Settings.from_env(env)
+    # The example set (Home page) switches this browser session to a data dir of its own.
+    session_dir = st.session_state.get("app.data_dir")
+    return base.replace(data_dir=session_dir) if session_dir else base
+
+
+@st.cache_resource(show_spinner=False)
+def _embedder(model_name: str) -> Embedder:
+    return Embedder(model_name)
 
 
 @st.cache_resource(show_spinner=False)
 def _workbench(data_dir: str, collection: str, embedding_model: str, qdrant_url: str) -> Workbench:
-    return Workbench(settings())
+    s = settings().replace(data_dir=data_dir, collection=collection, embedding_model=embedding_model,
+                           qdrant_url=qdrant_url)
+    return Workbench(s, embedder=_embedder(embedding_model))
 
 
-def workbench() -> Workbench:
+def workbench(data_dir: str | Path | None = None) -> Workbench:
+    """The shared workbench of this session's data dir (or of ``data_dir``)."""
     s = settings()
-    return _workbench(str(s.data_path), s.collection, s.embedding_model, s.qdrant_url)
+    return _workbench(str(Path(data_dir).resolve()) if data_dir else str(s.data_path), s.collection,
+                      s.embedding_model, s.qdrant_url)
+
+
+def main_data_dir() -> Path:
+    """The data dir the server was started on, whatever this session switched to."""
+    return Settings.from_env().data_path
+
+
+def sidebar() -> None:
+    """Which data dir and provider this session uses, shown on every page."""
+    try:
+        s = session_settings()
+    except GroundworkError as e:  # a bad environment variable: the page itself shows the message
+        st.sidebar.error(str(e))
+        return
+    with st.sidebar:
+        st.caption(f"Data dir: `{s.data_path}`")
+        if st.session_state.get("app.data_dir"):
+            st.caption("Viewing the example set.")
+            if st.button("Back to my data dir", key="app.back_to_main"):
+                del st.session_state["app.data_dir"]
+                st.rerun()
+        st.caption(f"LLM: {s.resolved_provider if not session_api_key() else 'gemini'}")
 
 
 # Provider choices made in the Settings page live in the browser session only; keys are never written.

@@ -1,43 +1,125 @@
-"""Home: where the corpus stands, and the sample corpus indexed on first open."""
+"""Home: the pipeline with live counts, the latest run, a one-click demo batch, and the example set."""
 
 from pathlib import Path
 
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from core import ui_cache
+from core.analytics import STAGES, conversations_by_status, latest_run, pipeline_counts
+from core.engine import RunConfig
+from core.examples import EXAMPLES_FILE, load_example_workspace
+from core.providers.registry import provider_info
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "corpus"
+DEMO_RUN_KEY = "home.demo_run_id"
 
 st.title("Groundwork")
 st.caption("Turn a document corpus into grounded, multi-turn SFT conversations — then review and export them.")
+
+
+def progress_bar():
+    bar = st.progress(0.0, text="reading files")
+
+    def show(stage: str, done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{stage}: {done}/{total}")
+
+    return show
+
 
 try:
     wb = ui_cache.workbench()
     stats = wb.corpus.stats()
     if stats["documents"] == 0 and SAMPLE_DIR.is_dir() and not st.session_state.get("home.sample_failed"):
         st.info("First open: indexing the fictional case-law sample corpus in `sample_data/corpus` …")
-        bar = st.progress(0.0, text="reading files")
-
-        def show(stage: str, done: int, total: int) -> None:
-            bar.progress(min(done / max(total, 1), 1.0), text=f"{stage}: {done}/{total}")
-
         try:
-            report = wb.corpus.ingest_path(SAMPLE_DIR, progress=show)
+            report = wb.corpus.ingest_path(SAMPLE_DIR, progress=progress_bar())
             st.success(f"Sample corpus ready: {report.summary()}")
         except Exception as e:
             st.session_state["home.sample_failed"] = True
             ui_cache.show_error(e)
         stats = wb.corpus.stats()
-    cols = st.columns(4)
-    cols[0].metric("Documents", f"{stats['documents']:,}")
-    cols[1].metric("Chunks", f"{stats['chunks']:,}")
-    cols[2].metric("Collection", stats["collection"])
-    cols[3].metric("Vector store", stats["engine"])
-    if stats["pending"]:
-        st.warning(f"{stats['pending']} documents were interrupted mid-ingest: index the same files again to "
-                   "finish them.")
-    if stats["warning"]:
-        st.warning(stats["warning"])
-    st.page_link("pages/corpus.py", label="Browse and search the corpus", icon="📚")
 except Exception as e:
     ui_cache.show_error(e)
+    st.stop()
+
+if stats["pending"]:
+    st.warning(f"{stats['pending']} documents were interrupted mid-ingest: index the same files again to finish them.")
+if stats["warning"]:
+    st.warning(stats["warning"])
+
+st.subheader("Pipeline")
+counts = pipeline_counts(wb.db, wb.corpus.collection, wb.settings.exports_path)
+cols = st.columns(len(STAGES))
+for col, stage in zip(cols, STAGES):
+    col.metric(f"{stage.capitalize()} →" if stage != STAGES[-1] else stage.capitalize(),
+               f"{counts[stage]['value']:,}", help=counts[stage]["detail"])
+    col.caption(counts[stage]["detail"])
+
+left, right = st.columns(2)
+with left:
+    by_status = conversations_by_status(wb.db)
+    if by_status:
+        fig = px.bar(pd.DataFrame(by_status), x="status", y="conversations", color="status",
+                     title="Conversations by review status")
+        fig.update_layout(showlegend=False, height=300, margin=dict(t=40, b=10))
+        st.plotly_chart(fig, width="stretch")
+    else:
+        st.caption("No conversations yet: run the demo batch, or load the example set.")
+with right:
+    run = latest_run(wb.db)
+    st.markdown("**Latest run**")
+    if run:
+        st.progress(min(run["saved"] / max(run["num_dialogs"], 1), 1.0),
+                    text=f"{run['id']} · {run['status']} · {run['saved']}/{run['num_dialogs']} · "
+                         f"{run['provider']} {run['model']}")
+        if run["reason"]:
+            st.caption(run["reason"])
+    else:
+        st.caption("No generation run yet.")
+
+st.subheader("See it work")
+factory, settings = ui_cache.provider_factory()
+info = provider_info(settings, api_key=ui_cache.session_api_key())
+demo_col, example_col = st.columns(2)
+with demo_col:
+    local = info.name == "local"
+    st.markdown(f"**Demo batch** — 3 short conversations on the current corpus with **{info.name}** `{info.model}`"
+                + (" (the offline model: about a minute per conversation on a laptop CPU)" if local else "") + ".")
+    if st.button("Run a demo batch", type="primary", key="home.demo", disabled=stats["chunks"] == 0):
+        config = RunConfig(num_dialogs=3, max_turns=2, max_concurrency=1 if local else 4,
+                           max_tokens=300 if local else 1024)
+        try:
+            st.session_state[DEMO_RUN_KEY] = ui_cache.jobs().start(config, factory)
+        except Exception as e:
+            ui_cache.show_error(e)
+
+    @st.fragment(run_every=1.0)
+    def demo_progress() -> None:
+        run_id = st.session_state.get(DEMO_RUN_KEY)
+        if not run_id:
+            return
+        progress = ui_cache.jobs().progress(run_id)
+        if progress is None:
+            return
+        st.progress(progress.fraction, text=f"demo {run_id}: {progress.saved}/{progress.target} · {progress.status}")
+        if progress.status == "completed":
+            st.success("Demo done: open the Review page to read the conversations.")
+        elif progress.reason:
+            st.warning(progress.reason)
+
+    demo_progress()
+with example_col:
+    st.markdown("**Example set** — reviewed conversations over the sample corpus, written for the project, "
+                "loaded into a separate data dir so your own data is untouched.")
+    if st.session_state.get("app.data_dir"):
+        st.caption("You are viewing the example set (see the sidebar to go back).")
+    elif EXAMPLES_FILE.exists() and st.button("Load the example set", key="home.examples"):
+        try:
+            target, added = load_example_workspace(ui_cache.main_data_dir(), ui_cache.workbench, SAMPLE_DIR,
+                                                   progress=progress_bar())
+            st.session_state["app.data_dir"] = str(target)
+            st.rerun()
+        except Exception as e:
+            ui_cache.show_error(e)

@@ -1,0 +1,61 @@
+"""Dashboard: how runs went and what the data looks like, as charts with their data downloadable as CSV."""
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import analytics, ui_cache
+
+st.title("Dashboard")
+try:
+    wb = ui_cache.workbench()
+    runs = analytics.run_choices(wb.db)
+except Exception as e:
+    ui_cache.show_error(e)
+    st.stop()
+
+if not runs:
+    st.info("No conversations yet: generate some on the Generate page, or load the example set from Home.")
+    st.stop()
+
+labels = {None: "All runs", **{r["id"]: f"{r['id']} · {r['kind']} · {r['saved']}/{r['num_dialogs']} · "
+                                          f"{r['created_at'][:16]}" for r in runs}}
+run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="dashboard.run")
+
+
+def chart(title: str, rows: list[dict], make, key: str, empty: str) -> None:
+    """One chart with its data as a CSV download; a short note when there is nothing to draw."""
+    with st.container(border=True):
+        st.markdown(f"**{title}**")
+        if not rows:
+            st.caption(empty)
+            return
+        frame = pd.DataFrame(rows)
+        fig = make(frame)
+        fig.update_layout(height=320, margin=dict(t=20, b=10))
+        st.plotly_chart(fig, width="stretch", key=f"dashboard.chart.{key}")
+        st.download_button("Data as CSV", frame.to_csv(index=False).encode(), f"{key}.csv", "text/csv",
+                           key=f"dashboard.csv.{key}")
+
+
+left, right = st.columns(2)
+with left:
+    chart("Conversations per minute", analytics.conversations_per_minute(wb.db, run_id),
+          lambda f: px.bar(f, x="minute", y="conversations"), "per_minute", "No conversations.")
+    chart("Tokens per conversation", analytics.tokens_per_conversation(wb.db, run_id),
+          lambda f: px.histogram(f, x="total_tokens", nbins=30), "tokens", "No token counts.")
+    chart("Rating distribution per respondent prompt version", analytics.ratings_by_prompt_version(wb.db),
+          lambda f: px.bar(f, x="rating", y="n", color="respondent_version", barmode="group"), "ratings",
+          "No ratings yet: rate conversations on the Review page.")
+with right:
+    chart("Success and error rate per run", analytics.run_outcomes(wb.db),
+          lambda f: px.bar(f, x="run_id", y=["success_rate", "error_rate"], barmode="stack"), "outcomes",
+          "No generation runs.")
+    chart("Turn-count distribution", analytics.turn_counts(wb.db, run_id),
+          lambda f: px.bar(f, x="turns", y="conversations"), "turns", "No conversations.")
+    chart("Judge scores (every attempt)", analytics.judge_scores(wb.db, run_id),
+          lambda f: px.histogram(f, x="overall", color="kept", nbins=17, range_x=[1, 5]), "judge",
+          "No judged conversations: turn on auto-improve with a capable model.")
+chart("Grounding scores", analytics.grounding_scores(wb.db, run_id),
+      lambda f: px.histogram(f, x="grounding", nbins=20, range_x=[0, 1]), "grounding",
+      "No grounding scores yet.")

@@ -36,11 +36,11 @@ def test_home_indexes_the_sample_corpus_on_first_open(app_env):
     at = new_app()
     assert any("Sample corpus ready" in s.value for s in at.success)
     metrics = {m.label: m.value for m in at.metric}
-    assert int(metrics["Documents"].replace(",", "")) >= 30
+    assert int(metrics["Corpus →"].replace(",", "")) >= 30
     # Second open: nothing to index again.
     at = new_app()
     assert not at.success
-    assert int({m.label: m.value for m in at.metric}["Documents"]) >= 30
+    assert int({m.label: m.value for m in at.metric}["Corpus →"]) >= 30
 
 
 def test_corpus_page_browse_and_search(indexed_app_env):

@@ -18,7 +18,7 @@ from typing import Any
 
 from core import prompts as prompt_lib
 from core.corpus import Passage
-from core.db import dumps, new_id, now
+from core.db import dumps, loads, new_id, now
 from core.engine import (BriefingSampler, CallRecord, Question, Retriever, RunConfig, Simulator, format_passages,
                          store_conversation)
 from core.errors import GroundworkError, ValidationError
@@ -317,3 +317,54 @@ class Workshop:
                                 "conversation_id": match[0][winner],
                                 "payload": dumps({"comparison_id": comparison_id, "pair": pair, "winner": winner,
                                                   "chosen": match[0][winner], "rejected": match[0][loser]})})
+
+
+def regenerate_with_versions(workshop: Workshop, conversation_ids: list[str], versions: dict[str, int],
+                             temperature: float = 0.7, max_tokens: int = 1024,
+                             progress: Callable[[int, int], None] | None = None) -> list[tuple[str, str]]:
+    """Regenerate conversations from their own briefings and questions with other prompt versions.
+
+    The new conversation keeps the question, briefing and turn count of the old one and points at it
+    through ``parent_id``, so the two can be shown side by side and exported as a preference pair.
+
+    Returns:
+        (old id, new id) pairs, in the order given.
+    """
+    if not conversation_ids:
+        raise ValidationError("Select at least one conversation to regenerate.")
+    db = workshop.wb.db
+    texts, ids = workshop._texts(versions)
+    config = RunConfig(num_dialogs=len(conversation_ids), temperature=temperature, max_tokens=max_tokens,
+                       kind="regenerate", prompt_versions=ids)
+    run_id = workshop._new_run("regenerate", {**config.to_json(), "parents": conversation_ids})
+    retriever = Retriever(workshop.wb.corpus, snapshot=False)
+    provider = workshop.provider_factory(CallGate(workshop.wb.settings.rpm_limit))
+    pairs = []
+    try:
+        sim = Simulator(provider, retriever, config, texts)
+        for i, old_id in enumerate(conversation_ids, 1):
+            old = db.one("SELECT * FROM conversations WHERE id=?", [old_id])
+            if not old:
+                raise ValidationError(f"Conversation {old_id} does not exist.")
+            question = Question(old["question"], loads(old["question_meta"], {}), loads(old["briefing_ids"], []),
+                                old["briefing"])
+            rng = random.Random(old_id)
+            result = sim.converse(question, old["num_turns"], rng)
+            with db.write() as w:
+                new_id_ = store_conversation(w, run_id=run_id, work_item_id=None, provider=workshop.provider_name,
+                                             model=workshop.model, prompt_versions=ids, question=question,
+                                             result=result, turns=old["num_turns"], parent_id=old_id)
+                w.execute("UPDATE runs SET saved = saved + 1, num_dialogs = ? WHERE id=?",
+                          [len(conversation_ids), run_id])
+            pairs.append((old_id, new_id_))
+            if progress:
+                progress(i, len(conversation_ids))
+    finally:
+        provider.close()
+    return pairs
+
+
+def low_rated(db, max_rating: int = 2, limit: int = 50) -> list[dict[str, Any]]:
+    """Conversations rated at most ``max_rating``: the usual candidates for regeneration."""
+    return db.rows("SELECT id, question, rating, prompt_versions FROM conversations WHERE rating IS NOT NULL "
+                   "AND rating <= ? ORDER BY rating, created_at DESC LIMIT ?", [max_rating, limit])

@@ -5,7 +5,7 @@ import streamlit as st
 from core import ui_cache
 from core.prompts import PromptLibrary
 from core.providers.registry import provider_info
-from core.workshop import Workshop, highlight_html
+from core.workshop import Workshop, highlight_html, low_rated, regenerate_with_versions
 
 st.title("Workshop")
 try:
@@ -33,7 +33,7 @@ def show_passages(passages: list[dict], terms: list[str] | None = None) -> None:
             st.html(f"<div style='white-space: pre-wrap'>{highlight_html(p['text'], terms or [])}</div>")
 
 
-preview, dry, ab = st.tabs(["Retrieval preview", "Dry run", "Prompt A/B"])
+preview, dry, ab, regen = st.tabs(["Retrieval preview", "Dry run", "Prompt A/B", "Regenerate"])
 
 with preview:
     question = st.text_input("Question", key="workshop.question",
@@ -137,3 +137,34 @@ with ab:
                                       actor=st.session_state.get("review.reviewer", ""))
                         st.rerun()
             st.divider()
+
+with regen:
+    st.caption("Regenerate low-rated conversations from their own briefings and questions with other prompt "
+               "versions; old and new side by side. The new ones join the Review queue.")
+    max_rating = st.slider("Rated at most", 1, 5, 2, key="workshop.regen_max")
+    candidates = low_rated(wb.db, max_rating)
+    if not candidates:
+        st.caption("No conversation is rated that low yet: rate some on the Review page.")
+    else:
+        chosen = st.multiselect("Conversations", [c["id"] for c in candidates], default=[c["id"] for c in candidates],
+                                key="workshop.regen_ids",
+                                format_func=lambda i: next(f"★{c['rating']} · {c['question'][:80]}"
+                                                           for c in candidates if c["id"] == i))
+        regen_versions = {kind: version_picker(kind, f"workshop.regen_version.{kind}") for kind in
+                          ("respondent", "correspondent", "instruction")}
+        if st.button("Regenerate", key="workshop.regen_start", disabled=not chosen):
+            bar = st.progress(0.0, text="regenerating")
+            try:
+                st.session_state["workshop.regen_pairs"] = regenerate_with_versions(
+                    workshop, chosen, regen_versions, max_tokens=400 if info.name == "local" else 1024,
+                    progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total}"))
+            except Exception as e:
+                ui_cache.show_error(e)
+    for old_id, new_id in st.session_state.get("workshop.regen_pairs", []):
+        cols = st.columns(2)
+        for col, cid, label in ((cols[0], old_id, "Before"), (cols[1], new_id, "After")):
+            with col:
+                st.markdown(f"**{label}** · `{cid[:8]}`")
+                for t in wb.db.rows("SELECT role, content FROM turns WHERE conversation_id=? ORDER BY idx", [cid]):
+                    st.text(f"{t['role']}: {t['content']}")
+        st.divider()

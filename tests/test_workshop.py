@@ -99,3 +99,30 @@ def test_ab_uses_identical_briefings_and_questions_for_both_arms(indexed_wb, fak
 
 def test_query_terms_drop_stopwords():
     assert query_terms("What did the court hold about § 1950.5? The COURT!") == ["court", "hold", "1950.5"]
+
+
+def test_regenerate_low_rated_with_a_new_prompt_version(indexed_wb, fake):
+    from core.engine import GenerationRun, RunConfig
+    from core.workshop import low_rated, regenerate_with_versions
+
+    settings = indexed_wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url)
+    run = GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, lambda g: GeminiProvider(settings, gate=g),
+                        config=RunConfig(num_dialogs=3, max_turns=2, max_concurrency=2))
+    run.run()
+    ids = [r["id"] for r in indexed_wb.db.rows("SELECT id FROM conversations ORDER BY id")]
+    with indexed_wb.db.write() as w:
+        w.execute("UPDATE conversations SET rating=1 WHERE id IN (?, ?)", ids[:2])
+    library = PromptLibrary(indexed_wb.db)
+    new_version = library.save("respondent", library.current("respondent")["text"] + "\nBe brief.")
+    ws = workshop_for(indexed_wb, fake)
+    candidates = [c["id"] for c in low_rated(indexed_wb.db, 2)]
+    assert sorted(candidates) == sorted(ids[:2])
+    pairs = regenerate_with_versions(ws, candidates, {"respondent": new_version["id"]})
+    for old_id, new_id in pairs:
+        old = indexed_wb.db.one("SELECT * FROM conversations WHERE id=?", [old_id])
+        new = indexed_wb.db.one("SELECT * FROM conversations WHERE id=?", [new_id])
+        assert new["parent_id"] == old_id and new["question"] == old["question"]
+        assert new["briefing_ids"] == old["briefing_ids"] and new["num_turns"] == old["num_turns"]
+        assert loads(new["prompt_versions"])["respondent"] == new_version["id"]
+    with pytest.raises(ValidationError, match="Select at least one"):
+        regenerate_with_versions(ws, [], {})

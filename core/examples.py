@@ -29,17 +29,18 @@ def examples_data_dir(data_dir: Path) -> Path:
 
 
 def _find_passage(wb: Workbench, source_path: str, quote: str) -> Passage:
-    doc = wb.db.one("SELECT id, title, source_path FROM documents WHERE source_path=? AND collection=?",
-                    [source_path, wb.corpus.collection])
-    if not doc:
-        raise ValidationError(f"The example set refers to {source_path}, which is not indexed: index "
-                              "sample_data/corpus first.")
-    row = wb.db.one("SELECT id, position, text FROM chunks WHERE document_id=? AND instr(text, ?) > 0 "
-                    "ORDER BY position LIMIT 1", [doc["id"], quote])
+    # One file can hold several documents (JSONL, CSV): look in every document from that file.
+    row = wb.db.one("SELECT c.id, c.position, c.text, d.id AS document_id, d.title, d.source_path FROM chunks c "
+                    "JOIN documents d ON d.id = c.document_id WHERE d.source_path=? AND d.collection=? "
+                    "AND instr(c.text, ?) > 0 ORDER BY d.id, c.position LIMIT 1",
+                    [source_path, wb.corpus.collection, quote])
     if not row:
+        if not wb.db.scalar("SELECT COUNT(*) FROM documents WHERE source_path=?", [source_path]):
+            raise ValidationError(f"The example set refers to {source_path}, which is not indexed: index "
+                                  "sample_data/corpus first.")
         raise ValidationError(f"Quote not found in {source_path}: {quote[:80]!r}")
-    return Passage(id=row["id"], score=0.0, text=row["text"], document_id=doc["id"], title=doc["title"],
-                   source_path=doc["source_path"], position=row["position"])
+    return Passage(id=row["id"], score=0.0, text=row["text"], document_id=row["document_id"], title=row["title"],
+                   source_path=row["source_path"], position=row["position"])
 
 
 def import_examples(wb: Workbench, path: Path = EXAMPLES_FILE) -> int:

@@ -31,7 +31,8 @@ def progress_bar():
 try:
     wb = ui_cache.workbench()
     stats = wb.corpus.stats()
-    if stats["documents"] == 0 and SAMPLE_DIR.is_dir() and not st.session_state.get("home.sample_failed"):
+    if (stats["documents"] == 0 and wb.settings.auto_index_sample and SAMPLE_DIR.is_dir()
+            and not st.session_state.get("home.sample_failed")):
         st.info("First open: indexing the fictional case-law sample corpus in `sample_data/corpus` …")
         try:
             report = wb.corpus.ingest_path(SAMPLE_DIR, progress=progress_bar())

@@ -1,5 +1,6 @@
 """Home page (pipeline counts match the database, demo batch) and Dashboard through AppTest."""
 
+import json
 import shutil
 import time
 
@@ -81,3 +82,23 @@ def test_dashboard_draws_every_chart_with_csv(env):
     assert len(charts) >= 5  # per minute, tokens, ratings, outcomes, turns
     assert len(at.get("download_button")) == len(charts)
     assert any("auto-improve" in c.value for c in at.caption)  # judge chart explains why it is empty
+
+
+def test_example_set_loads_into_a_separate_data_dir(env):
+    at = open_page()
+    at.button(key="home.examples").click().run()
+    assert not at.exception
+    examples_dir = env.parent / f"{env.name}-examples"
+    assert at.session_state["app.data_dir"] == str(examples_dir)
+    db = Database(examples_dir / "groundwork.db")
+    rows = db.rows("SELECT status, COUNT(*) AS n FROM conversations GROUP BY status ORDER BY status")
+    assert {r["status"]: r["n"] for r in rows} == {"approved": 9, "discarded": 3, "new": 2}
+    assert db.scalar("SELECT COUNT(*) FROM tags") > 0
+    # Every assistant turn carries real passages, scored against the question it answered.
+    for t in db.rows("SELECT retrieval FROM turns WHERE role='assistant'"):
+        passages = json.loads(t["retrieval"])
+        assert passages and all(p["text"] and -1 <= p["score"] <= 1 for p in passages)
+    # The main data dir is untouched.
+    assert Database(env / "groundwork.db").scalar("SELECT COUNT(*) FROM conversations") == 5
+    metrics = {m.label.rstrip(" →"): m.value for m in at.metric}
+    assert int(metrics["Conversations"]) == 14

@@ -17,6 +17,24 @@ from core.errors import GroundworkError
 from core.workbench import Workbench
 
 
+def _leave_pages_directory_mode() -> None:
+    """Make app.py's st.navigation govern every session, whichever URL the first visitor opened.
+
+    Streamlit treats an app with a ``pages/`` folder as a legacy multipage app until some run calls
+    st.navigation; a first visit straight to e.g. /generate would run that page alone, without app.py
+    (no page config, no sidebar, a file-name menu). This flips the process-wide switch st.navigation
+    itself flips, then reruns so this session goes through app.py too.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_pages_directory_mode()
+
+
 def settings() -> Settings:
     """Settings from the environment, with ``.streamlit/secrets.toml`` values as fallbacks for keys."""
     overrides = {}

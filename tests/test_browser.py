@@ -1,0 +1,202 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against `streamlit run` on 127.0.0.1.
+
+The whole path a user takes, with a fresh data dir: ingest, search, edit a prompt, preview retrieval,
+generate (fake Gemini with realistic latency, and once with the offline model), review, export.
+A screenshot of every page lands in artifacts/ (gitignored).
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.fake_gemini import FakeGemini
+from tests.conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "artifacts" / "browser"
+FAKE_KEY = "AIzaSy-browser-secret-key-00000000042"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+HOSTILE = ("# Hostile markup\n\nThis opinion text tries <script>window.__pwned = 1</script> and "
+           "<img src=x onerror=\"window.__pwned = 2\"> and [a link](javascript:window.__pwned=3) inside "
+           "a zoning variance dispute about a bakery sign.\n")
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                                   reason="Debian chromium is not installed (.ci/run installs it)")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeGemini(latency=0.4) as server:  # realistic latency: the live progress bar must move on its own
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, fake):
+    data = tmp_path_factory.mktemp("browser") / "data"
+    docs = data.parent / "hostile"
+    docs.mkdir()
+    (docs / "hostile.md").write_text(HOSTILE, encoding="utf-8")
+    port = free_port()
+    env = {**os.environ, "GROUNDWORK_DATA_DIR": str(data), "GEMINI_API_KEY": FAKE_KEY,
+           "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GROUNDWORK_AUTO_INDEX_SAMPLE": "0", "HF_HUB_OFFLINE": "1"}
+    log = open(data.parent / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (data.parent / "streamlit.log").read_text()[-2000:])
+    yield {"base": base, "data": data, "docs": docs, "log": data.parent / "streamlit.log"}
+    proc.terminate()
+    proc.wait(20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+
+
+def open_page(page, app, path: str = ""):
+    page.goto(f"{app['base']}/{path}")
+    # Widgets exist only after the websocket connects: wait on a real element, not on page load.
+    page.locator('[data-testid="stSidebarNav"]').wait_for()
+    page.locator('[data-testid="stMainBlockContainer"] h1').first.wait_for()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def main_text(page) -> str:
+    return page.locator('[data-testid="stMainBlockContainer"]').inner_text()
+
+
+def wait_for_text(page, pattern: str, timeout_s: float = 120) -> None:
+    try:
+        page.get_by_text(re.compile(pattern)).first.wait_for(timeout=timeout_s * 1000)
+    except Exception:
+        shot(page, "failed-" + re.sub(r"\W+", "-", pattern)[:40])
+        raise
+
+
+def test_the_whole_path_in_a_browser(app, page, fake):
+    # Corpus: ingest the sample corpus and a hostile document through the Ingest tab.
+    open_page(page, app, "corpus")
+    page.get_by_role("tab", name="Ingest").click()
+    folder = page.get_by_label("Folder or file on the server")
+    folder.fill(str(ROOT / "sample_data" / "corpus"))
+    page.get_by_role("button", name="Ingest folder").click()
+    wait_for_text(page, r"40 documents \(\d+ chunks\) indexed")
+    folder.fill(str(app["docs"]))
+    page.get_by_role("button", name="Ingest folder").click()
+    wait_for_text(page, r"1 documents \(\d+ chunks\) indexed")
+    shot(page, "01-corpus-ingest")
+
+    # Search: results show, hostile markup is shown as text and never runs.
+    open_page(page, app, "corpus")
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("Question or keywords").fill("zoning variance bakery sign")
+    page.keyboard.press("Enter")
+    wait_for_text(page, r"Hostile markup")
+    page.get_by_text("<script>window.__pwned = 1</script>", exact=False).first.wait_for()
+    assert page.evaluate("window.__pwned") is None
+    shot(page, "02-corpus-search")
+
+    # Prompts: edit and save a new respondent version.
+    open_page(page, app, "prompts")
+    editor = page.get_by_label(re.compile("Respondent prompt"))
+    editor.fill(editor.input_value() + "\nKeep every answer under 150 words.")
+    page.get_by_label("Note (what changed and why)").fill("shorter answers")
+    page.get_by_role("button", name="Save as new version").click()
+    wait_for_text(page, "Saved respondent v2")
+    shot(page, "03-prompts")
+
+    # Workshop: retrieval preview with the exact system prompt.
+    open_page(page, app, "workshop")
+    page.get_by_label("Question", exact=True).fill("When must a landlord return a security deposit?")
+    page.keyboard.press("Enter")
+    wait_for_text(page, "The exact respondent system prompt")
+    page.locator("mark").first.wait_for()  # question terms highlighted
+    shot(page, "04-workshop-preview")
+
+    # Settings: the key field is masked and the key is nowhere in the page.
+    open_page(page, app, "settings")
+    page.locator('input[type="password"]').wait_for()
+    assert page.locator('input[type="password"]').count() == 1
+    assert FAKE_KEY not in page.content()
+    shot(page, "05-settings")
+
+    # Generate: 3 conversations against the fake Gemini; the progress bar advances on its own.
+    open_page(page, app, "generate")
+    page.get_by_label("Conversations").fill("3")
+    page.get_by_label("Concurrency").fill("1")
+    page.keyboard.press("Tab")
+    page.get_by_role("button", name="Start").click()
+    seen = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = main_text(page)
+        match = re.search(r"(\d)/3 conversations", text)
+        if match:
+            seen.add(int(match.group(1)))
+        if "Completed: 3 conversations" in text:
+            break
+        time.sleep(0.3)
+    assert "Completed: 3 conversations" in main_text(page)
+    assert len(seen) >= 2, f"progress never moved on its own: saw {seen}"
+    shot(page, "06-generate")
+    assert FAKE_KEY not in page.content()
+
+    # Home and Dashboard render with the new data.
+    open_page(page, app, "")
+    wait_for_text(page, "Pipeline")
+    shot(page, "07-home")
+    open_page(page, app, "dashboard")
+    page.locator(".js-plotly-plot").first.wait_for()
+    shot(page, "08-dashboard")
+
+    # Nothing under the data dir holds the key.
+    for path in app["data"].rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path

@@ -167,7 +167,8 @@ class GeminiProvider:
         if isinstance(exc, _TRANSPORT_ERRORS):
             return LLMError(self._redact(f"Cannot reach Gemini at {self.base_url}: {exc or type(exc).__name__}."),
                             kind="unreachable", retryable=True)
-        return LLMError("Gemini answered with a body that is not a valid response (bad JSON); trying again.",
+        return LLMError(("Gemini answered with a malformed body (not valid JSON). If this persists, check that "
+                         "the base URL points at the Gemini API."),
                         kind="malformed", retryable=True)
 
     def _api_error(self, exc: genai_errors.APIError) -> LLMError:

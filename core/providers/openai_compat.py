@@ -132,7 +132,8 @@ class OpenAICompatProvider:
             return LLMError(f"Cannot reach {where}: is it running, and does OPENAI_BASE_URL point at it?",
                             kind="unreachable", retryable=True)
         if not isinstance(exc, openai.APIStatusError):
-            return LLMError(f"{where} answered with a body that is not a valid response (bad JSON); trying again.",
+            return LLMError((f"{where} answered with a malformed body (not valid JSON). If this persists, check "
+                               "that the base URL points at an OpenAI-compatible API."),
                             kind="malformed", retryable=True)
         code = exc.status_code
         said = self._redact(_server_message(exc)[:300])

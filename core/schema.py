@@ -107,3 +107,35 @@ def create_generation_tables(db: Database) -> None:
         "id": str, "kind": str, "run_id": str, "status": str, "payload": str, "created_at": str,
         "claimed_by": int, "claimed_at": str,
     }, pk="id")
+
+
+@migrations()
+def add_quality_scores(db: Database) -> None:
+    """Grounding scores, citation flags and near-duplicate links written by core.quality.
+
+    ``turns.grounding`` (JSON, per sentence) and ``conversations.grounding`` / ``dup_of`` already
+    exist; these columns make the review filters ("weakly grounded", "invented citations", "has a
+    twin") plain indexed queries, and the vector cache keeps re-running near-duplicate detection cheap.
+    """
+    db["turns"].add_column("grounding_score", float)
+    db["turns"].add_column("citation_flags", int)
+    db["conversations"].add_column("grounded_at", str)  # NULL: never scored (score_conversations picks these)
+    db["conversations"].add_column("citation_flags", int)
+    db["conversations"].add_column("dup_similarity", float)  # similarity to the closest twin in its cluster
+    db["conversations"].create_index(["grounding"], if_not_exists=True)
+    db["conversations"].create_index(["dup_of"], if_not_exists=True)
+    db["quality_vectors"].create({
+        "conversation_id": str, "kind": str,  # question | conversation
+        "model": str, "text_hash": str, "vector": bytes,
+    }, pk=("conversation_id", "kind"))
+
+
+@migrations()
+def add_review_indexes(db: Database) -> None:
+    """Indexes the review queue pages and looks up by, so it stays fast at 10,000+ conversations.
+
+    ``parent_id``: a conversation's regenerated versions (review shows them beside it). ``created_at``:
+    queue order when no status is chosen (``status`` + ``created_at`` already exists for the usual case).
+    """
+    db["conversations"].create_index(["parent_id"], if_not_exists=True)
+    db["conversations"].create_index(["created_at", "id"], if_not_exists=True)

@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import analytics, ui_cache
+from core import analytics, quality, ui_cache
 
 st.title("Dashboard")
 try:
@@ -56,6 +56,33 @@ with right:
     chart("Judge scores (every attempt)", analytics.judge_scores(wb.db, run_id),
           lambda f: px.histogram(f, x="overall", color="kept", nbins=17, range_x=[1, 5]), "judge",
           "No judged conversations: turn on auto-improve with a capable model.")
+with st.container(border=True):
+    st.markdown("**Quality checks** — grounding of every answer sentence in its turn's passages (no LLM), "
+                "identifiers absent from the passages, near-duplicate conversations.")
+    summary = quality.quality_summary(wb.db, run_id=run_id)
+    cols = st.columns(4)
+    cols[0].metric("Scored conversations", summary.get("scored") or 0)
+    cols[1].metric("Weakly grounded", summary.get("weakly_grounded") or 0)
+    cols[2].metric("With unverified identifiers", summary.get("with_citation_flags") or 0)
+    cols[3].metric("Near-duplicates", summary.get("near_duplicates") or 0)
+    if st.button("Score grounding and find near-duplicates", key="dashboard.score"):
+        bar = st.progress(0.0, text="scoring")
+        try:
+            scored = quality.score_conversations(
+                wb.db, wb.embedder, run_id=run_id,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"grounding {done}/{total}"))
+            clusters = quality.mark_near_duplicates(wb.db, wb.embedder, run_id=run_id)
+            st.success(f"Scored {scored} conversations; {len(clusters)} near-duplicate clusters.")
+            st.rerun()
+        except Exception as e:
+            ui_cache.show_error(e)
 chart("Grounding scores", analytics.grounding_scores(wb.db, run_id),
       lambda f: px.histogram(f, x="grounding", nbins=20, range_x=[0, 1]), "grounding",
-      "No grounding scores yet.")
+      "No grounding scores yet: press the button above.")
+report = quality.coverage(wb.db, collection=wb.settings.collection, run_id=run_id)
+chart("Coverage: how often each document was sampled for briefings and retrieved for answers",
+      report.documents, lambda f: px.bar(f, x="title", y=["briefing_uses", "retrieved_uses"], barmode="group"),
+      "coverage", "No indexed documents.")
+if report.uncovered:
+    with st.expander(f"{len(report.uncovered)} documents never sampled nor retrieved"):
+        st.dataframe(pd.DataFrame(report.uncovered), hide_index=True, width="stretch")

@@ -102,3 +102,15 @@ def test_example_set_loads_into_a_separate_data_dir(env):
     assert Database(env / "groundwork.db").scalar("SELECT COUNT(*) FROM conversations") == 5
     metrics = {m.label.rstrip(" →"): m.value for m in at.metric}
     assert int(metrics["Conversations"]) == 14
+
+
+def test_dashboard_scores_grounding_and_shows_coverage(env):
+    at = open_page("pages/dashboard.py")
+    at.button(key="dashboard.score").click().run()
+    assert not at.exception
+    db = Database(env / "groundwork.db")
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE grounded_at IS NOT NULL") == 5
+    metrics = {m.label: m.value for m in at.metric}
+    assert int(metrics["Scored conversations"]) == 5
+    labels = [c.value for c in at.markdown]
+    assert any("Coverage" in v for v in labels)

@@ -61,7 +61,8 @@ def _embedder(model_name: str) -> Embedder:
 def _workbench(data_dir: str, collection: str, embedding_model: str, qdrant_url: str) -> Workbench:
     s = settings().replace(data_dir=data_dir, collection=collection, embedding_model=embedding_model,
                            qdrant_url=qdrant_url)
-    return Workbench(s, embedder=_embedder(embedding_model))
+    # Wait a little for a CLI batch that holds the embedded store for a moment (it releases it quickly).
+    return Workbench(s, embedder=_embedder(embedding_model), wait_for_store_s=10.0)
 
 
 def workbench(data_dir: str | Path | None = None) -> Workbench:

@@ -207,6 +207,36 @@ def _int_env(name: str, default: int) -> int:
         raise GroundworkError(f"{name}={raw!r} is not a whole number.") from None
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.db import Database
+    from core.export import ExportOptions, default_out_dir, export
+    from core.review import ReviewFilter
+
+    settings = _settings(args)
+    options = ExportOptions(
+        formats=args.format or ["openai"], context=args.context,
+        filter=ReviewFilter(status=args.status, run_id=args.run or "", min_rating=args.min_rating, tag=args.tag or ""),
+        split=args.split, seed=args.seed, with_system_prompt=args.with_system_prompt,
+        tokenizer=args.tokenizer or "", max_tokens=args.max_tokens)
+    options.validate()  # bad options are reported before the database is opened
+    if not settings.db_path.exists():
+        raise GroundworkError(f"No workbench database at {settings.db_path}: pass --data-dir (or set "
+                              "GROUNDWORK_DATA_DIR) to the data dir you generated into.")
+    db = Database(settings.db_path)
+    progress = Progress(args.quiet)
+    try:
+        result = export(db, options, args.out or default_out_dir(settings), settings=settings, progress=progress)
+    finally:
+        progress.close()
+        db.close()
+    print(f"manifest: {result.manifest_path}")
+    for line in result.summary_lines():
+        print(line)
+    for warning in result.manifest["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundwork", description="Groundwork: grounded SFT conversations "
                                      "from your documents.")
@@ -273,7 +303,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("export", help="export reviewed conversations as training JSONL (+ manifest.json)")
+    p.add_argument("--data-dir", help="data dir (env GROUNDWORK_DATA_DIR, default ./data)")
+    p.add_argument("--format", action="append", choices=["openai", "sharegpt", "alpaca", "raw", "dpo", "kto"],
+                   help="output format; repeat for several (default: openai)")
+    p.add_argument("--context", choices=["none", "system", "user", "tool"], default="none",
+                   help="where retrieved passages go: none, system (single-turn rows only), user (a context "
+                        "block in each user turn), tool (a retrieve tool call before each answer)")
+    p.add_argument("--status", choices=["approved", "new", "discarded", "any"], default="approved",
+                   help="review status to export (default approved)")
+    p.add_argument("--run", metavar="RUN_ID", help="only this generation run")
+    p.add_argument("--min-rating", type=int, metavar="N", help="only conversations rated N or more (1-5)")
+    p.add_argument("--tag", metavar="T", help="only conversations tagged T")
+    p.add_argument("--split", type=float, default=0.9,
+                   help="share of source documents in train, between 0 and 1 (default 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation assignment")
+    p.add_argument("--with-system-prompt", action="store_true",
+                   help="start each row with the respondent prompt the conversation was generated with")
+    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer for token lengths: a .gguf file or a Hugging "
+                                                       "Face tokenizer folder (default: the offline model's)")
+    p.add_argument("--max-tokens", type=int, default=0, metavar="N",
+                   help="drop rows longer than N tokens (0: keep all)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <data dir>/exports/export-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("migrate", help="move the corpus between Qdrant Edge and local mode (no re-embedding), "
+                                       "or load a Qdrant server's shard snapshot into Edge")
+    p.add_argument("--to", choices=["edge", "local"], help="the embedded engine that will hold the collection")
+    p.add_argument("--from-snapshot", metavar="FILE",
+                   help="a shard snapshot from a Qdrant server (/collections/NAME/shards/0/snapshot) to search "
+                        "offline with Edge")
+    p.add_argument("--replace", action="store_true", help="overwrite the collection if the target has it")
+    p.add_argument("--collection", help="collection to move (env GROUNDWORK_COLLECTION)")
+    p.add_argument("--data-dir", help="data dir (env GROUNDWORK_DATA_DIR, default ./data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_migrate)
     return parser
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from core.migrate import load_snapshot, migrate
+
+    if bool(args.to) == bool(args.from_snapshot):
+        raise GroundworkError("Give either --to edge|local or --from-snapshot FILE.")
+    settings = Settings.from_env(data_dir=args.data_dir, collection=args.collection)
+    progress = Progress(args.quiet)
+    try:
+        if args.from_snapshot:
+            info = load_snapshot(settings, args.from_snapshot, progress=progress)
+            progress.close()
+            print(f"collection {info['collection']}: {info['points']:,} points of {info['dim']} dims in Qdrant Edge "
+                  f"at {info['location']}. Search it with GROUNDWORK_EMBEDDED_ENGINE=edge and no QDRANT_URL "
+                  "(--content-key: the payload field holding the text).")
+            return 0
+        report = migrate(settings, args.to, replace=args.replace, progress=progress)
+        progress.close()
+        print(report.summary())
+        if settings.embedded_engine != args.to:
+            print(f"now set GROUNDWORK_EMBEDDED_ENGINE={args.to} to use it", file=sys.stderr)
+        return 0
+    finally:
+        progress.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,103 @@
+"""Export: the reviewed selection as training JSONL (several formats), split by document, with a manifest."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_cache
+from core.errors import GroundworkError
+from core.export import CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, ExportOptions, default_out_dir, export, zip_export
+from core.review import STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
+
+ss = st.session_state
+
+st.title("Export")
+try:
+    wb = ui_cache.workbench()
+    store = ReviewStore(wb.db)
+except Exception as e:
+    ui_cache.show_error(e)
+    st.stop()
+
+# What you see is what you export: start from the Review page's filter, else approved conversations.
+review_filter = ss.get("review.filter")
+base = ReviewFilter.from_dict(review_filter) if review_filter else ReviewFilter(status="approved")
+if "export.status" not in ss or ss.get("export.seeded_from") != review_filter:  # follow the review filter
+    ss["export.status"] = base.status
+    ss["export.seeded_from"] = review_filter
+ss.setdefault("export.out", str(default_out_dir(wb.settings)))
+if ss.pop("export.fresh_out", False):
+    ss["export.out"] = str(default_out_dir(wb.settings))
+
+st.selectbox("Status", STATUS_CHOICES, key="export.status",
+             help="from the Review page's filter; approved when you have not opened Review in this session")
+selection = ReviewFilter.from_dict({**base.as_dict(), "status": ss["export.status"]})
+try:
+    selected = store.count(selection)
+except GroundworkError as e:
+    st.error(str(e))
+    st.stop()
+source = "the Review page's filter" if review_filter else "the default selection"
+st.info(f"**{selected:,} conversations** selected — {source}: {escape_markdown(selection.describe())}. "
+        "Change the other conditions on the Review page.")
+
+c1, c2 = st.columns(2)
+formats = c1.multiselect("Formats", FORMATS, default=["openai"], key="export.formats",
+                         help="\n".join(f"- **{k}**: {v}" for k, v in FORMAT_HELP.items()))
+context = c2.selectbox("Retrieved passages go", CONTEXTS, key="export.context",
+                       format_func=lambda c: f"{c}: {CONTEXT_HELP[c]}")
+c1, c2, c3, c4 = st.columns(4)
+with_system = c1.checkbox("Start rows with the respondent prompt", key="export.with_system",
+                          help="the system prompt (pinned version) each conversation was generated with")
+do_split = c2.checkbox("Train/validation split", value=True, key="export.do_split",
+                       help="grouped by source document: no document on both sides; stable as the data grows")
+ratio = c3.number_input("Train share", 0.01, 0.99, 0.9, 0.05, key="export.ratio", disabled=not do_split)
+seed = c4.number_input("Split seed", 0, 2**31 - 1, 0, key="export.seed", disabled=not do_split)
+c1, c2, c3 = st.columns(3)
+tokenizer = c1.text_input("Tokenizer", key="export.tokenizer", placeholder="offline model's (default)",
+                          help="a .gguf file or a Hugging Face tokenizer folder; empty: the offline model's")
+max_tokens = c2.number_input("Max tokens per row (0: no limit)", 0, 10_000_000, 0, 256, key="export.max_tokens")
+dedupe = c3.checkbox("Remove exact duplicates", value=True, key="export.dedupe")
+out_dir = st.text_input("Output folder", key="export.out", help="created if needed; files of the same names are "
+                                                                "replaced")
+
+if st.button("Export", type="primary", key="export.run"):
+    options = ExportOptions(formats=list(formats), context=context, filter=selection,
+                            split=float(ratio) if do_split else None, seed=int(seed), with_system_prompt=with_system,
+                            dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens))
+    try:
+        with st.spinner(f"Exporting {selected:,} conversations…"):
+            result = export(wb.db, options, out_dir.strip() or default_out_dir(wb.settings), settings=wb.settings)
+        ss["export.result"] = {"dir": str(result.out_dir), "manifest": result.manifest}
+        ss["export.fresh_out"] = True  # the next export gets its own folder
+    except GroundworkError as e:
+        st.error(str(e))
+    except Exception as e:
+        ui_cache.show_error(e)
+
+done = ss.get("export.result")
+if done:
+    manifest = done["manifest"]
+    st.success(f"Exported to `{done['dir']}` — manifest.json lists the files, counts and checksums.")
+    table = []
+    for fmt, counts in manifest["counts"].items():
+        table.append({"format": fmt, **{k: v for k, v in counts.items() if isinstance(v, int)},
+                      "skipped": sum(counts["skipped"].values()),
+                      "tokens p50": manifest["token_stats"][fmt].get("p50"),
+                      "tokens max": manifest["token_stats"][fmt].get("max")})
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    for warning in manifest["warnings"]:
+        st.warning(escape_markdown(warning))
+    skipped = {f"{fmt}: {reason}": n for fmt, c in manifest["counts"].items() for reason, n in c["skipped"].items()}
+    if skipped:
+        with st.expander("Skipped rows"):
+            st.dataframe(pd.DataFrame([{"why": k, "rows": v} for k, v in skipped.items()]), hide_index=True)
+    with st.expander("Files"):
+        st.dataframe(pd.DataFrame([{"file": name, **info} for name, info in manifest["files"].items()]),
+                     hide_index=True, width="stretch")
+    folder = Path(done["dir"])
+    if (folder / "manifest.json").exists():
+        st.download_button("Download as zip", data=lambda: zip_export(folder, manifest).read_bytes(),
+                           file_name=f"{folder.name}.zip", mime="application/zip", key="export.download",
+                           on_click="ignore")

@@ -1,0 +1,399 @@
+"""Review: a filtered, paged queue; one conversation at a time with its passages; actions saved at once."""
+
+import pandas as pd
+import streamlit as st
+
+from core import ui_cache
+from core.errors import GroundworkError
+from core.review import DISCARD_REASONS, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
+
+PAGE_SIZE = 25
+ANY = ""
+ss = st.session_state
+
+st.title("Review")
+try:
+    wb = ui_cache.workbench()
+    store = ReviewStore(wb.db)
+    options = store.filter_options()
+except Exception as e:
+    ui_cache.show_error(e)
+    st.stop()
+
+
+def flash(kind: str, message: str) -> None:
+    ss["review.flash"] = (kind, message)
+
+
+def report(e: Exception) -> None:
+    flash("error", str(e) if isinstance(e, GroundworkError) else f"Something went wrong: {type(e).__name__}: "
+                                                                   f"{str(e)[:300]}")
+
+
+if "review.flash" in ss:  # the outcome of the last action (set by a callback or before a rerun)
+    kind, message = ss.pop("review.flash")
+    getattr(st, kind)(message)
+
+# ---- reviewer (once per browser session) ------------------------------------------------------------
+ss.setdefault("reviewer", "")
+if "review.reviewer_input" not in ss:  # widget state is dropped on other pages; the name is not
+    ss["review.reviewer_input"] = ss["reviewer"]
+ss["reviewer"] = st.sidebar.text_input("Reviewer name", key="review.reviewer_input", max_chars=80,
+                                       help="Recorded with every action you take; asked once per browser session.")
+reviewer = ss["reviewer"].strip()
+if not reviewer:
+    st.sidebar.warning("Type your name to review: every action records who did it.")
+
+# ---- filter ------------------------------------------------------------------------------------------
+saved = ReviewFilter.from_dict(ss.get("review.filter") or {"status": "new"})
+run_ids = [ANY] + [r["id"] for r in options["runs"]]
+run_labels = {r["id"]: f"{r['id']} · {r['kind']} · {r['saved']} saved · {r['created_at'][:16]}"
+              for r in options["runs"]}
+version_ids = [None] + [v["id"] for v in options["prompt_versions"]]
+version_labels = {v["id"]: f"{v['kind']} v{v['version']} · {v['name'] or ''}" for v in options["prompt_versions"]}
+comparison_ids = [ANY] + [c["id"] for c in options["comparisons"]]
+comparison_labels = {c["id"]: f"{c['name'] or c['id']}" for c in options["comparisons"]}
+ratings = [None, 1, 2, 3, 4, 5]
+widgets = {  # key -> (saved value, allowed values or None)
+    "review.f.status": (saved.status, STATUS_CHOICES),
+    "review.f.run": (saved.run_id, run_ids),
+    "review.f.min_rating": (saved.min_rating, ratings),
+    "review.f.max_rating": (saved.max_rating, ratings),
+    "review.f.tag": (saved.tag, [ANY] + options["tags"]),
+    "review.f.version": (saved.prompt_version, version_ids),
+    "review.f.model": (saved.model, [ANY] + options["models"]),
+    "review.f.comparison": (saved.comparison_id, comparison_ids),
+    "review.f.search": (saved.search, None),
+}
+for key, (value, allowed) in widgets.items():
+    if key not in ss or (allowed is not None and ss[key] not in allowed):
+        ss[key] = value if allowed is None or value in allowed else allowed[0]
+
+with st.sidebar:
+    st.subheader("Queue filter")
+    st.selectbox("Status", STATUS_CHOICES, key="review.f.status")
+    st.text_input("Text contains", key="review.f.search", placeholder="words in any message")
+    c1, c2 = st.columns(2)
+    fmt_rating = lambda r: "any" if r is None else f"{r}★"  # noqa: E731
+    c1.selectbox("Min rating", ratings, key="review.f.min_rating", format_func=fmt_rating)
+    c2.selectbox("Max rating", ratings, key="review.f.max_rating", format_func=fmt_rating)
+    st.selectbox("Tag", [ANY] + options["tags"], key="review.f.tag", format_func=lambda t: t or "any")
+    st.selectbox("Run", run_ids, key="review.f.run", format_func=lambda r: run_labels.get(r, "any"))
+    st.selectbox("Prompt version", version_ids, key="review.f.version",
+                 format_func=lambda v: "any" if v is None else version_labels.get(v, str(v)))
+    st.selectbox("Model", [ANY] + options["models"], key="review.f.model", format_func=lambda m: m or "any")
+    st.selectbox("A/B comparison", comparison_ids, key="review.f.comparison",
+                 format_func=lambda c: comparison_labels.get(c, "any"))
+    auto_advance = st.checkbox("After approve or discard, open the next", value=True, key="review.auto_advance")
+
+f = ReviewFilter(status=ss["review.f.status"], run_id=ss["review.f.run"], min_rating=ss["review.f.min_rating"],
+                 max_rating=ss["review.f.max_rating"], tag=ss["review.f.tag"], prompt_version=ss["review.f.version"],
+                 model=ss["review.f.model"], comparison_id=ss["review.f.comparison"],
+                 search=ss["review.f.search"].strip())
+try:
+    f.validate()
+except GroundworkError as e:
+    st.error(str(e))
+    st.stop()
+if ss.get("review.filter") is not None and ss["review.filter"] != f.as_dict():
+    ss["review.current"] = None  # a new filter starts at its first conversation
+    ss["review.page"] = 1
+ss["review.filter"] = f.as_dict()  # the Export page starts from this: what you see is what you export
+
+# ---- counts and queue ------------------------------------------------------------------------------------
+counts = store.status_counts(f)
+matching = counts[f.status]
+cols = st.columns(4)
+cols[0].metric("Matching the filter", f"{matching:,}")
+for col, status in zip(cols[1:], ("new", "approved", "discarded")):
+    col.metric(status.capitalize(), f"{counts[status]:,}")
+
+current = ss.get("review.current")
+if current and not store.exists(current):
+    current = None
+if not current:
+    current = store.first(f)
+    ss["review.current"] = current
+
+with st.expander(f"Queue · {matching:,} conversations", expanded=False):
+    pages = max(1, -(-matching // PAGE_SIZE))
+    ss.setdefault("review.page", 1)
+    ss["review.page"] = min(max(1, ss["review.page"]), pages)
+    page_no = st.number_input(f"Page (of {pages:,})", 1, pages, key="review.page")
+    rows = store.page(f, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE)
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        pick = st.selectbox("Open", [r["id"] for r in rows], key="review.open_from_page",
+                            format_func=lambda i: next(f"{r['id'][:10]} · {r['status']} · {r['question']}"
+                                                       for r in rows if r["id"] == i))
+        if st.button("Open this conversation", key="review.open"):
+            ss["review.current"] = pick
+            st.rerun()
+    jump = st.text_input("Go to conversation id", key="review.jump")
+    if jump.strip() and st.button("Go", key="review.go"):
+        if store.exists(jump.strip()):
+            ss["review.current"] = jump.strip()
+            st.rerun()
+        st.error(f"No conversation {jump.strip()!r} in this data dir.")
+
+if not current:
+    st.info("No conversations match this filter. Widen it in the sidebar, or generate conversations on the "
+            "Generate page.")
+    st.stop()
+
+
+# ---- actions (callbacks: they run before the page draws, so it shows the new state) ---------------------
+def _go(target: str | None, edge: str) -> None:
+    if target:
+        ss["review.current"] = target
+    else:
+        flash("info", f"This is the {edge} conversation of the queue.")
+
+
+def go_next() -> None:
+    _go(store.next_id(f, ss["review.current"]), "last")
+
+
+def go_prev() -> None:
+    _go(store.prev_id(f, ss["review.current"]), "first")
+
+
+def act(action: str, cid: str, *args) -> None:
+    try:
+        nxt = None
+        if action == "rate":
+            store.rate(cid, args[0], reviewer)
+        elif action == "approve":
+            store.approve(cid, reviewer)
+            nxt = store.next_id(f, cid)
+        elif action == "discard":
+            detail = ss.get("review.discard_detail", "").strip()
+            reason = ss.get("review.discard_reason", DISCARD_REASONS[0]) + (f": {detail}" if detail else "")
+            store.discard(cid, reason, reviewer)
+            nxt = store.next_id(f, cid)
+        elif action == "restore":
+            store.restore(cid, reviewer)
+        elif action == "note":
+            store.note(cid, ss.get(f"review.note.{cid}", ""), reviewer)
+            flash("success", "Note saved.")
+        elif action == "tag":
+            store.tag(cid, ss.get("review.new_tag", ""), reviewer)
+            ss["review.new_tag"] = ""
+        elif action == "untag":
+            store.untag(cid, args[0], reviewer)
+        elif action == "edit":
+            idx = args[0]
+            changed = store.edit_message(cid, idx, ss.get(f"review.edit.{cid}.{idx}", ""), reviewer)
+            flash("success" if changed else "info", f"Turn {idx} saved." if changed else "Nothing changed.")
+        elif action == "revert":
+            store.revert_message(cid, args[0], reviewer)
+            ss.pop(f"review.edit.{cid}.{args[0]}", None)
+        elif action == "mark":
+            store.mark_turn(cid, args[0], args[1], reviewer)
+        elif action == "prefer":
+            store.prefer(cid, args[0], reviewer)
+            flash("success", "Preference saved: it goes into the DPO export.")
+        if nxt and auto_advance:
+            ss["review.current"] = nxt
+    except Exception as e:  # shown at the top of the page, never as a traceback
+        report(e)
+
+
+try:
+    c = store.get(current)
+except GroundworkError as e:
+    st.error(str(e))
+    st.stop()
+cid = c["id"]
+position = store.position(f, cid)
+
+nav = st.columns([1, 1, 1, 1, 1, 1, 1, 1.3, 1.3, 1.3])
+nav[0].button("◀ Prev", key="review.prev", on_click=go_prev, shortcut="K", help="previous (K)")
+nav[1].button("Next ▶", key="review.next", on_click=go_next, shortcut="J", help="next (J)")
+for n in range(1, 6):
+    nav[n + 1].button(f"{n}★", key=f"review.rate{n}", on_click=act, args=("rate", cid, n), shortcut=str(n),
+                      type="primary" if c["rating"] == n else "secondary", help=f"rate {n} ({n})")
+nav[7].button("Approve", key="review.approve", on_click=act, args=("approve", cid), shortcut="A",
+              type="primary" if c["status"] == "approved" else "secondary", help="approve (A)")
+nav[8].button("Discard", key="review.discard", on_click=act, args=("discard", cid), shortcut="D",
+              type="primary" if c["status"] == "discarded" else "secondary",
+              help="discard with the reason chosen below (D); undo with Restore")
+nav[9].button("Restore", key="review.restore", on_click=act, args=("restore", cid), shortcut="U",
+              disabled=c["status"] == "new", help="back to new: undoes approve or discard (U)")
+st.caption("Keys: J next · K previous · 1–5 rate · A approve · D discard · U restore (not while typing in a "
+           "field).")
+
+where = f"{position:,} of {matching:,}" if position else "not in the current filter"
+status_line = c["status"] + (f" ({c['discard_reason']})" if c["discard_reason"] else "")
+st.subheader(f"Conversation {where}")
+st.caption(f"`{cid}` · **{status_line}** · rating {c['rating'] or '–'} · {c['num_turns']} answer(s) · "
+           f"{escape_markdown(c['provider'] or '')}/{escape_markdown(c['model'] or '')} · run `{c['run_id']}` · "
+           f"{(c['created_at'] or '')[:19]}"
+           + (f" · last action by {escape_markdown(c['reviewed_by'])} at {(c['reviewed_at'] or '')[:19]}"
+              if c["reviewed_by"] else ""))
+
+c1, c2, c3 = st.columns([2, 2, 3])
+c1.selectbox("Discard reason", DISCARD_REASONS, key="review.discard_reason")
+c2.text_input("Reason details", key="review.discard_detail", placeholder="optional")
+with c3:
+    tag_cols = st.columns([3, 1])
+    tag_cols[0].text_input("Add tag", key="review.new_tag", placeholder="e.g. citation-error")
+    tag_cols[1].button("Add", key="review.add_tag", on_click=act, args=("tag", cid))
+    if c["tags"]:
+        tcols = st.columns(min(len(c["tags"]), 6))
+        for i, tag in enumerate(c["tags"]):
+            tcols[i % len(tcols)].button(f"✕ {tag}", key=f"review.untag.{tag}", on_click=act,
+                                         args=("untag", cid, tag), help="remove this tag")
+
+meta = c["question_meta"] or {}
+versions = ", ".join(f"{v['kind']} v{v['version']}" for v in c["prompt_version_rows"]) or "unknown"
+st.caption(f"Prompt versions: {escape_markdown(versions)} · tokens: {c['prompt_tokens'] or 0:,} prompt, "
+           f"{c['completion_tokens'] or 0:,} completion, {c['thinking_tokens'] or 0:,} thinking · "
+           f"{(c['latency_ms'] or 0) / 1000:.1f} s"
+           + (f" · question: {escape_markdown(str(meta.get('persona', '')))}, "
+              f"{escape_markdown(str(meta.get('type', '')))}, {escape_markdown(str(meta.get('difficulty', '')))}, "
+              f"{'answerable' if meta.get('answerable', True) else 'unanswerable'}" if meta.get("persona") else ""))
+with st.expander("Briefing that seeded the question"):
+    st.markdown(escape_markdown(c["briefing"] or "(no briefing stored)"))
+
+# ---- A/B and regenerated versions -------------------------------------------------------------------
+if c["twins"] or c["parent_id"] or c["children"]:
+    with st.container(border=True):
+        for twin in c["twins"]:
+            t1, t2, t3 = st.columns([3, 2, 2])
+            chosen = twin["id"] in c["preferred_over"]
+            t1.markdown(f"A/B: this is arm **{escape_markdown(c['arm'] or '?')}**; arm "
+                        f"**{escape_markdown(twin['arm'] or '?')}** answered the same question"
+                        + (" · **you preferred this arm**" if chosen else ""))
+            t2.button(f"Prefer this arm over {twin['arm'] or 'the other'}", key=f"review.prefer.{twin['id']}",
+                      on_click=act, args=("prefer", cid, twin["id"]), disabled=chosen)
+            if t3.button(f"Open arm {twin['arm'] or ''}", key=f"review.open_twin.{twin['id']}"):
+                ss["review.current"] = twin["id"]
+                st.rerun()
+        if c["parent_id"]:
+            p1, p2, p3 = st.columns([3, 2, 2])
+            p1.markdown(f"Regenerated from `{c['parent_id']}`"
+                        + (" · **preferred over it**" if c["parent_id"] in c["preferred_over"] else ""))
+            p2.button("Prefer this version", key="review.prefer_parent", on_click=act,
+                      args=("prefer", cid, c["parent_id"]))
+            if p3.button("Open the earlier version", key="review.open_parent"):
+                ss["review.current"] = c["parent_id"]
+                st.rerun()
+        for child in c["children"]:
+            if st.button(f"Open regenerated version {child['id'][:10]} ({child['status']})",
+                         key=f"review.open_child.{child['id']}"):
+                ss["review.current"] = child["id"]
+                st.rerun()
+
+# ---- turns, each answer beside its passages -------------------------------------------------------------
+last_answer = max((t["idx"] for t in c["turns"] if t["role"] == "assistant"), default=-1)
+for t in c["turns"]:
+    idx = t["idx"]
+    if t["role"] == "assistant":
+        left, right = st.columns([3, 2])
+    else:
+        left, right = st.container(), None
+    with left:
+        with st.chat_message(t["role"]):
+            st.markdown(escape_markdown(t["content"]))
+            notes = [f"turn {idx}"]
+            if t["edited"]:
+                notes.append(f"edited by {escape_markdown(t['edited_by'] or '?')} at {(t['edited_at'] or '')[:19]}")
+            if t["role"] == "assistant" and not t["weight"]:
+                notes.append("**marked bad** (exported with weight 0)")
+            st.caption(" · ".join(notes))
+            if t["edited"]:
+                with st.expander("Original text"):
+                    st.markdown(escape_markdown(t["original_content"]))
+            with st.expander(f"Edit turn {idx}"):
+                st.text_area("Message", value=t["content"], key=f"review.edit.{cid}.{idx}", height=160,
+                             label_visibility="collapsed")
+                e1, e2 = st.columns(2)
+                e1.button("Save edit", key=f"review.save_edit.{idx}", on_click=act, args=("edit", cid, idx))
+                e2.button("Revert to original", key=f"review.revert.{idx}", on_click=act, args=("revert", cid, idx),
+                          disabled=not t["edited"])
+            b1, b2 = st.columns(2)
+            if t["role"] == "assistant":
+                bad = not t["weight"]
+                b1.button("Mark good" if bad else "Mark bad", key=f"review.mark.{idx}", on_click=act,
+                          args=("mark", cid, idx, not bad),
+                          help="a bad answer is exported with weight 0 (OpenAI) or cut off (other formats)")
+            if idx < last_answer and b2.button("Regenerate after this turn", key=f"review.regen.{idx}",
+                                               help="keeps turns up to here and writes the rest again"):
+                try:
+                    factory, settings = ui_cache.provider_factory()
+                    with st.spinner("Regenerating the rest of the conversation…"):
+                        new_id = store.regenerate(cid, idx, reviewer, settings=settings, corpus=wb.corpus,
+                                                  provider_factory=factory)
+                    ss["review.current"] = new_id
+                    flash("success", f"Regenerated from turn {idx} as a new conversation; the earlier version "
+                                     "is discarded (restore it any time).")
+                    st.rerun()
+                except GroundworkError as e:
+                    st.error(str(e))
+                except Exception as e:  # a provider failure must not take the page down
+                    ui_cache.show_error(e)
+    if right is not None:
+        with right:
+            passages = t["retrieval"] or []
+            st.caption(f"{len(passages)} passage(s) retrieved for this answer")
+            for i, p in enumerate(passages, 1):
+                label = f"[{i}] {float(p.get('score') or 0):.3f} · {p.get('title') or p.get('document_id') or ''}"
+                with st.expander(escape_markdown(label)):
+                    st.caption(f"id `{p.get('id')}` · {escape_markdown(str(p.get('source_path') or ''))} "
+                               f"(chunk {p.get('position', '?')})")
+                    st.markdown(escape_markdown(p.get("text") or ""))
+
+# ---- note, calls, history ---------------------------------------------------------------------------------
+st.text_area("Note", value=c["note"] or "", key=f"review.note.{cid}", height=80)
+st.button("Save note", key="review.save_note", on_click=act, args=("note", cid))
+with st.expander("LLM calls"):
+    if c["calls"]:
+        st.dataframe(pd.DataFrame(c["calls"]), hide_index=True, width="stretch")
+    else:
+        st.caption("No calls stored for this conversation.")
+with st.expander("History"):
+    history = store.history(cid)
+    if history:
+        st.dataframe(pd.DataFrame([{"time": h["ts"][:19], "who": h["actor"], "action": h["kind"],
+                                    "details": ", ".join(f"{k}={str(v)[:60]}" for k, v in h["payload"].items())}
+                                   for h in history]), hide_index=True, width="stretch")
+    else:
+        st.caption("No review actions yet.")
+
+# ---- bulk actions on the whole filter ------------------------------------------------------------------
+with st.expander(f"Bulk actions on all {matching:,} conversations matching the filter"):
+    b1, b2 = st.columns([1, 2])
+    action = b1.selectbox("Action", ["approve", "discard", "restore", "tag"], key="review.bulk_action")
+    argument = ""
+    if action == "discard":
+        argument = b2.selectbox("Reason", DISCARD_REASONS, key="review.bulk_reason")
+    elif action == "tag":
+        argument = b2.text_input("Tag", key="review.bulk_tag")
+    if st.button(f"{action.capitalize()} {matching:,} conversations…", key="review.bulk_prepare",
+                 disabled=matching == 0):
+        ss["review.bulk_pending"] = {"action": action, "argument": argument, "count": matching,
+                                     "filter": f.as_dict()}
+    pending = ss.get("review.bulk_pending")
+    if pending and pending["filter"] == f.as_dict():
+        st.warning(f"{pending['action'].capitalize()} **{pending['count']:,}** conversations matching "
+                   f"{escape_markdown(f.describe())}"
+                   + (f" with {escape_markdown(pending['argument'])}" if pending["argument"] else "")
+                   + f"? Recorded under your name ({escape_markdown(reviewer or 'not set')}).")
+        k1, k2 = st.columns(2)
+        if k1.button("Confirm", key="review.bulk_confirm", type="primary"):
+            try:
+                if pending["action"] == "tag":
+                    n = store.bulk_tag(f, pending["argument"], reviewer, expected=pending["count"])
+                else:
+                    status = {"approve": "approved", "discard": "discarded", "restore": "new"}[pending["action"]]
+                    n = store.bulk_status(f, status, reviewer, reason=pending["argument"], expected=pending["count"])
+                ss.pop("review.bulk_pending", None)
+                ss["review.current"] = None  # start again at the top of what the filter now matches
+                flash("success", f"{pending['action'].capitalize()}: {n:,} conversations updated.")
+                st.rerun()
+            except GroundworkError as e:
+                st.error(str(e))
+        if k2.button("Cancel", key="review.bulk_cancel"):
+            ss.pop("review.bulk_pending", None)
+            st.rerun()

@@ -1,0 +1,219 @@
+"""Review and Export pages through Streamlit's AppTest, on real data dirs with generated conversations."""
+
+import json
+import shutil
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.db import Database
+from core.fake_gemini import FakeGemini
+from core.review import ReviewFilter, ReviewStore
+from core.workbench import Workbench
+from tests.conftest import ROOT, make_settings
+from tests.test_review import generate
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path):
+    st.cache_resource.clear()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("GROUNDWORK_DATA_DIR", str(tmp_path / "data"))
+    yield tmp_path / "data"
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def review_env(app_env, indexed_sample_dir, embedder):
+    """An indexed data dir holding six generated conversations (fake Gemini, real client)."""
+    shutil.copytree(indexed_sample_dir, app_env)
+    wb = Workbench(make_settings(app_env), store_idle_close_s=0, embedder=embedder)
+    with FakeGemini(latency=0.0) as fake:
+        ids = generate(wb, fake, n=6, max_turns=2, seed=2)
+    wb.close()
+    return app_env, ids
+
+
+def new_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def db_of(data_dir) -> Database:
+    return Database(make_settings(data_dir).db_path)
+
+
+def texts(at) -> str:
+    return "\n".join(e.value for e in [*at.markdown, *at.caption, *at.error, *at.warning, *at.info, *at.success])
+
+
+def test_review_actions_are_saved_and_survive_a_new_session(review_env):
+    data_dir, ids = review_env
+    at = new_app("pages/review.py")
+    assert at.session_state["review.current"] == ids[0]  # default filter: new, oldest first
+    assert {m.label: m.value for m in at.metric}["Matching the filter"] == "6"
+    at.button(key="review.approve").click().run()
+    assert "reviewer name" in at.error[0].value.lower()  # no name yet: nothing is recorded anonymously
+    at.text_input(key="review.reviewer_input").set_value("ana").run()
+    at.button(key="review.rate4").click().run()
+    at.text_input(key="review.new_tag").set_value("citation-error").run()
+    at.button(key="review.add_tag").click().run()
+    at.text_area(key=f"review.edit.{ids[0]}.1").set_value("A corrected answer from the passages.").run()
+    at.button(key="review.save_edit.1").click().run()
+    at.button(key="review.mark.1").click().run()
+    at.text_area(key=f"review.note.{ids[0]}").set_value("checked against the opinion").run()
+    at.button(key="review.save_note").click().run()
+    assert not at.exception
+    assert "marked bad" in texts(at) and "edited by ana" in texts(at)
+    at.button(key="review.approve").click().run()  # approve moves on to the next
+    assert at.session_state["review.current"] == ids[1]
+    at.selectbox(key="review.discard_reason").set_value("off topic").run()
+    at.button(key="review.discard").click().run()
+    assert at.session_state["review.current"] == ids[2]
+    at.button(key="review.prev").click().run()  # nothing before it is still "new"
+    assert at.session_state["review.current"] == ids[2] and "first conversation" in at.info[0].value
+    assert not at.exception
+
+    # A new browser session on a restarted server: everything is still there.
+    st.cache_resource.clear()
+    db = db_of(data_dir)
+    row = db.one("SELECT * FROM conversations WHERE id=?", [ids[0]])
+    assert (row["status"], row["rating"], row["note"], row["reviewed_by"]) == ("approved", 4,
+                                                                               "checked against the opinion", "ana")
+    turn = db.one("SELECT * FROM turns WHERE conversation_id=? AND idx=1", [ids[0]])
+    assert turn["content"] == "A corrected answer from the passages." and turn["original_content"]
+    assert turn["weight"] == 0 and turn["edited_by"] == "ana"
+    assert db.one("SELECT status, discard_reason FROM conversations WHERE id=?", [ids[1]]) == {
+        "status": "discarded", "discard_reason": "off topic"}
+    assert db.scalar("SELECT tag FROM tags WHERE conversation_id=?", [ids[0]]) == "citation-error"
+    kinds = [r["kind"] for r in db.rows("SELECT kind FROM events WHERE actor='ana' ORDER BY id")]
+    assert kinds == ["review.rate", "review.tag", "review.edit", "review.mark_turn", "review.note", "review.approve",
+                     "review.discard"]
+    db.close()
+    at = new_app("pages/review.py")
+    at.selectbox(key="review.f.status").set_value("approved").run()
+    assert at.session_state["review.current"] == ids[0]
+    page = texts(at)
+    assert "approved" in page and "rating 4" in page and "edited by ana" in page and "marked bad" in page
+    assert any(b.label == "✕ citation-error" for b in at.button)
+
+
+def test_keyboard_shortcuts_are_bound(review_env):
+    at = new_app("pages/review.py")
+    shortcuts = {b.key: b.proto.shortcut for b in at.button if b.proto.shortcut}
+    expected = {"review.next": "j", "review.prev": "k", "review.approve": "a", "review.discard": "d",
+                "review.restore": "u",
+                **{f"review.rate{n}": str(n) for n in range(1, 6)}}
+    for key, value in expected.items():
+        assert shortcuts[key].lower() == value, (key, shortcuts.get(key))
+    at.button(key="review.next").click().run()
+    at.button(key="review.next").click().run()
+    _, ids = review_env
+    assert at.session_state["review.current"] == ids[2]
+
+
+def test_filter_search_and_bulk_approve_with_confirmation(review_env):
+    data_dir, ids = review_env
+    at = new_app("pages/review.py")
+    at.text_input(key="review.reviewer_input").set_value("ben").run()
+    db = db_of(data_dir)
+    word = db.scalar("SELECT content FROM turns WHERE conversation_id=? AND idx=0", [ids[3]]).split()[-1]
+    db.close()
+    at.text_input(key="review.f.search").set_value(word).run()
+    matching = int({m.label: m.value for m in at.metric}["Matching the filter"])
+    assert 1 <= matching <= 6 and at.session_state["review.filter"]["search"] == word
+    at.text_input(key="review.f.search").set_value("").run()
+    at.button(key="review.bulk_prepare").click().run()
+    assert "6" in at.warning[0].value and "Approve" in at.warning[0].value  # the count, before anything changes
+    db = db_of(data_dir)
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") == 0
+    at.button(key="review.bulk_confirm").click().run()
+    assert not at.exception
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") == 6
+    assert "6 conversations updated" in at.success[0].value
+    assert at.info and "No conversations match" in at.info[0].value  # the "new" queue is empty now
+    db.close()
+
+
+def test_hostile_text_is_shown_as_text(review_env):
+    data_dir, ids = review_env
+    db = db_of(data_dir)
+    ReviewStore(db).edit_message(ids[0], 1, "<script>alert('x')</script> [phish](http://evil.example) **loud**",
+                                 "mallory")
+    db.close()
+    at = new_app("pages/review.py")
+    rendered = [m.value for m in at.markdown if "script" in m.value]
+    assert rendered and all("<script>" not in v and "\\<script\\>" in v and "\\[phish\\]" in v for v in rendered)
+    assert all(not getattr(m.proto, "allow_html", False) for m in at.markdown)
+
+
+def test_regenerate_from_the_page(review_env, monkeypatch):
+    data_dir, ids = review_env
+    db = db_of(data_dir)
+    cid = next(c for c in ids if db.scalar("SELECT COUNT(*) FROM turns WHERE conversation_id=? AND "
+                                           "role='assistant'", [c]) >= 2)
+    db.close()
+    with FakeGemini(latency=0.0) as fake:
+        monkeypatch.setenv("GEMINI_API_KEY", "AIza-page-test-key")
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
+        at = new_app("pages/review.py")
+        at.text_input(key="review.reviewer_input").set_value("ana").run()
+        at.session_state["review.current"] = cid
+        at.run()
+        at.button(key="review.regen.0").click().run()
+        assert not at.exception
+        new = at.session_state["review.current"]
+        assert new != cid and "Regenerated from turn 0" in at.success[0].value
+        assert "Regenerated from" in texts(at)
+        at.button(key="review.prefer_parent").click().run()
+        assert at.success and "Preference saved" in at.success[0].value, [e.value for e in at.error]
+    db = db_of(data_dir)
+    assert db.scalar("SELECT parent_id FROM conversations WHERE id=?", [new]) == cid
+    assert db.scalar("SELECT status FROM conversations WHERE id=?", [cid]) == "discarded"
+    db.close()
+
+
+def test_export_page_exports_what_review_shows(review_env, tmp_path):
+    data_dir, ids = review_env
+    db = db_of(data_dir)
+    store = ReviewStore(db)
+    for cid in ids[:4]:
+        store.approve(cid, "ana")
+    store.tag(ids[0], "gold", "ana")
+    store.tag(ids[4], "gold", "ana")
+    db.close()
+    # Without a review filter in this session: approved conversations.
+    at = new_app("pages/export.py")
+    assert at.selectbox(key="export.status").value == "approved"
+    assert "4 conversations" in at.info[0].value
+    out = tmp_path / "page-export"
+    at.multiselect(key="export.formats").set_value(["openai", "raw"]).run()
+    at.text_input(key="export.out").set_value(str(out)).run()
+    at.button(key="export.run").click().run()
+    assert not at.exception and at.success, [e.value for e in at.error]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["selection"]["conversations"] == 4 and set(manifest["formats"]) == {"openai", "raw"}
+    assert any(b.label == "Download as zip" for b in at.get("download_button"))
+    # With the review page's filter: the same conditions, carried over.
+    at = new_app("pages/review.py")
+    at.selectbox(key="review.f.status").set_value("any").run()
+    at.selectbox(key="review.f.tag").set_value("gold").run()
+    at.switch_page("pages/export.py").run()
+    assert not at.exception
+    assert at.selectbox(key="export.status").value == "any" and "2 conversations" in at.info[0].value
+    out2 = tmp_path / "filtered"
+    at.text_input(key="export.out").set_value(str(out2)).run()
+    at.multiselect(key="export.formats").set_value(["raw"]).run()
+    at.button(key="export.run").click().run()
+    rows = [json.loads(line) for name in ("raw.train.jsonl", "raw.validation.jsonl") if (out2 / name).exists()
+            for line in (out2 / name).read_text().splitlines()]
+    assert {r["id"] for r in rows} == {ids[0], ids[4]}
+    # Bad input on the page: an empty selection is a message, not a traceback.
+    at.selectbox(key="export.status").set_value("discarded").run()
+    at.button(key="export.run").click().run()
+    assert not at.exception and "Nothing to export" in at.error[0].value
+    assert ReviewFilter.from_dict(at.session_state["review.filter"]).tag == "gold"

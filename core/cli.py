@@ -217,7 +217,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         formats=args.format or ["openai"], context=args.context,
         filter=ReviewFilter(status=args.status, run_id=args.run or "", min_rating=args.min_rating, tag=args.tag or ""),
         split=args.split, seed=args.seed, with_system_prompt=args.with_system_prompt,
-        tokenizer=args.tokenizer or "", max_tokens=args.max_tokens)
+        tokenizer=args.tokenizer or "", max_tokens=args.max_tokens,
+        drop_near_duplicates=args.drop_near_duplicates)
     options.validate()  # bad options are reported before the database is opened
     if not settings.db_path.exists():
         raise GroundworkError(f"No workbench database at {settings.db_path}: pass --data-dir (or set "
@@ -324,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "Face tokenizer folder (default: the offline model's)")
     p.add_argument("--max-tokens", type=int, default=0, metavar="N",
                    help="drop rows longer than N tokens (0: keep all)")
+    p.add_argument("--drop-near-duplicates", action="store_true",
+                   help="keep only the best-rated conversation of each near-duplicate cluster")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <data dir>/exports/export-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)

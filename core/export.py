@@ -51,6 +51,7 @@ from core.corpus import Passage
 from core.db import Database, loads, now
 from core.engine import format_passages
 from core.errors import ValidationError
+from core.quality import keep_best_of_clusters
 from core.review import ReviewFilter, ReviewStore, preferences_of
 
 FORMATS = ("openai", "sharegpt", "alpaca", "raw", "dpo", "kto")
@@ -109,6 +110,8 @@ class ExportOptions:
         tokenizer: "" for the offline model's tokenizer (estimated when that model is not installed), a
             ``.gguf`` file, or a Hugging Face tokenizer folder or name.
         max_tokens: drop rows longer than this many tokens (0: no limit).
+        drop_near_duplicates: of each near-duplicate cluster (found on the Dashboard or by
+            ``core.quality.mark_near_duplicates``), keep only the best-rated conversation.
     """
 
     formats: list[str] = field(default_factory=lambda: ["openai"])
@@ -121,6 +124,7 @@ class ExportOptions:
     dedupe: bool = True
     tokenizer: str = ""
     max_tokens: int = 0
+    drop_near_duplicates: bool = False
 
     def validate(self) -> None:
         formats = list(dict.fromkeys(self.formats or []))
@@ -666,6 +670,13 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
         raise ValidationError(f"Nothing to export: no conversations match the selection ({f.describe()}). Approve "
                               "conversations on the Review page, or widen the selection (e.g. --status any).")
     _check_no_empty_messages(db, f)
+    keep: set[str] | None = None
+    if options.drop_near_duplicates:
+        where, params = f.where()
+        ids = [r["id"] for r in db.iter_rows(f"SELECT c.id FROM conversations c WHERE {where} "
+                                             "ORDER BY c.created_at, c.id", params)]
+        keep = set(keep_best_of_clusters(db, ids))
+    near_duplicates_dropped = 0
     out = _prepare_out_dir(out_dir)
     counter, tokenizer_warning = load_tokenizer(options.tokenizer, settings)
     builder = RowBuilder(options)
@@ -749,6 +760,9 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
     done = 0
     try:
         for conv in _iter_conversations(db, f, prompt_texts):
+            if keep is not None and conv.row["id"] not in keep:
+                near_duplicates_dropped += 1
+                continue
             prompt_ids.update(v for v in loads(conv.row["prompt_versions"], {}).values() if isinstance(v, int))
             models[conv.row["model"] or "unknown"] += 1
             for fmt in options.formats:
@@ -785,7 +799,8 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
     manifest = {
         "created_at": now(),
         "out_dir": str(out),
-        "selection": {"filter": f.as_dict(), "description": f.describe(), "conversations": selected},
+        "selection": {"filter": f.as_dict(), "description": f.describe(), "conversations": selected,
+                      "near_duplicates_dropped": near_duplicates_dropped},
         "formats": options.formats,
         "context": options.context,
         "with_system_prompt": options.with_system_prompt,

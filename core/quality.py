@@ -1610,3 +1610,25 @@ def validate_threshold(value: float, name: str = "threshold") -> float:
     if not 0.0 <= value <= 1.0:
         raise ValidationError(f"The {name} must be between 0 and 1 (got {value}).")
     return value
+
+
+def grounding_html(content: str, sentences: Sequence[dict[str, Any]]) -> str:
+    """An answer as escaped HTML with unsupported sentences in red and weak ones in amber (review page).
+
+    The answer text is escaped first, so generated text can never become markup.
+    """
+    import html
+
+    colours = {"unsupported": "#fde2e1", "weak": "#fff3cd"}
+    out, pos = [], 0
+    for s in sorted((s for s in sentences if s.get("kind") in colours), key=lambda s: s["start"]):
+        start, end = max(int(s["start"]), pos), int(s["end"])
+        if start >= end:
+            continue
+        out.append(html.escape(content[pos:start]))
+        reasons = "; ".join(s.get("reasons") or []) or s["kind"]
+        out.append(f'<span style="background:{colours[s["kind"]]}" title="{html.escape(reasons, quote=True)}">'
+                   f"{html.escape(content[start:end])}</span>")
+        pos = end
+    out.append(html.escape(content[pos:]))
+    return "".join(out)

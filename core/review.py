@@ -22,9 +22,17 @@ from typing import Any
 
 from core.db import Database, dumps, loads, new_id, now
 from core.errors import NotFoundError, ValidationError
+from core.quality import WEAKLY_GROUNDED_BELOW
 
 STATUSES = ("new", "approved", "discarded")
 STATUS_CHOICES = ("any", *STATUSES)
+# Flags set by core.quality (Dashboard: "Score grounding and find near-duplicates").
+QUALITY_CONDITIONS = {
+    "weakly grounded": "c.grounding IS NOT NULL AND c.grounding < ?",
+    "unverified identifiers": "c.citation_flags > 0",
+    "near-duplicate": "c.dup_of IS NOT NULL",
+}
+QUALITY_CHOICES = ("any", *QUALITY_CONDITIONS)
 DISCARD_REASONS = ("ungrounded: not supported by the passages", "wrong or misleading answer",
                    "unnatural conversation", "off topic", "duplicate", "other")
 MAX_TAG_CHARS = 50
@@ -47,6 +55,7 @@ class ReviewFilter:
         model: the generating model's name.
         comparison_id: the conversations of one prompt A/B comparison.
         search: words that must all occur in the conversation's text (full-text search).
+        quality: "any", or only conversations the quality checks flagged (see :data:`QUALITY_CONDITIONS`).
     """
 
     run_id: str = ""
@@ -58,8 +67,11 @@ class ReviewFilter:
     model: str = ""
     comparison_id: str = ""
     search: str = ""
+    quality: str = "any"
 
     def validate(self) -> None:
+        if self.quality not in QUALITY_CHOICES:
+            raise ValidationError(f"Unknown quality filter {self.quality!r}: use one of {', '.join(QUALITY_CHOICES)}.")
         if self.status not in STATUS_CHOICES:
             raise ValidationError(f"Unknown status {self.status!r}: use one of {', '.join(STATUS_CHOICES)}.")
         for name in ("min_rating", "max_rating"):
@@ -100,6 +112,10 @@ class ReviewFilter:
         if self.comparison_id:
             parts.append("c.comparison_id = ?")
             params.append(self.comparison_id)
+        if self.quality != "any":
+            parts.append(QUALITY_CONDITIONS[self.quality])
+            if self.quality == "weakly grounded":
+                params.append(WEAKLY_GROUNDED_BELOW)
         query = fts_query(self.search)
         if query:
             parts.append("c.rowid IN (SELECT rowid FROM conversations_fts WHERE conversations_fts MATCH ?)")
@@ -131,6 +147,8 @@ class ReviewFilter:
             parts.append(f"comparison {self.comparison_id}")
         if self.search.strip():
             parts.append(f"text {self.search.strip()!r}")
+        if self.quality != "any":
+            parts.append(self.quality)
         return ", ".join(parts)
 
 

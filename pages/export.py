@@ -59,13 +59,16 @@ tokenizer = c1.text_input("Tokenizer", key="export.tokenizer", placeholder="offl
                           help="a .gguf file or a Hugging Face tokenizer folder; empty: the offline model's")
 max_tokens = c2.number_input("Max tokens per row (0: no limit)", 0, 10_000_000, 0, 256, key="export.max_tokens")
 dedupe = c3.checkbox("Remove exact duplicates", value=True, key="export.dedupe")
+drop_near = c3.checkbox("Keep only the best-rated of each near-duplicate cluster", key="export.drop_near",
+                        help="clusters come from Dashboard → Score grounding and find near-duplicates")
 out_dir = st.text_input("Output folder", key="export.out", help="created if needed; files of the same names are "
                                                                 "replaced")
 
 if st.button("Export", type="primary", key="export.run"):
     options = ExportOptions(formats=list(formats), context=context, filter=selection,
                             split=float(ratio) if do_split else None, seed=int(seed), with_system_prompt=with_system,
-                            dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens))
+                            dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
+                            drop_near_duplicates=drop_near)
     try:
         with st.spinner(f"Exporting {selected:,} conversations…"):
             result = export(wb.db, options, out_dir.strip() or default_out_dir(wb.settings), settings=wb.settings)

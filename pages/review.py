@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from core import ui_cache
+from core import quality, ui_cache
 from core.errors import GroundworkError
-from core.review import DISCARD_REASONS, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
+from core.review import DISCARD_REASONS, QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 PAGE_SIZE = 25
 ANY = ""
@@ -64,6 +64,7 @@ widgets = {  # key -> (saved value, allowed values or None)
     "review.f.model": (saved.model, [ANY] + options["models"]),
     "review.f.comparison": (saved.comparison_id, comparison_ids),
     "review.f.search": (saved.search, None),
+    "review.f.quality": (saved.quality, list(QUALITY_CHOICES)),
 }
 for key, (value, allowed) in widgets.items():
     if key not in ss or (allowed is not None and ss[key] not in allowed):
@@ -84,12 +85,14 @@ with st.sidebar:
     st.selectbox("Model", [ANY] + options["models"], key="review.f.model", format_func=lambda m: m or "any")
     st.selectbox("A/B comparison", comparison_ids, key="review.f.comparison",
                  format_func=lambda c: comparison_labels.get(c, "any"))
+    st.selectbox("Quality flag", QUALITY_CHOICES, key="review.f.quality",
+                 help="set by the quality checks (Dashboard → Score grounding and find near-duplicates)")
     auto_advance = st.checkbox("After approve or discard, open the next", value=True, key="review.auto_advance")
 
 f = ReviewFilter(status=ss["review.f.status"], run_id=ss["review.f.run"], min_rating=ss["review.f.min_rating"],
                  max_rating=ss["review.f.max_rating"], tag=ss["review.f.tag"], prompt_version=ss["review.f.version"],
                  model=ss["review.f.model"], comparison_id=ss["review.f.comparison"],
-                 search=ss["review.f.search"].strip())
+                 search=ss["review.f.search"].strip(), quality=ss["review.f.quality"])
 try:
     f.validate()
 except GroundworkError as e:
@@ -285,7 +288,15 @@ if c["twins"] or c["parent_id"] or c["children"]:
                 ss["review.current"] = child["id"]
                 st.rerun()
 
+# ---- near-duplicates ---------------------------------------------------------------------------------------
+for twin in quality.near_duplicates_of(wb.db, cid):
+    if st.button(f"Near-duplicate of {twin['id'][:10]} ({twin['status']}, "
+                 f"{'★' * (twin['rating'] or 0) or 'unrated'}): open it", key=f"review.twin.{twin['id']}"):
+        ss["review.current"] = twin["id"]
+        st.rerun()
+
 # ---- turns, each answer beside its passages -------------------------------------------------------------
+grounding = {g["idx"]: g for g in quality.grounding_details(wb.db, cid)}
 last_answer = max((t["idx"] for t in c["turns"] if t["role"] == "assistant"), default=-1)
 for t in c["turns"]:
     idx = t["idx"]
@@ -295,8 +306,17 @@ for t in c["turns"]:
         left, right = st.container(), None
     with left:
         with st.chat_message(t["role"]):
-            st.markdown(escape_markdown(t["content"]))
+            checked = grounding.get(idx) if t["role"] == "assistant" else None
+            if checked and checked["sentences"] and not t["edited"]:
+                st.html(f"<div style='white-space: pre-wrap'>{quality.grounding_html(t['content'], checked['sentences'])}"
+                        "</div>")
+            else:
+                st.markdown(escape_markdown(t["content"]))
             notes = [f"turn {idx}"]
+            if checked and checked["score"] is not None:
+                notes.append(f"grounding {checked['score']:.2f}")
+            for flag in (checked or {}).get("citations", []):
+                notes.append(f"⚠ {escape_markdown(str(flag.get('text', '')))} is in none of this turn's passages")
             if t["edited"]:
                 notes.append(f"edited by {escape_markdown(t['edited_by'] or '?')} at {(t['edited_at'] or '')[:19]}")
             if t["role"] == "assistant" and not t["weight"]:

@@ -114,3 +114,17 @@ def test_dashboard_scores_grounding_and_shows_coverage(env):
     assert int(metrics["Scored conversations"]) == 5
     labels = [c.value for c in at.markdown]
     assert any("Coverage" in v for v in labels)
+
+
+def test_review_page_highlights_grounding_after_scoring(env, embedder):
+    from core import quality
+
+    db = Database(env / "groundwork.db")
+    assert quality.score_conversations(db, embedder) == 5
+    at = open_page("pages/review.py")
+    at.selectbox(key="review.f.status").set_value("any").run()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "grounding 0." in captions or "grounding 1." in captions
+    html = at.get("html")
+    assert html and any("<span style=" in h.proto.body for h in html)  # weak/unsupported sentences marked

@@ -420,3 +420,34 @@ def test_coverage_counts_briefings_and_retrievals_per_document(wb):
 def test_core_quality_does_not_import_streamlit():
     source = Path(quality.__file__).read_text(encoding="utf-8")
     assert "streamlit" not in source
+
+
+def test_review_filter_and_export_use_the_quality_flags(indexed_wb, embedder, tmp_path):
+    """Flags from the quality checks reach the review queue filter and the export's near-duplicate option."""
+    from core.engine import Question, store_conversation
+    from core.export import ExportOptions, export
+    from core.quality import mark_near_duplicates
+    from core.review import ReviewFilter, ReviewStore
+
+    db = indexed_wb.db
+    passage = {"id": "p1", "score": 0.9, "text": "The court awarded the tenant $2,400.", "document_id": "d1"}
+    ids = []
+    for i, (question, rating) in enumerate([("How much did the court award the tenant?", 5),
+                                            ("How much did the court award the tenant?", 2),
+                                            ("Was the non-compete clause enforced?", 4)]):
+        turns = [{"role": "user", "content": question, "retrieval": None, "call": None},
+                 {"role": "assistant", "content": f"The court awarded the tenant $2,400. ({i})",
+                  "retrieval": [passage], "call": None}]
+        with db.write() as w:
+            cid = store_conversation(w, run_id="r", work_item_id=None, provider="p", model="m", prompt_versions={},
+                                     question=Question(question, {}, ["p1"], "b"),
+                                     result={"turns": turns, "calls": []}, turns=1)
+            w.execute("UPDATE conversations SET status='approved', rating=? WHERE id=?", [rating, cid])
+        ids.append(cid)
+    mark_near_duplicates(db, embedder)
+    flagged = ReviewStore(db).page(ReviewFilter(status="any", quality="near-duplicate"))
+    assert [r["id"] for r in flagged] == [ids[1]]  # the lower-rated twin is the duplicate
+    result = export(db, ExportOptions(formats=["openai"], split=None, drop_near_duplicates=True,
+                                        filter=ReviewFilter(status="approved")), tmp_path / "out")
+    rows = (tmp_path / "out" / "openai.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and result.manifest["selection"]["near_duplicates_dropped"] == 1

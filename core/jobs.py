@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from core.config import Settings
 from core.engine import GenerationRun, RunConfig, RunProgress
 from core.providers.base import CallGate, LLMProvider
 from core.workbench import Workbench
@@ -37,13 +38,20 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def start(self, config: RunConfig | None, provider_factory: ProviderFactory, run_id: str | None = None) -> str:
-        """Start a new run (``config``) or resume one (``run_id``); returns the run id at once."""
+    def start(self, config: RunConfig | None, provider_factory: ProviderFactory, run_id: str | None = None,
+              settings: Settings | None = None) -> str:
+        """Start a new run (``config``) or resume one (``run_id``); returns the run id at once.
+
+        Args:
+            settings: the settings the provider factory was built from (a browser session's provider
+                choice), so the run records the provider that really generates; default the workbench's.
+        """
         wb = self.workbench
         with self._lock:
             if run_id and run_id in self._jobs and self._jobs[run_id].alive:
                 return run_id
-            run = GenerationRun(wb.settings, wb.db, wb.corpus, provider_factory, config=config, run_id=run_id)
+            run = GenerationRun(settings or wb.settings, wb.db, wb.corpus, provider_factory, config=config,
+                                run_id=run_id)
             job = Job(run=run, thread=threading.Thread(target=self._work, args=(run.run_id,),
                                                        name=f"job-{run.run_id}", daemon=True))
             run.monitor.on_alert.append(lambda a: job.alerts.append(a.message))

@@ -89,7 +89,7 @@ with st.container(border=True):
 
 if submitted:
     try:
-        st.session_state["generate.run_id"] = manager.start(config, factory)
+        st.session_state["generate.run_id"] = manager.start(config, factory, settings=settings)
     except Exception as e:
         ui_cache.show_error(e)
 
@@ -143,7 +143,8 @@ else:
         chosen = c1.selectbox("Resume an incomplete run", resumable, key="generate.resume_choice")
         if c2.button("Resume", key="generate.resume"):
             try:
-                st.session_state["generate.run_id"] = manager.start(None, factory, run_id=chosen)
+                st.session_state["generate.run_id"] = manager.start(None, factory, run_id=chosen,
+                                                                    settings=settings)
                 st.rerun()
             except Exception as e:
                 ui_cache.show_error(e)

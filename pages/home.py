@@ -92,7 +92,7 @@ with demo_col:
         config = RunConfig(num_dialogs=3, max_turns=2, max_concurrency=1 if local else 4,
                            max_tokens=300 if local else 1024)
         try:
-            st.session_state[DEMO_RUN_KEY] = ui_cache.jobs().start(config, factory)
+            st.session_state[DEMO_RUN_KEY] = ui_cache.jobs().start(config, factory, settings=settings)
         except Exception as e:
             ui_cache.show_error(e)
 

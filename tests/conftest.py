@@ -61,3 +61,33 @@ def indexed_wb(indexed_sample_dir, tmp_path, embedder):
     w = Workbench(make_settings(data_dir), store_idle_close_s=0, embedder=embedder)
     yield w
     w.close()
+
+
+@pytest.fixture
+def app_env(monkeypatch, tmp_path):
+    """A fresh data dir for the app under AppTest, with Streamlit's process-wide caches cleared around it."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("GROUNDWORK_DATA_DIR", str(tmp_path / "data"))
+    yield tmp_path / "data"
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def indexed_app_env(app_env, indexed_sample_dir):
+    """``app_env`` holding a copy of the indexed sample corpus."""
+    shutil.copytree(indexed_sample_dir, app_env)
+    return app_env
+
+
+def new_app(page: str | None = None):
+    """Run app.py under AppTest (optionally switching to ``page``) and check it raised nothing."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at

@@ -146,6 +146,9 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     # Prompts: edit and save a new respondent version.
     open_page(page, app, "prompts")
     editor = page.get_by_label(re.compile("Respondent prompt"))
+    from playwright.sync_api import expect
+
+    expect(editor).to_have_value(re.compile(r"\{context\}"))  # the saved version has loaded into the editor
     editor.fill(editor.input_value() + "\nKeep every answer under 150 words.")
     page.get_by_label("Note (what changed and why)").fill("shorter answers")
     page.get_by_role("button", name="Save as new version").click()
@@ -188,15 +191,76 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     shot(page, "06-generate")
     assert FAKE_KEY not in page.content()
 
+    # Review: rate one, approve it, discard the next, approve the third; each action is saved at once.
+    open_page(page, app, "review")
+    page.get_by_role("textbox", name="Reviewer name").fill("Ana Reviewer")
+    page.keyboard.press("Enter")
+    wait_for_text(page, r"Conversation 1 of 3")
+    page.get_by_role("button", name=re.compile(r"^4★")).click()
+    wait_for_text(page, r"rating 4")
+    page.get_by_role("button", name=re.compile(r"^Approve")).click()
+    wait_for_text(page, r"Conversation 1 of 2")  # approved ones leave the "new" queue
+    page.get_by_role("button", name=re.compile(r"^Discard")).click()
+    wait_for_text(page, r"Conversation 1 of 1")
+    page.get_by_role("button", name=re.compile(r"^Approve")).click()
+    shot(page, "07-review")
+    from core.db import Database
+
+    db = Database(app["data"] / "groundwork.db")
+    deadline = time.monotonic() + 30
+    while db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") < 2 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") == 2
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='discarded'") == 1
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE rating=4 AND reviewed_by='Ana Reviewer'") == 1
+
+    # Export the approved conversations and check the file.
+    open_page(page, app, "export")
+    out = app["data"].parent / "export-out"
+    page.get_by_role("textbox", name="Output folder").fill(str(out))
+    page.keyboard.press("Tab")
+    page.get_by_role("button", name="Export", exact=True).click()
+    wait_for_text(page, r"manifest")
+    shot(page, "08-export")
+    rows = [json.loads(line) for f in sorted(out.glob("openai*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles[0] == "user" and roles[-1] == "assistant" and all(m["content"].strip() for m in row["messages"])
+    assert (out / "manifest.json").exists()
+
     # Home and Dashboard render with the new data.
     open_page(page, app, "")
     wait_for_text(page, "Pipeline")
-    shot(page, "07-home")
+    shot(page, "09-home")
     open_page(page, app, "dashboard")
     page.locator(".js-plotly-plot").first.wait_for()
-    shot(page, "08-dashboard")
+    shot(page, "10-dashboard")
 
     # Nothing under the data dir holds the key.
     for path in app["data"].rglob("*"):
         if path.is_file():
             assert FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_generate_with_the_offline_model_in_the_browser(app, page):
+    # The provider choice lives in the browser session: switch it, then move with the sidebar (same session).
+    open_page(page, app, "settings")
+    page.get_by_text("local", exact=True).click()
+    wait_for_text(page, r"tiny demo model")
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Generate").click()
+    wait_for_text(page, r"Provider local")
+    page.get_by_role("spinbutton", name="Conversations").fill("1")
+    page.get_by_role("spinbutton", name="Max turns").fill("1")
+    page.get_by_role("spinbutton", name="Max tokens per reply").fill("120")
+    page.keyboard.press("Tab")
+    page.get_by_role("button", name="Start").click()
+    wait_for_text(page, r"Completed: 1 conversations", timeout_s=400)
+    shot(page, "11-generate-offline")
+    from core.db import Database
+
+    db = Database(app["data"] / "groundwork.db")
+    row = db.one("SELECT provider, model FROM conversations ORDER BY created_at DESC LIMIT 1")
+    assert row["provider"] == "local" and row["model"].endswith(".gguf")
+    answer = db.scalar("SELECT content FROM turns WHERE role='assistant' ORDER BY id DESC LIMIT 1")
+    assert len(answer.split()) >= 3  # the offline model really wrote text

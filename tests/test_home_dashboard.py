@@ -1,29 +1,23 @@
 """Home page (pipeline counts match the database, demo batch) and Dashboard through AppTest."""
 
 import json
-import shutil
 import time
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from core.db import Database
 from core.engine import GenerationRun, RunConfig
 from core.fake_gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.workbench import Workbench
-from tests.conftest import ROOT, make_settings
+from tests.conftest import make_settings, new_app
 
 KEY = "AIza-home-key-1234"
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path, indexed_sample_dir, embedder):
-    st.cache_resource.clear()
-    monkeypatch.chdir(ROOT)
-    data = tmp_path / "data"
-    shutil.copytree(indexed_sample_dir, data)
+def env(monkeypatch, indexed_app_env, embedder):
+    data = indexed_app_env
     with FakeGemini(latency=0.01) as fake:
         settings = make_settings(data, gemini_api_key=KEY, gemini_base_url=fake.base_url)
         wb = Workbench(settings, store_idle_close_s=0, embedder=embedder)
@@ -34,23 +28,13 @@ def env(monkeypatch, tmp_path, indexed_sample_dir, embedder):
             w.execute("UPDATE conversations SET status='approved', rating=5 WHERE id=?", [ids[0]])
             w.execute("UPDATE conversations SET status='discarded', rating=1 WHERE id=?", [ids[1]])
         wb.close()
-        monkeypatch.setenv("GROUNDWORK_DATA_DIR", str(data))
         monkeypatch.setenv("GEMINI_API_KEY", KEY)
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
         yield data
-    st.cache_resource.clear()
-
-
-def open_page(page=None):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_home_counts_match_the_database(env):
-    at = open_page()
+    at = new_app()
     metrics = {m.label.rstrip(" →"): m.value for m in at.metric}
     db = Database(env / "groundwork.db")
     assert int(metrics["Corpus"]) == db.scalar("SELECT COUNT(*) FROM documents WHERE status='complete'")
@@ -63,7 +47,7 @@ def test_home_counts_match_the_database(env):
 
 
 def test_home_demo_batch_runs_with_the_configured_provider(env):
-    at = open_page()
+    at = new_app()
     at.button(key="home.demo").click().run()
     assert not at.exception
     deadline = time.monotonic() + 60
@@ -77,7 +61,7 @@ def test_home_demo_batch_runs_with_the_configured_provider(env):
 
 
 def test_dashboard_draws_every_chart_with_csv(env):
-    at = open_page("pages/dashboard.py")
+    at = new_app("pages/dashboard.py")
     charts = at.get("plotly_chart")
     assert len(charts) >= 5  # per minute, tokens, ratings, outcomes, turns
     assert len(at.get("download_button")) == len(charts)
@@ -85,7 +69,7 @@ def test_dashboard_draws_every_chart_with_csv(env):
 
 
 def test_example_set_loads_into_a_separate_data_dir(env):
-    at = open_page()
+    at = new_app()
     at.button(key="home.examples").click().run()
     assert not at.exception
     examples_dir = env.parent / f"{env.name}-examples"
@@ -105,7 +89,7 @@ def test_example_set_loads_into_a_separate_data_dir(env):
 
 
 def test_dashboard_scores_grounding_and_shows_coverage(env):
-    at = open_page("pages/dashboard.py")
+    at = new_app("pages/dashboard.py")
     at.button(key="dashboard.score").click().run()
     assert not at.exception
     db = Database(env / "groundwork.db")
@@ -121,7 +105,7 @@ def test_review_page_highlights_grounding_after_scoring(env, embedder):
 
     db = Database(env / "groundwork.db")
     assert quality.score_conversations(db, embedder) == 5
-    at = open_page("pages/review.py")
+    at = new_app("pages/review.py")
     at.selectbox(key="review.f.status").set_value("any").run()
     assert not at.exception
     captions = " ".join(c.value for c in at.caption)

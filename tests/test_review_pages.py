@@ -11,17 +11,8 @@ from core.db import Database
 from core.fake_gemini import FakeGemini
 from core.review import ReviewFilter, ReviewStore
 from core.workbench import Workbench
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROOT, make_settings, new_app
 from tests.test_review import generate
-
-
-@pytest.fixture
-def app_env(monkeypatch, tmp_path):
-    st.cache_resource.clear()
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("GROUNDWORK_DATA_DIR", str(tmp_path / "data"))
-    yield tmp_path / "data"
-    st.cache_resource.clear()
 
 
 @pytest.fixture
@@ -33,14 +24,6 @@ def review_env(app_env, indexed_sample_dir, embedder):
         ids = generate(wb, fake, n=6, max_turns=2, seed=2)
     wb.close()
     return app_env, ids
-
-
-def new_app(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def db_of(data_dir) -> Database:

@@ -1,37 +1,21 @@
 """Prompts and Workshop pages through AppTest on real data dirs with the fake Gemini server."""
 
-import shutil
-
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from core.fake_gemini import FakeGemini
-from tests.conftest import ROOT
+from tests.conftest import new_app
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path, indexed_sample_dir):
-    st.cache_resource.clear()
-    monkeypatch.chdir(ROOT)
-    shutil.copytree(indexed_sample_dir, tmp_path / "data")
-    monkeypatch.setenv("GROUNDWORK_DATA_DIR", str(tmp_path / "data"))
+def env(monkeypatch, indexed_app_env):
     with FakeGemini(latency=0.01) as fake:
         monkeypatch.setenv("GEMINI_API_KEY", "AIza-pages-key")
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
         yield fake
-    st.cache_resource.clear()
-
-
-def open_page(page):
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-    at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_prompts_page_saves_a_version_and_refuses_a_bad_one(env):
-    at = open_page("pages/prompts.py")
+    at = new_app("pages/prompts.py")
     text = at.text_area(key="prompts.text.respondent")
     text.set_value(text.value + "\nKeep answers under 200 words.")
     at.text_input(key="prompts.note.respondent").set_value("shorter")
@@ -42,12 +26,12 @@ def test_prompts_page_saves_a_version_and_refuses_a_bad_one(env):
     at.button(key="prompts.save.respondent").click().run()
     assert "unknown placeholder(s) {passages}" in at.error[0].value
     # A new session sees the saved version: it is in SQLite, not in the session.
-    at = open_page("pages/prompts.py")
+    at = new_app("pages/prompts.py")
     assert at.text_area(key="prompts.text.respondent").value.endswith("Keep answers under 200 words.")
 
 
 def test_workshop_preview_and_dry_run(env):
-    at = open_page("pages/workshop.py")
+    at = new_app("pages/workshop.py")
     at.text_input(key="workshop.question").set_value("Was the non-compete enforceable?").run()
     assert not at.exception
     assert "non-compete" in " ".join(c.value for c in at.code).lower()

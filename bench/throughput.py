@@ -1,0 +1,566 @@
+"""Generation throughput benchmark: Groundwork's GenerationRun against an in-process FakeGemini, then AfterImage.
+
+Cases (100 dialogs, max_turns 3 unless told otherwise):
+  1. latency 0.5 s, concurrency 8       -> efficiency target >= 0.9
+  2. latency 0.5 s, concurrency 32      -> efficiency target >= 0.8
+  3. latency 0 s,   concurrency 32      -> conversations/min (CPU bound: everything shares 2 cores)
+  4. AfterImage 0.18.1 on cases 2 and 3 (own venv, subprocess) -> ours/theirs >= 2.5x and >= 3x
+  5. rpm quota: FakeGemini(rpm_quota=Q, rpm_window=W), concurrency 32, cold start
+     -> goodput >= 0.9 of the quota, 429 share <= 10%
+
+efficiency = (LLM calls x latency / concurrency) / wall time: the share of the time the run kept
+``concurrency`` calls in flight. Only ``run.run()`` is timed; setup (copying the indexed data dir, opening
+the workbench, creating the run) is reported separately.
+
+    /work/main/.venv/bin/python bench/throughput.py             # everything (~5-10 min)
+    /work/main/.venv/bin/python bench/throughput.py --quick     # fewer dialogs, shorter quota case
+    /work/main/.venv/bin/python bench/throughput.py --skip-afterimage --skip-quota
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+# Never talk to a real provider or pick up a developer's settings.
+for _name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY", "GROUNDWORK_PROVIDER",
+              "GOOGLE_GEMINI_BASE_URL", "GROUNDWORK_DATA_DIR", "GROUNDWORK_RPM_LIMIT"):
+    os.environ.pop(_name, None)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from core.fake_gemini import FakeGemini  # noqa: E402
+from diagnose import breakdown, instrument_engine  # noqa: E402
+from machine import CpuMeter, Usage  # noqa: E402
+import prototypes  # noqa: E402
+
+KEY = "AIzaSy-bench-dummy-key-000000000000000"
+AFTERIMAGE_VERSION = "0.18.1"
+TORCH_VERSION = "2.13.0"
+AI_VENV = HERE / ".cache" / "afterimage-venv"
+AI_PY = AI_VENV / "bin" / "python"
+
+
+class RecordingFake(FakeGemini):
+    """FakeGemini that also logs (time, status) of every generateContent answer, for per-window counts."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.answers: list[tuple[float, int]] = []
+        # A client that closes an idle keep-alive connection is normal; do not print a traceback for it.
+        self._server.handle_error = lambda request, client_address: None
+
+    def _answer(self, method, path, model, key, body):
+        reply = super()._answer(method, path, model, key, body)
+        if path.endswith(":generateContent"):
+            with self._lock:
+                self.answers.append((time.monotonic(), reply.status))
+        return reply
+
+
+def generate_calls(fake: FakeGemini) -> int:
+    return sum(n for p, n in fake.by_path.items() if p.endswith(":generateContent"))
+
+
+@dataclass
+class Sampler:
+    """Samples server in-flight count and the run's gate every ``every`` seconds on a background thread."""
+
+    fake: FakeGemini
+    gate: object | None = None
+    every: float = 0.02
+    samples: list[tuple[float, int, float, int, bool]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            g = self.gate
+            limit = getattr(g, "limit", 0.0) if g else 0.0
+            in_flight = getattr(g, "in_flight", 0) if g else 0
+            paused = bool(g and getattr(g, "_paused_until", 0.0) > time.monotonic())
+            self.samples.append((time.monotonic(), self.fake.in_flight, limit, in_flight, paused))
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean_server_in_flight(self) -> float:
+        return sum(s[1] for s in self.samples) / max(len(self.samples), 1)
+
+
+class Env:
+    """The once-per-process setup: warmed embedder and the sample corpus indexed into a template data dir."""
+
+    def __init__(self, root: Path):
+        from core.config import Settings
+        from core.embeddings import Embedder
+        from core.workbench import Workbench
+
+        self.root = root
+        t = time.perf_counter()
+        self.embedder = Embedder()
+        self.embedder.load()
+        self.embedder.encode(["warm-up: when must a landlord return a security deposit?"] * 8)
+        self.load_s = time.perf_counter() - t
+        self.template = root / "template"
+        t = time.perf_counter()
+        wb = Workbench(Settings.from_env(env={}, data_dir=str(self.template)), store_idle_close_s=0,
+                       embedder=self.embedder)
+        self.report = wb.corpus.ingest_path(ROOT / "sample_data")
+        self.chunk_texts = [r["text"] for r in wb.db.rows(
+            "SELECT c.text FROM chunks c JOIN documents d ON d.id=c.document_id ORDER BY d.source_path, c.position")]
+        wb.close()
+        self.index_s = time.perf_counter() - t
+        self._n = 0
+
+    def fresh_workbench(self):
+        from core.config import Settings
+        from core.workbench import Workbench
+
+        self._n += 1
+        data_dir = self.root / f"case-{self._n}"
+        shutil.copytree(self.template, data_dir)
+        return Workbench(Settings.from_env(env={}, data_dir=str(data_dir)), store_idle_close_s=0,
+                         embedder=self.embedder)
+
+
+@dataclass
+class Result:
+    label: str
+    latency: float
+    concurrency: int
+    dialogs: int
+    saved: int = 0
+    status: str = ""
+    calls: int = 0
+    wall_s: float = 0.0
+    setup_s: float = 0.0
+    mean_in_flight: float = 0.0
+    max_in_flight: int = 0
+    by_status: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    usage: object = None
+    extra_lines: list = field(default_factory=list)
+
+    @property
+    def conv_per_min(self) -> float:
+        return 60 * self.saved / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def calls_per_conv(self) -> float:
+        return self.calls / self.saved if self.saved else 0.0
+
+    @property
+    def efficiency(self) -> float | None:
+        if not self.latency or not self.wall_s:
+            return None
+        return (self.calls * self.latency / self.concurrency) / self.wall_s
+
+    def line(self) -> str:
+        eff = f"{self.efficiency:.3f}" if self.efficiency is not None else "  n/a"
+        return (f"{self.label:34s} {self.saved:4d}/{self.dialogs:<4d} {self.conv_per_min:9.1f} "
+                f"{self.calls_per_conv:10.2f} {eff:>10s} {self.wall_s:8.2f} {self.setup_s:8.2f} "
+                f"{self.mean_in_flight:7.1f} {self.max_in_flight:4d}")
+
+
+HEADER = (f"{'case':34s} {'saved':>9s} {'conv/min':>9s} {'calls/conv':>10s} {'efficiency':>10s} "
+          f"{'wall s':>8s} {'setup s':>8s} {'avg inf':>7s} {'max':>4s}")
+
+
+def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: int, max_turns: int,
+             fake_options: dict | None = None, instrument_gate: bool = False, diagnose: bool = False,
+             prototype: list[str] | None = None) -> Result:
+    from core.engine import GenerationRun, RunConfig
+    from core.providers.gemini import GeminiProvider
+
+    res = Result(label, latency, concurrency, dialogs)
+    t = time.perf_counter()
+    wb = env.fresh_workbench()
+    fake = RecordingFake(latency=latency, **(fake_options or {})).start()
+    settings = wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url)
+    run = GenerationRun(settings, wb.db, wb.corpus, lambda gate: GeminiProvider(settings, gate=gate),
+                        config=RunConfig(num_dialogs=dialogs, max_turns=max_turns, max_concurrency=concurrency,
+                                         seed=1))
+    undo, proto_stats = prototypes.apply(prototype or [], run, wb)
+    events: list[tuple[float, str, float, float]] = []
+    if instrument_gate:
+        gate = run.gate
+        cls = type(gate)  # looked up after the prototypes, which may change the gate's class
+
+        def on_429(retry_after):
+            cls.record_rate_limited(gate, retry_after)
+            events.append((time.monotonic(), "429", gate.limit, retry_after or 0.0))
+
+        def on_ok():
+            cls.record_success(gate)
+            events.append((time.monotonic(), "ok", gate.limit, 0.0))
+
+        gate.record_rate_limited, gate.record_success = on_429, on_ok
+    fake.reset_stats()
+    res.setup_s = time.perf_counter() - t
+    with contextlib.ExitStack() as stack:
+        clock = stack.enter_context(instrument_engine()) if diagnose else None
+        sampler = stack.enter_context(Sampler(fake, run.gate))
+        meter = stack.enter_context(CpuMeter())
+        t0 = time.monotonic()
+        progress = run.run()
+        res.wall_s = time.monotonic() - t0
+    res.usage = meter.usage
+    undo()
+    if "batchq" in proto_stats:
+        c = proto_stats["batchq"]
+        res.extra_lines.append(f"    prototype batchq: {c.texts} query encodes in {c.batches} model calls")
+    if "prefetch" in proto_stats:
+        res.extra_lines.append(f"    prototype prefetch: {proto_stats['prefetch']['prefetch_batches']} background batches")
+    if "pacegate" in proto_stats:
+        res.extra_lines.append(f"    prototype pacegate learned (t, quota, window): {proto_stats['pacegate'].learned[:3]}")
+    if clock is not None:
+        res.extra_lines += breakdown(clock, concurrency, res.wall_s, generate_calls(fake), latency)
+    res.saved, res.status = progress.saved, progress.status
+    res.calls = generate_calls(fake)
+    res.by_status = dict(fake.by_status)
+    res.mean_in_flight = sampler.mean_server_in_flight()
+    res.max_in_flight = fake.max_concurrency
+    res.extra = {"t0": t0, "answers": list(fake.answers), "events": events, "samples": sampler.samples,
+                 "reason": progress.reason}
+    fake.close()
+    wb.close()
+    return res
+
+
+# ---- AfterImage --------------------------------------------------------------------------------------------
+
+
+def ensure_afterimage(log) -> tuple[bool, str]:
+    """Create bench/.cache/afterimage-venv with afterimage==0.18.1 (+ sentence-transformers for RAG) once."""
+    check = ("import afterimage, importlib.metadata as m; assert m.version('afterimage') == '%s'; "
+             "import sentence_transformers" % AFTERIMAGE_VERSION)
+    if AI_PY.exists() and subprocess.run([str(AI_PY), "-c", check], capture_output=True, cwd="/").returncode == 0:
+        return True, "cached"
+    t = time.perf_counter()
+    try:
+        if not AI_PY.exists():
+            log(f"creating {AI_VENV} ...")
+            subprocess.run(["python3", "-m", "venv", str(AI_VENV)], check=True, capture_output=True)
+        pip = [str(AI_PY), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        # The embeddings-local extra pulls sentence-transformers -> torch: pin the CPU torch first, as
+        # scripts/setup.sh does, so pip does not fetch a multi-GB CUDA build.
+        log(f"installing torch=={TORCH_VERSION} and afterimage[embeddings-local]=={AFTERIMAGE_VERSION} ...")
+        for spec in (f"torch=={TORCH_VERSION}", f"afterimage[embeddings-local]=={AFTERIMAGE_VERSION}"):
+            p = subprocess.run(pip + [spec], capture_output=True, text=True, timeout=900)
+            if p.returncode != 0:
+                tail = [ln for ln in p.stderr.splitlines() if "is ignored" not in ln][-3:]
+                if spec.startswith("afterimage"):
+                    # Without the extra AfterImage still runs (WithContext grounding instead of RAG).
+                    p2 = subprocess.run(pip + [f"afterimage=={AFTERIMAGE_VERSION}"], capture_output=True,
+                                        text=True, timeout=900)
+                    if p2.returncode == 0:
+                        return True, f"installed without embeddings-local ({' '.join(tail)})"
+                return False, f"pip install {spec} failed: {' '.join(tail)}"
+    except (OSError, subprocess.SubprocessError) as e:
+        return False, f"{type(e).__name__}: {e}"
+    return True, f"installed in {time.perf_counter() - t:.0f} s"
+
+
+def run_afterimage(env: Env, label: str, latency: float, concurrency: int, dialogs: int, max_turns: int,
+                   corpus_json: Path, model_path: str) -> Result:
+    res = Result(label, latency, concurrency, dialogs)
+    fake = RecordingFake(latency=latency).start()
+    child_env = {k: v for k, v in os.environ.items()
+                 if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "PYTHONPATH", "VIRTUAL_ENV")}
+    cmd = [str(AI_PY), str(HERE / "afterimage_driver.py"), fake.base_url, str(dialogs), str(max_turns),
+           str(concurrency), "--corpus-json", str(corpus_json), "--model-path", model_path]
+    t = time.perf_counter()
+    with CpuMeter() as meter:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=child_env, cwd="/", timeout=900)
+    total_s = time.perf_counter() - t
+    res.calls = generate_calls(fake)
+    res.by_status = dict(fake.by_status)
+    res.max_in_flight = fake.max_concurrency
+    fake.close()
+    out = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not out:
+        res.status = "failed"
+        res.extra = {"error": (p.stderr.strip().splitlines() or ["no output"])[-5:]}
+        return res
+    data = json.loads(out[-1])
+    res.saved, res.wall_s, res.status = min(data["saved"], dialogs), data["wall_s"], "completed"
+    res.setup_s = total_s - data["generate_s"]
+    res.mean_in_flight = res.calls * latency / res.wall_s if latency else 0.0
+    res.extra = data
+    # The meter also covered the child's start-up (imports, model, index): keep the generate() part, i.e. the
+    # child's CPU during generate() plus this process's (the fake server's), others scaled to that time.
+    u = meter.usage
+    fake_cpu = max(u.own_cpu_s - data["total_cpu_s"], 0.0)
+    res.usage = Usage(data["generate_s"], data["cpu_s"] + fake_cpu,
+                      u.others_cpu_s * data["generate_s"] / max(u.wall_s, 1e-9))
+    return res
+
+
+# ---- the rpm quota case ------------------------------------------------------------------------------------
+
+
+def quota_report(res: Result, quota: int, window: float, log) -> dict:
+    t0 = res.extra["t0"]
+    answers = [(t - t0, s) for t, s in res.extra["answers"]]
+    ok = sum(1 for _, s in answers if s == 200)
+    limited = sum(1 for _, s in answers if s == 429)
+    total = len(answers)
+    goodput_share = (ok / res.wall_s) * window / quota if res.wall_s else 0.0
+    share_429 = limited / total if total else 0.0
+    n_windows = int(res.wall_s // window) + 1
+    per_window = []
+    samples = [(t - t0, *rest) for t, *rest in res.extra["samples"]]
+    for w in range(n_windows):
+        lo, hi = w * window, (w + 1) * window
+        in_w = [s for t, s in answers if lo <= t < hi]
+        ss = [s for s in samples if lo <= s[0] < hi]
+        per_window.append({
+            "window": w, "from_s": lo, "to_s": min(hi, res.wall_s), "ok": in_w.count(200), "429": in_w.count(429),
+            "avg_limit": sum(s[2] for s in ss) / max(len(ss), 1), "min_limit": min((s[2] for s in ss), default=0),
+            "avg_in_flight": sum(s[1] for s in ss) / max(len(ss), 1),
+            "paused_share": sum(1 for s in ss if s[4]) / max(len(ss), 1)})
+    full = [w for w in per_window if w["to_s"] - w["from_s"] >= window - 1e-9]
+    steady = full[1:] if len(full) > 1 else full  # without the cold-start window
+    steady_share = (sum(w["ok"] for w in steady) / (len(steady) * quota)) if steady else 0.0
+    log(f"  per {window:g} s window (quota {quota}): ok / 429 / gate limit avg (min) / server in-flight avg / "
+        "share of time paused by RetryInfo")
+    for w in per_window:
+        log(f"    {w['from_s']:6.1f}-{w['to_s']:6.1f} s  ok {w['ok']:4d}  429 {w['429']:4d}  limit "
+            f"{w['avg_limit']:5.1f} ({w['min_limit']:4.1f})  in-flight {w['avg_in_flight']:5.1f}  "
+            f"paused {100 * w['paused_share']:3.0f}%")
+    # The first seconds at 1/10 s resolution: how the gate reacts to the first burst of 429s.
+    log("  cold start, per 0.5 s: ok / 429 answered, gate limit at the end of the slice, gate in-flight")
+    horizon = min(res.wall_s, 2 * window + 2)
+    step = 0.5
+    t = 0.0
+    while t < horizon:
+        a = [s for x, s in answers if t <= x < t + step]
+        ss = [s for s in samples if t <= s[0] < t + step]
+        last = ss[-1] if ss else (0, 0, 0.0, 0, False)
+        if a or t < 3:
+            log(f"    {t:5.1f} s  ok {a.count(200):3d}  429 {a.count(429):3d}  limit {last[2]:5.2f}  "
+                f"gate in-flight {last[3]:3d}{'  paused' if last[4] else ''}")
+        t += step
+    return {"ok": ok, "429": limited, "total": total, "goodput_share": goodput_share, "share_429": share_429,
+            "steady_share": steady_share, "windows": per_window}
+
+
+def print_timeline(r: Result, log, step: float = 0.5) -> None:
+    t0 = r.extra["t0"]
+    samples = [(t - t0, inflight, limit, gate_in) for t, inflight, limit, gate_in, _ in r.extra["samples"]]
+    answers = [t - t0 for t, _ in r.extra["answers"]]
+    t = 0.0
+    row = []
+    while t < r.wall_s:
+        ss = [s for s in samples if t <= s[0] < t + step]
+        mean = sum(s[1] for s in ss) / max(len(ss), 1)
+        row.append(f"{mean:4.1f}")
+        t += step
+    log(f"    server in flight, mean per {step:g} s: " + " ".join(row))
+    log(f"    answers per {step:g} s: " + " ".join(
+        str(sum(1 for a in answers if i * step <= a < (i + 1) * step)) for i in range(int(r.wall_s / step) + 1)))
+
+
+# ---- main --------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dialogs", type=int, default=100)
+    ap.add_argument("--max-turns", type=int, default=3)
+    ap.add_argument("--latency", type=float, default=0.5)
+    ap.add_argument("--quick", action="store_true", help="40 dialogs, 40 s quota case")
+    ap.add_argument("--skip-afterimage", action="store_true")
+    ap.add_argument("--skip-quota", action="store_true")
+    ap.add_argument("--only-quota", action="store_true")
+    ap.add_argument("--cases", default="8,32,32@0",
+                    help="our cases as CONCURRENCY[@LATENCY], comma separated (default 8,32,32@0)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of all cases (ours and AfterImage interleaved); rows show the median (shared machine)")
+    ap.add_argument("--timeline", action="store_true", help="print server calls in flight per 0.5 s for our cases")
+    ap.add_argument("--prototype", default="",
+                    help="apply prototypes of proposed core fixes to our runs (see bench/prototypes.py): "
+                         + ",".join(prototypes.NAMES))
+    ap.add_argument("--diagnose", action="store_true",
+                    help="for our cases, print where worker time goes (wraps engine methods; adds a little overhead)")
+    ap.add_argument("--quota", type=int, default=120, help="requests per window (default 120)")
+    ap.add_argument("--window", type=float, default=10.0,
+                    help="quota window in seconds (default 10: Gemini's 60 s window scaled down 6x)")
+    ap.add_argument("--quota-dialogs", type=int, default=300, help="dialogs in the quota case (default 300)")
+    ap.add_argument("--quota-latency", type=float, default=0.5)
+    args = ap.parse_args()
+    protos = [p for p in args.prototype.split(",") if p]
+    if args.quick:
+        args.dialogs = min(args.dialogs, 40)
+        args.quota_dialogs = min(args.quota_dialogs, 120)
+
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    # GeminiProvider logs one warning per retried 429; the quota case counts them instead.
+    logging.getLogger("core.providers.base").setLevel(logging.ERROR)
+    if protos:
+        log(f"PROTOTYPES applied to our runs (not core behaviour, see bench/prototypes.py): {', '.join(protos)}")
+    tmp = Path(tempfile.mkdtemp(prefix="gw-bench-throughput-"))
+    try:
+        log(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+        env = Env(tmp)
+        log(f"setup once: embedding model loaded and warmed in {env.load_s:.1f} s; sample_data/ indexed in "
+            f"{env.index_s:.1f} s ({env.report.added_documents} documents, {env.report.added_chunks} chunks); "
+            "each case runs on a fresh copy of that data dir")
+        log(f"workload: {args.dialogs} dialogs, max_turns {args.max_turns} (turns uniform 1..{args.max_turns}), "
+            "GeminiProvider (google-genai) -> in-process FakeGemini on 127.0.0.1; only run.run() is timed")
+        results: list[Result] = []
+        ai_results: dict[tuple[float, int], Result] = {}
+        ai_note = ""
+        ai_ready = False
+        corpus_json = tmp / "chunks.json"
+        if not args.skip_afterimage and not args.only_quota:
+            ok, why = ensure_afterimage(log)
+            ai_ready = ok
+            if not ok:
+                ai_note = f"AfterImage could not be installed: {why}"
+                log(ai_note)
+            else:
+                log(f"AfterImage {AFTERIMAGE_VERSION} venv: {why}")
+                corpus_json.write_text(json.dumps(env.chunk_texts), encoding="utf-8")
+        runs: dict[str, list[Result]] = {}
+        if not args.only_quota:
+            from core.embeddings import packaged_model_path
+
+            specs = []
+            for spec in args.cases.split(","):
+                conc_s, _, lat_s = spec.partition("@")
+                specs.append(((float(lat_s) if lat_s else args.latency), int(conc_s)))
+            for rep in range(args.repeat):
+                if args.repeat > 1:
+                    log(f"round {rep + 1} of {args.repeat}")
+                for latency, conc in specs:
+                    label = f"groundwork  {latency:g} s  c={conc}" + (f" +{'+'.join(protos)}" if protos else "")
+                    r = run_ours(env, label, latency, conc, args.dialogs, args.max_turns, diagnose=args.diagnose,
+                                 prototype=protos)
+                    runs.setdefault(label, []).append(r)
+                    log(f"  done: {r.line().strip()}  [{r.status}]  {r.usage.describe()}")
+                    for line in r.extra_lines:
+                        log(line)
+                    if args.timeline:
+                        print_timeline(r, log)
+                    # AfterImage right after ours on the same case, so both see a similar machine.
+                    if ai_ready and conc == 32:
+                        label = f"afterimage  {latency:g} s  c={conc}"
+                        r = run_afterimage(env, label, latency, conc, args.dialogs, args.max_turns, corpus_json,
+                                           str(packaged_model_path()))
+                        if r.status == "failed":
+                            ai_note = f"AfterImage run failed: {' | '.join(r.extra['error'])}"
+                            log(ai_note)
+                            ai_ready = False
+                            continue
+                        runs.setdefault(label, []).append(r)
+                        log(f"  done: {r.line().strip()}  [{r.extra.get('grounding')}]  {r.usage.describe()}")
+        for label, rs in runs.items():
+            # The run with the median conversations/min stands for the case.
+            r = sorted(rs, key=lambda x: x.conv_per_min)[(len(rs) - 1) // 2]
+            if len(rs) > 1:
+                r.label = label
+                r.spread = (min(x.conv_per_min for x in rs), max(x.conv_per_min for x in rs))
+            results.append(r)
+            if label.startswith("afterimage"):
+                ai_results[(r.latency, r.concurrency)] = r
+
+        if results:
+            log("")
+            log(HEADER)
+            for r in results:
+                log(r.line())
+            log("  (avg inf = mean generateContent calls in flight at the server; for AfterImage estimated as "
+                "calls x latency / wall)")
+            if args.repeat > 1:
+                log(f"  (each row is the median of {args.repeat} rounds by conversations/min; range: "
+                    + "; ".join(f"{r.label.strip()} {r.spread[0]:.0f}-{r.spread[1]:.0f}" for r in results
+                                if getattr(r, "spread", None)) + ")")
+            log("")
+            for r in results:
+                if r.label.startswith("groundwork") and r.efficiency is not None:
+                    target = 0.9 if r.concurrency <= 8 else 0.8
+                    log(f"target: {r.label.strip()} efficiency {r.efficiency:.3f} >= {target} -> "
+                        f"{'MET' if r.efficiency >= target else 'MISSED'}")
+            ours = {(r.latency, r.concurrency): r for r in results if r.label.startswith("groundwork")}
+            for key, target in (((args.latency, 32), 2.5), ((0.0, 32), 3.0)):
+                if key in ai_results and key in ours and ai_results[key].conv_per_min:
+                    ratio = ours[key].conv_per_min / ai_results[key].conv_per_min
+                    log(f"target: ours/theirs conversations/min at latency {key[0]:g} s, c={key[1]}: "
+                        f"{ours[key].conv_per_min:.1f} / {ai_results[key].conv_per_min:.1f} = {ratio:.2f}x "
+                        f">= {target}x -> {'MET' if ratio >= target else 'MISSED'}")
+            if ai_results:
+                g = next(iter(ai_results.values())).extra.get("grounding")
+                log(f"  AfterImage wiring: ContextualInstructionGeneratorCallback(InMemoryDocumentProvider(same "
+                    f"chunks), 2 contexts, 3 instructions) + respondent grounding: {g}; its wall time is until "
+                    "the num_dialogs-th conversation was saved (generate() itself took "
+                    + ", ".join(f"{r.extra['generate_s']:.1f} s" for r in ai_results.values())
+                    + " including its end-of-run metric plots)")
+            if ai_note:
+                log(ai_note)
+
+        if not args.skip_quota:
+            log("")
+            log(f"quota case: FakeGemini(rpm_quota={args.quota}, rpm_window={args.window:g} s) - Gemini's per-minute "
+                f"window scaled down {60 / args.window:g}x so the case takes ~1-2 min; latency "
+                f"{args.quota_latency:g} s, concurrency 32, cold start, {args.quota_dialogs} dialogs, "
+                "GeminiProvider with its default retry policy")
+            r = run_ours(env, f"groundwork quota {args.quota}/{args.window:g}s c=32"
+                         + (f" +{'+'.join(protos)}" if protos else ""), args.quota_latency, 32,
+                         args.quota_dialogs, args.max_turns,
+                         fake_options={"rpm_quota": args.quota, "rpm_window": args.window}, instrument_gate=True,
+                         prototype=protos)
+            log(HEADER)
+            log(r.line())
+            for line in r.extra_lines:
+                log(line)
+            log(f"  run status {r.status} {r.extra['reason']!r}; answers by status {r.by_status}")
+            q = quota_report(r, args.quota, args.window, log)
+            log(f"goodput: {q['ok']} successful calls in {r.wall_s:.1f} s = "
+                f"{q['ok'] / r.wall_s * args.window:.1f} per {args.window:g} s window = {q['goodput_share']:.3f} of the "
+                f"quota (steady-state full windows after the first: {q['steady_share']:.3f})")
+            log(f"429 share: {q['429']} of {q['total']} generateContent calls = {q['share_429']:.3f}")
+            log(f"target: goodput share {q['goodput_share']:.3f} >= 0.9 -> "
+                f"{'MET' if q['goodput_share'] >= 0.9 else 'MISSED'}")
+            log(f"target: 429 share {q['share_429']:.3f} <= 0.10 -> {'MET' if q['share_429'] <= 0.10 else 'MISSED'}")
+            ev = r.extra["events"]
+            decreases = 0
+            prev = None
+            for _, kind, limit, _ in ev:
+                if prev is not None and limit < prev:
+                    decreases += 1
+                prev = limit
+            retry_infos = Counter(round(ra, 1) for _, kind, _, ra in ev if kind == "429")
+            log(f"  gate: {sum(1 for e in ev if e[1] == '429')} 429s reported, {decreases} multiplicative decreases; "
+                f"RetryInfo delays seen (s: count, top 8): {dict(retry_infos.most_common(8))}")
+        log(f"load average at end {os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

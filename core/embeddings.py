@@ -54,6 +54,8 @@ class Embedder:
         self._load_lock = threading.Lock()
         # torch runs one forward pass at a time well on 2 cores; concurrent callers would only thrash.
         self._encode_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queries: list[dict] = []
 
     def load(self):
         if self._model is None:
@@ -103,6 +105,39 @@ class Embedder:
         """Tokens each text takes in this model (special tokens included), to warn about truncation."""
         tokenizer = self.load().tokenizer
         return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector, for many threads at once (generation workers retrieving every turn).
+
+        Waiting callers are served together: whoever holds the model encodes every query queued
+        by then in one pass. Queries run on one torch thread, which with dozens of Python threads
+        in the process is faster per query than torch's default of one thread per core.
+        """
+        slot = {"text": text, "vector": None}
+        with self._queue_lock:
+            self._queries.append(slot)
+        while slot["vector"] is None:
+            with self._encode_lock:
+                if slot["vector"] is not None:
+                    break
+                with self._queue_lock:
+                    batch, self._queries = self._queries, []
+                vectors = self._encode_single_threaded([s["text"] for s in batch])
+                for s, v in zip(batch, vectors):
+                    s["vector"] = v
+        return slot["vector"]
+
+    def _encode_single_threaded(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        model = self.load()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
+        finally:
+            torch.set_num_threads(threads)
 
     def encode_one(self, text: str) -> list[float]:
         return self.encode([text])[0].tolist()

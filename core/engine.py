@@ -42,11 +42,11 @@ PERSONAS = ["practising lawyer", "paralegal", "law student", "small-business own
 QUESTION_TYPES = ["fact lookup", "comparison", "application to new facts", "procedural"]
 DIFFICULTIES = ["easy", "medium", "hard"]
 
-QUESTIONS_SCHEMA = {
-    "type": "object",
-    "properties": {"questions": {"type": "array", "items": {"type": "string"}}},
-    "required": ["questions"],
-}
+def questions_schema(n: int) -> dict[str, Any]:
+    """Structured output for n questions: exactly n, so the question pool gets what it counted on."""
+    return {"type": "object",
+            "properties": {"questions": {"type": "array", "items": {"type": "string"}, "minItems": n, "maxItems": n}},
+            "required": ["questions"]}
 
 
 @dataclass
@@ -153,6 +153,8 @@ class AdaptiveGate(CallGate):
         self._latency_ewma = 1.0
         self._last_success = time.monotonic()
         self._last_429 = 0.0
+        self._streak: deque[float] = deque()  # success times since the last pause
+        self.learned_quota: tuple[int, float] | None = None  # (requests, window seconds)
         self.cancelled = threading.Event()
 
     @contextmanager
@@ -190,13 +192,36 @@ class AdaptiveGate(CallGate):
                 self.limit = max(1.0, self.limit / 2)
                 self._last_decrease = t
             if retry_after:
-                self._paused_until = max(self._paused_until, t + min(retry_after, 60.0))
+                resume_at = t + min(retry_after, 60.0)
+                self._learn_quota(resume_at)
+                self._paused_until = max(self._paused_until, resume_at)
             self._publish()
+
+    def _learn_quota(self, resume_at: float) -> None:
+        """A rate quota (N requests per window) is what a 429 with RetryInfo usually means.
+
+        Halving calls in flight cannot prevent it: whatever is in flight when the window fills gets a
+        429. So the first such 429 after a run of successes teaches the gate the quota (the successes
+        since the last pause, over the time until the server said to come back) and from then on
+        attempts are paced just under it, through the base gate's requests-per-window limiter.
+        """
+        if self.learned_quota is not None or len(self._streak) < 5 or resume_at <= self._streak[0]:
+            return
+        requests, window = len(self._streak), resume_at - self._streak[0]
+        self.learned_quota = (requests, window)
+        with self._lock:  # the base gate's limiter state
+            self.window = window
+            self.rpm_limit = max(1, int(requests * 0.95))
+            self._sent = deque(list(self._streak)[-self.rpm_limit:])
 
     def record_success(self) -> None:
         super().record_success()
         with self._cond:
             self._last_success = time.monotonic()
+            if self._paused_until and self._last_success >= self._paused_until:
+                self._streak.clear()  # a new window of successes starts after a pause
+                self._paused_until = 0.0
+            self._streak.append(self._last_success)
             self.limit = min(float(self.max_concurrency), self.limit + 1.0 / max(self.limit, 1.0))
             self._publish()
             self._cond.notify_all()
@@ -251,7 +276,7 @@ class Retriever:
         return len(self._ids)
 
     def search(self, query: str, k: int, exclude_ids: list[str] | None = None) -> list[Passage]:
-        vector = self.corpus.embedder.encode([query])[0]
+        vector = self.corpus.embedder.encode_query(query)
         if not self.snapshot:
             return self.corpus.search_vector(vector, k, PointFilter(exclude_ids=exclude_ids or ()))
         scores = self._matrix @ vector
@@ -398,7 +423,7 @@ class Simulator:
                                    question_plan=plan_lines(plan))
         user = Message("user", f"Write the {n} questions now, following the plan, as JSON: "
                                '{"questions": ["...", "..."]}.')
-        record = self.call("instruction", system, [user], json_schema=QUESTIONS_SCHEMA, seed=rng.randrange(2**31))
+        record = self.call("instruction", system, [user], json_schema=questions_schema(n), seed=rng.randrange(2**31))
         data = record.result.json()
         items = data.get("questions") if isinstance(data, dict) else data
         texts = [q.strip() if isinstance(q, str) else str((q or {}).get("question", "")).strip()

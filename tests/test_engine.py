@@ -236,3 +236,41 @@ def test_sigkill_then_resume_gives_exactly_n(indexed_wb):
         ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
         assert len(ids) == 10 and len(set(ids)) == 10
         db.close()
+
+
+def test_gate_learns_a_rate_quota_from_the_first_429_and_paces_under_it():
+    gate = AdaptiveGate(max_concurrency=8)
+    for _ in range(20):
+        with gate.attempt():
+            pass
+        gate.record_success()
+    gate.record_rate_limited(retry_after=0.5)
+    requests, window = gate.learned_quota
+    assert requests == 20 and 0.5 <= window < 2.0
+    assert gate.rpm_limit == 19 and gate.window == window
+    # Paced from now on: after the pause, no more than 19 attempts start within any one window.
+    time.sleep(0.6)
+    starts = []
+    for _ in range(40):
+        with gate.attempt():
+            starts.append(time.monotonic())
+        gate.record_success()
+    assert all(b - a >= window * 0.95 for a, b in zip(starts, starts[19:]))
+
+
+def test_query_embeddings_from_many_threads_match_single_encodes(embedder):
+    import numpy as np
+
+    texts = [f"Was the deposit of ${100 + i} returned within 21 days?" for i in range(24)]
+    expected = embedder.encode(texts)
+    results = [None] * len(texts)
+
+    def work(i):
+        results[i] = embedder.encode_query(texts[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert np.allclose(np.vstack(results), expected, atol=1e-5)

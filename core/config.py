@@ -1,6 +1,6 @@
 """One settings object for the whole workbench: every setting with its default, env var and help text.
 
-Defaults need no server and no key: SQLite, Qdrant local mode and the packaged models all live under
+Defaults need no server and no key: SQLite, the embedded Qdrant (Edge) and the packaged models all live under
 one data dir, so two data dirs never interfere.
 """
 
@@ -29,6 +29,10 @@ class Settings:
                              "Folder holding all state: SQLite file, local Qdrant, exports, logs.")
     qdrant_url: str = _setting("", "QDRANT_URL",
                                "Qdrant server URL. Empty: embedded local mode on disk under the data dir.")
+    embedded_engine: str = _setting(
+        "edge", "GROUNDWORK_EMBEDDED_ENGINE",
+        "Embedded vector store when no QDRANT_URL is set: edge (Qdrant Edge, on disk, 100k+ chunks) or local "
+        "(qdrant-client local mode, up to ~20k chunks). `groundwork migrate` moves a corpus between them.")
     qdrant_api_key: str = _setting("", "QDRANT_API_KEY", "API key for a Qdrant server.", secret=True)
     collection: str = _setting("groundwork", "GROUNDWORK_COLLECTION", "Qdrant collection holding the corpus.")
     content_key: str = _setting("text", "GROUNDWORK_CONTENT_KEY",
@@ -92,6 +96,9 @@ class Settings:
         if not 0 <= self.chunk_overlap < self.chunk_size // 2:
             raise ConfigError(f"chunk_overlap {self.chunk_overlap} must be between 0 and half the chunk size "
                               f"({self.chunk_size // 2}).")
+        if self.embedded_engine not in ("edge", "local"):
+            raise ConfigError(f"Unknown embedded engine {self.embedded_engine!r}: choose edge or local "
+                              "(GROUNDWORK_EMBEDDED_ENGINE).")
         if self.provider and self.provider not in ("gemini", "openai", "local"):
             raise ConfigError(f"Unknown provider {self.provider!r}: choose gemini, openai or local.")
 
@@ -109,6 +116,10 @@ class Settings:
     @property
     def qdrant_path(self) -> Path:
         return self.data_path / "qdrant"
+
+    @property
+    def edge_path(self) -> Path:
+        return self.data_path / "qdrant-edge"
 
     @property
     def exports_path(self) -> Path:

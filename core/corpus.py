@@ -8,6 +8,7 @@ leaves duplicates or orphans behind.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ from core import ids
 from core.chunking import chunk_text
 from core.config import Settings
 from core.db import Database, dumps, loads, now
+from core.edge_store import EDGE_COMFORT_POINTS, EXACT_MAX_POINTS
 from core.embeddings import Embedder
 from core.errors import IngestError, ModelMismatchError, VectorStoreError
 from core.loaders import LoadedDocument, load_path
 from core.storehub import StoreHub
-from core.vectorstore import LOCAL_MODE_COMFORT_POINTS, Hit, PointFilter, VectorStore
+from core.vectorstore import LOCAL_MODE_COMFORT_POINTS, Hit, PointFilter, VectorStore, store_location
 
 # stage, done, total
 ProgressFn = Callable[[str, int, int], None]
@@ -287,14 +289,33 @@ class Corpus:
             "SELECT COUNT(*) AS documents, COALESCE(SUM(n_chunks),0) AS chunks, COALESCE(SUM(n_chars),0) AS chars, "
             "SUM(status='pending') AS pending FROM documents WHERE collection=?", [self.collection])
         record = self.db.one("SELECT * FROM collections WHERE name=?", [self.collection]) or {}
+        engine, location = store_location(self.settings)
         stats = {**row, "pending": row["pending"] or 0, "collection": self.collection,
                  "embedding_model": record.get("embedding_model", self.embedder.model_name),
-                 "engine": "server" if self.settings.qdrant_url else "local",
-                 "location": self.settings.qdrant_url or str(self.settings.qdrant_path), "warning": ""}
-        if stats["engine"] == "local" and stats["chunks"] > LOCAL_MODE_COMFORT_POINTS:
+                 "engine": engine, "location": location, "warning": ""}
+        stats["store_mb"] = _folder_mb(location) if engine != "server" else None
+        stats["engine_note"] = {
+            "edge": f"Qdrant Edge (embedded, on disk): full-scan search up to {EXACT_MAX_POINTS:,} chunks, HNSW "
+                    f"beyond. A Qdrant server serves better past ~{EDGE_COMFORT_POINTS:,} chunks, or when several "
+                    "machines must share the corpus.",
+            "local": f"Qdrant local mode (embedded, in memory): meant for up to ~{LOCAL_MODE_COMFORT_POINTS:,} "
+                     "chunks; Qdrant Edge holds far more on one laptop (`groundwork migrate --to edge`).",
+            "server": "Qdrant server: shared by every process and machine that can reach it.",
+        }[engine]
+        built_with = record.get("engine")
+        if built_with and built_with != engine and engine != "server" and built_with != "server":
+            stats["warning"] = (f"Collection {self.collection!r} was indexed with the {built_with} engine but "
+                                f"{engine} is configured: move it without re-embedding with `groundwork migrate "
+                                f"--to {engine}`, or set GROUNDWORK_EMBEDDED_ENGINE={built_with}.")
+        elif engine == "local" and stats["chunks"] > LOCAL_MODE_COMFORT_POINTS:
             stats["warning"] = (f"{stats['chunks']:,} chunks is past what Qdrant's embedded local mode is meant "
-                                f"for (~{LOCAL_MODE_COMFORT_POINTS:,}): searches and start-up slow down. Run a "
-                                "Qdrant server and set QDRANT_URL.")
+                                f"for (~{LOCAL_MODE_COMFORT_POINTS:,}): searches and start-up slow down. Switch to "
+                                "Qdrant Edge (`groundwork migrate --to edge`, then GROUNDWORK_EMBEDDED_ENGINE=edge) "
+                                "or run a Qdrant server and set QDRANT_URL.")
+        elif engine == "edge" and stats["chunks"] > EDGE_COMFORT_POINTS:
+            stats["warning"] = (f"{stats['chunks']:,} chunks: Qdrant Edge still works, but past "
+                                f"~{EDGE_COMFORT_POINTS:,} a Qdrant server (more cores and memory, shared by "
+                                "several processes) serves searches faster. Set QDRANT_URL to use one.")
         return stats
 
     def documents(self, limit: int = 50, offset: int = 0, search: str = "") -> list[dict[str, Any]]:
@@ -328,6 +349,17 @@ class Corpus:
         with self.stores.use() as store:
             points = store.count(self.collection) if store.exists(self.collection) else 0
         return {"sqlite_chunks": sqlite_chunks, "points": points}
+
+
+def _folder_mb(location: str) -> float:
+    total = 0
+    for root, _, files in os.walk(location):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass  # a file replaced while we walk (a build being swapped in)
+    return round(total / 2**20, 1)
 
 
 def _groups(plan: list[tuple[dict, list[dict]]], target: int) -> Iterable[list[tuple[dict, list[dict]]]]:

@@ -1,8 +1,11 @@
-"""The vector store behind one small interface: Qdrant local mode on disk by default, a Qdrant server by URL.
+"""The vector store behind one small interface: Qdrant Edge or Qdrant local mode embedded, a Qdrant server by URL.
 
-Both are the same qdrant-client code; which one is a configuration value (``QDRANT_URL``). Local mode
-locks its folder to one client per process and is not safe for concurrent writes, so every call
-goes through one lock there; it is meant for up to ~20k points (``LOCAL_MODE_COMFORT_POINTS``).
+:func:`open_store` is the one place that picks the backend: a URL means a server, otherwise
+``embedded_engine`` chooses Qdrant Edge (``core.edge_store``, the default) or qdrant-client's local mode.
+Local mode and the server are the same qdrant-client code. Local mode locks its folder to one client per
+process and is not safe for concurrent writes, so every call goes through one lock there; it is meant
+for up to ~20k points (``LOCAL_MODE_COMFORT_POINTS``). Edge and local mode keep their files in different
+folders of the data dir, so switching engines never mixes them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class CollectionInfo:
     points: int
     dim: int
     distance: str
-    engine: str  # "local" | "server"
+    engine: str  # "edge" | "local" | "server"
     location: str
 
 
@@ -82,13 +85,6 @@ class QdrantStore:
             raise
         except Exception as e:
             raise _translate(e, self.location, self.engine) from None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "QdrantStore":
-        if settings.qdrant_url:
-            return cls(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
-        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-        return cls(path=str(settings.qdrant_path))
 
     def _call(self, fn, *args, **kwargs):
         with self._lock:
@@ -164,6 +160,27 @@ class QdrantStore:
             pass
 
 
+def open_store(settings: Settings) -> VectorStore:
+    """The configured vector store: a server for a URL, else the embedded engine (Edge or local mode)."""
+    if settings.qdrant_url:
+        return QdrantStore(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+    if settings.embedded_engine == "local":
+        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+        return QdrantStore(path=str(settings.qdrant_path))
+    from core.edge_store import EdgeStore
+
+    return EdgeStore(settings.edge_path, legacy_local_path=settings.qdrant_path)
+
+
+def store_location(settings: Settings) -> tuple[str, str]:
+    """(engine, location) the settings point at, without opening anything."""
+    if settings.qdrant_url:
+        return "server", settings.qdrant_url
+    if settings.embedded_engine == "local":
+        return "local", str(settings.qdrant_path)
+    return "edge", str(settings.edge_path)
+
+
 class _NoLock:
     def __enter__(self):
         return self
@@ -188,7 +205,8 @@ def _to_filter(flt: PointFilter | None):
 
 def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
     text = str(e)
-    if "already accessed by another instance" in text or "Resource temporarily unavailable" in text:
+    if ("already accessed by another instance" in text or "Resource temporarily unavailable" in text
+            or "WouldBlock" in text):  # the last: Qdrant Edge's "Can't init WAL: Kind(WouldBlock)"
         return StoreLockedError(
             f"The local Qdrant folder {location} is in use by another process (probably the app, or a CLI "
             "batch on the same data dir). Close that process, or use a separate GROUNDWORK_DATA_DIR, or "

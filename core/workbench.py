@@ -11,7 +11,7 @@ from core.corpus import Corpus
 from core.db import Database
 from core.embeddings import Embedder
 from core.storehub import StoreHub
-from core.vectorstore import QdrantStore
+from core.vectorstore import open_store
 
 
 class Workbench:
@@ -31,7 +31,7 @@ class Workbench:
         # An embedder can be shared between workbenches (tests, several data dirs in one process).
         self.embedder = embedder if embedder and embedder.model_name == settings.embedding_model \
             else Embedder(settings.embedding_model)
-        self.stores = StoreHub(lambda: QdrantStore.from_settings(settings), idle_close_s=store_idle_close_s,
+        self.stores = StoreHub(lambda: open_store(settings), idle_close_s=store_idle_close_s,
                                wait_for_lock_s=wait_for_store_s)
         self.corpus = Corpus(settings, self.db, self.embedder, self.stores)
 

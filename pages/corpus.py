@@ -25,6 +25,8 @@ cols[1].metric("Chunks", f"{stats['chunks']:,}")
 cols[2].metric("Characters", f"{stats['chars']:,}")
 cols[3].metric("Embedding model", stats["embedding_model"])
 cols[4].metric("Store", stats["engine"], help=stats["location"])
+size = f" · {stats['store_mb']:,} MB on disk" if stats["store_mb"] is not None else ""
+st.caption(f"{stats['engine_note']}{size} · `{stats['location']}`")
 if stats["warning"]:
     st.warning(stats["warning"])
 if stats["pending"]:

@@ -139,7 +139,8 @@ def test_same_size_but_different_model_is_caught_by_the_probe(wb):
 
 def test_attach_existing_collection_built_elsewhere(tmp_path, embedder):
     """Like the seed's index_corpus.py: points with text under another payload key, no SQLite records."""
-    settings = make_settings(tmp_path / "data", collection="caselaw", content_key="content")
+    # Built with qdrant-client on the local-mode folder, so read through local mode (Edge: tests/test_edge.py).
+    settings = make_settings(tmp_path / "data", collection="caselaw", content_key="content", embedded_engine="local")
     texts = ["The court held the non-compete unenforceable.", "The search of the vehicle was unlawful.",
              "The landlord must return the deposit within 21 days."]
     store = QdrantStore(path=str(settings.qdrant_path))
@@ -153,7 +154,7 @@ def test_attach_existing_collection_built_elsewhere(tmp_path, embedder):
         assert hits[0].text == texts[2]
     finally:
         w.close()
-    wrong = make_settings(tmp_path / "data", collection="caselaw", content_key="body")
+    wrong = make_settings(tmp_path / "data", collection="caselaw", content_key="body", embedded_engine="local")
     w = Workbench(wrong, store_idle_close_s=0, embedder=embedder)
     try:
         with pytest.raises(VectorStoreError, match="content key"):
@@ -167,7 +168,16 @@ def test_unreachable_qdrant_url_is_clear():
         QdrantStore(url="http://127.0.0.1:9", timeout=2)
 
 
-def test_store_folder_held_by_another_process(wb):
+@pytest.fixture
+def local_wb(tmp_path, embedder):
+    """A workbench on qdrant-client's local mode (the lock of an Edge shard: tests/test_edge.py)."""
+    w = Workbench(make_settings(tmp_path / "data", embedded_engine="local"), store_idle_close_s=0, embedder=embedder)
+    yield w
+    w.close()
+
+
+def test_store_folder_held_by_another_process(local_wb):
+    wb = local_wb
     path = wb.settings.qdrant_path
     path.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""

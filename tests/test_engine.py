@@ -274,3 +274,19 @@ def test_query_embeddings_from_many_threads_match_single_encodes(embedder):
     for t in threads:
         t.join()
     assert np.allclose(np.vstack(results), expected, atol=1e-5)
+
+
+def test_token_budget_stops_cleanly_and_the_run_resumes(indexed_wb, fake):
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=12, max_turns=2, max_concurrency=2, token_budget=6000))
+    progress = run.run()
+    assert progress.status == "incomplete" and "token budget of 6,000 reached" in progress.reason
+    assert 0 < progress.saved < 12
+    states = collections.Counter(r["status"] for r in indexed_wb.db.rows(
+        "SELECT status FROM work_items WHERE run_id=?", [run.run_id]))
+    assert states["in_flight"] == 0 and states["done"] == progress.saved == len(conversations(indexed_wb, run.run_id))
+    # Each resume gets the budget again: the run finishes, with exactly 12 and no duplicates.
+    for _ in range(12):
+        progress = make_run(indexed_wb, fake, run_id=run.run_id).run()
+        if progress.status == "completed":
+            break
+    assert progress.status == "completed" and len(conversations(indexed_wb, run.run_id)) == 12

@@ -72,6 +72,8 @@ class _RWLock:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
+        self._local = threading.local()
 
     def read(self) -> "_Guard":
         return _Guard(self, False)
@@ -82,13 +84,21 @@ class _RWLock:
     def acquire(self, exclusive: bool) -> None:
         with self._cond:
             if exclusive:
-                while self._writer or self._readers:
-                    self._cond.wait()
+                # A waiting writer holds new readers back: a tight search loop must not starve a swap.
+                self._writers_waiting += 1
+                try:
+                    while self._writer or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._writers_waiting -= 1
                 self._writer = True
             else:
-                while self._writer:
+                # A thread already reading may read again (info() counts) without queueing behind a writer.
+                depth = getattr(self._local, "depth", 0)
+                while self._writer or (self._writers_waiting and not depth):
                     self._cond.wait()
                 self._readers += 1
+                self._local.depth = depth + 1
 
     def release(self, exclusive: bool) -> None:
         with self._cond:
@@ -96,6 +106,7 @@ class _RWLock:
                 self._writer = False
             else:
                 self._readers -= 1
+                self._local.depth -= 1
             self._cond.notify_all()
 
 

@@ -106,9 +106,3 @@ def judge_scores(db: Database, run_id: str | None) -> list[dict[str, Any]]:
             out.append({"conversation_id": r["id"], "attempt": i + 1, "overall": attempt["overall"],
                         "kept": i == record.get("best"), **attempt["scores"]})
     return out
-
-
-def grounding_scores(db: Database, run_id: str | None) -> list[dict[str, Any]]:
-    where, params = _run_filter(run_id)
-    where = (where + " AND" if where else "WHERE") + " grounding IS NOT NULL"
-    return db.rows(f"SELECT id, grounding FROM conversations {where}", params)

@@ -18,7 +18,7 @@ from typing import Any
 from core import ids
 from core.chunking import chunk_text
 from core.config import Settings
-from core.db import Database, dumps, loads, now
+from core.db import Database, dumps, fts_query, loads, now
 from core.edge_store import EDGE_COMFORT_POINTS, EXACT_MAX_POINTS
 from core.embeddings import Embedder
 from core.errors import IngestError, ModelMismatchError, VectorStoreError
@@ -323,7 +323,7 @@ class Corpus:
             return self.db.rows(
                 "SELECT d.id, d.title, d.source_path, d.n_chars, d.n_chunks, d.status FROM documents d "
                 "JOIN documents_fts f ON f.rowid = d.rowid WHERE documents_fts MATCH ? AND d.collection=? "
-                "ORDER BY rank LIMIT ? OFFSET ?", [_fts_query(search), self.collection, limit, offset])
+                "ORDER BY rank LIMIT ? OFFSET ?", [fts_query(search), self.collection, limit, offset])
         return self.db.rows(
             "SELECT id, title, source_path, n_chars, n_chunks, status FROM documents WHERE collection=? "
             "ORDER BY source_path LIMIT ? OFFSET ?", [self.collection, limit, offset])
@@ -383,9 +383,3 @@ def _relative(source_path: str, base: Path | None) -> str:
         except ValueError:
             pass
     return p.as_posix()
-
-
-def _fts_query(text: str) -> str:
-    """User words → an FTS5 query that cannot be a syntax error (each word quoted)."""
-    words = [w.replace('"', "") for w in text.split() if w.replace('"', "")]
-    return " ".join(f'"{w}"' for w in words)

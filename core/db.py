@@ -41,6 +41,12 @@ def loads(value: str | None, default: Any = None) -> Any:
     return json.loads(value)
 
 
+def fts_query(text: str) -> str:
+    """User words → an FTS5 query that cannot be a syntax error (each word quoted, all required)."""
+    words = [w.replace('"', "") for w in (text or "").split()]
+    return " ".join(f'"{w}"' for w in words if w)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     conn.row_factory = sqlite3.Row

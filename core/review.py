@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from core.db import Database, dumps, loads, new_id, now
+from core.db import Database, dumps, fts_query, loads, new_id, now
 from core.errors import NotFoundError, ValidationError
 from core.quality import WEAKLY_GROUNDED_BELOW
 
@@ -150,12 +150,6 @@ class ReviewFilter:
         if self.quality != "any":
             parts.append(self.quality)
         return ", ".join(parts)
-
-
-def fts_query(text: str) -> str:
-    """User words → an FTS5 query that cannot be a syntax error (each word quoted, all required)."""
-    words = [w.replace('"', "") for w in (text or "").split()]
-    return " ".join(f'"{w}"' for w in words if w)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")

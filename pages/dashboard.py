@@ -76,7 +76,7 @@ with st.container(border=True):
             st.rerun()
         except Exception as e:
             ui_cache.show_error(e)
-chart("Grounding scores", analytics.grounding_scores(wb.db, run_id),
+chart("Grounding scores", quality.grounding_scores(wb.db, run_id=run_id),
       lambda f: px.histogram(f, x="grounding", nbins=20, range_x=[0, 1]), "grounding",
       "No grounding scores yet: press the button above.")
 report = quality.coverage(wb.db, collection=wb.settings.collection, run_id=run_id)

@@ -192,7 +192,7 @@ HEADER = (f"{'case':34s} {'saved':>9s} {'conv/min':>9s} {'calls/conv':>10s} {'ef
 def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: int, max_turns: int,
              fake_options: dict | None = None, instrument_gate: bool = False, diagnose: bool = False,
              prototype: list[str] | None = None) -> Result:
-    from core.engine import GenerationRun, RunConfig
+    from core.engine import GenerationRun, RunConfig, worker_count
     from core.providers.gemini import GeminiProvider
 
     res = Result(label, latency, concurrency, dialogs)
@@ -237,7 +237,7 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
     if "pacegate" in proto_stats:
         res.extra_lines.append(f"    prototype pacegate learned (t, quota, window): {proto_stats['pacegate'].learned[:3]}")
     if clock is not None:
-        res.extra_lines += breakdown(clock, concurrency, res.wall_s, generate_calls(fake), latency)
+        res.extra_lines += breakdown(clock, worker_count(concurrency), res.wall_s, generate_calls(fake), latency)
     res.saved, res.status = progress.saved, progress.status
     res.calls = generate_calls(fake)
     res.by_status = dict(fake.by_status)

@@ -243,16 +243,51 @@ class Retriever:
     For the embedded store the vectors are read once at run start and searched in memory (exact
     cosine, as local mode itself does), then the store is released: a long batch does not hold
     the folder lock, so the app stays usable on the same data dir while a CLI batch runs.
+    With ``background=True`` the snapshot loads on its own thread while the run's first instruction
+    calls are in flight (they need no retrieval); the first search waits for it, and a load that
+    fails (empty collection, another model's vectors) stops the run with its message.
     """
 
-    def __init__(self, corpus: Corpus, snapshot: bool):
+    def __init__(self, corpus: Corpus, snapshot: bool, background: bool = False):
         self.corpus = corpus
         self._ids: list[str] = []
         self._matrix: np.ndarray | None = None
         self._payloads: list[dict[str, Any]] = []
         self.snapshot = snapshot
-        if snapshot:
+        self._ready = threading.Event()
+        self._error: GroundworkError | None = None
+        self._loader: threading.Thread | None = None
+        if not snapshot:
+            self._ready.set()
+        elif background:
+            self._loader = threading.Thread(target=self._load_in_background, name="retriever-snapshot", daemon=True)
+            self._loader.start()
+        else:
             self._load_snapshot()
+            self._ready.set()
+
+    def _load_in_background(self) -> None:
+        try:
+            self._load_snapshot()
+        except GroundworkError as e:
+            self._error = e
+        except Exception as e:  # the store's own errors: keep the message, never a bare traceback
+            self._error = GroundworkError(f"Could not load the collection for retrieval: {type(e).__name__}: {e}")
+        finally:
+            self._ready.set()
+
+    def wait_ready(self) -> None:
+        """Block until the snapshot is loaded; a failed load stops the run (``check`` re-raises it)."""
+        self._ready.wait()
+        if self._error is not None:
+            raise RunStopped(str(self._error))
+
+    def check(self) -> None:
+        """Raise the snapshot's load error, if any (after the run's workers have stopped)."""
+        if self._loader is not None:
+            self._loader.join()
+        if self._error is not None:
+            raise self._error
 
     def _load_snapshot(self) -> None:
         with self.corpus.stores.use() as store:
@@ -277,6 +312,7 @@ class Retriever:
 
     def search(self, query: str, k: int, exclude_ids: list[str] | None = None) -> list[Passage]:
         vector = self.corpus.embedder.encode_query(query)
+        self.wait_ready()
         if not self.snapshot:
             return self.corpus.search_vector(vector, k, PointFilter(exclude_ids=exclude_ids or ()))
         scores = self._matrix @ vector
@@ -498,6 +534,21 @@ def _clean_reply(text: str, strip_speaker: bool = False) -> str:
     return text
 
 
+def turns_for(seed: int, max_turns: int) -> int:
+    """A work item's turn count: uniform in 1..max_turns, drawn first from the item's own seed."""
+    return random.Random(seed).randint(1, max_turns)
+
+
+def worker_count(max_concurrency: int) -> int:
+    """Threads for a run whose LLM calls in flight are bounded by ``max_concurrency`` (the gate enforces it).
+
+    Between its calls a worker retrieves, builds prompts, waits for a question and saves; with exactly
+    one worker per allowed call, that time is a call slot left empty. A quarter more workers keep the
+    slots full while the gate still caps calls in flight (and so the provider's load) at the limit.
+    """
+    return max_concurrency + max_concurrency // 2
+
+
 def _seed_for(run_seed: int, slot: int, attempt: int = 0) -> int:
     digest = hashlib.sha256(f"{run_seed}:{slot}:{attempt}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
@@ -507,22 +558,35 @@ class QuestionPool:
     """Questions shared by workers: one instruction call feeds several conversations.
 
     A worker that finds the pool empty writes a new batch only if no batch already in progress
-    will cover it, so 32 workers starting together do not make 32 instruction calls.
+    will cover it, so 32 workers starting together do not make 32 instruction calls. Once the run
+    is going, the pool stays a few questions ahead (``low_water``) with background instruction calls
+    (at most ``max_prefetch`` at once), so a worker rarely waits for someone else's instruction call;
+    it never asks for more questions than work items still lack (``unasked``), so nothing is wasted.
     """
 
-    def __init__(self, make_batch: Callable[[int], list[Question]], per_call: int):
+    def __init__(self, make_batch: Callable[[int], list[Question]], per_call: int,
+                 unasked: Callable[[], int] = lambda: 0, low_water: int = 0, max_prefetch: int = 0):
         self._make_batch = make_batch
         self.per_call = per_call
+        self._unasked = unasked
+        self.low_water = low_water
+        self.max_prefetch = max_prefetch
         self._queue: deque[Question] = deque()
         self._cond = threading.Condition()
         self._coming = 0
         self._waiting = 0
+        self._prefetching = 0
+        self._prefetchers: list[threading.Thread] = []
+        self._closed = False
+        self.prefetched_batches = 0
 
     def take(self, still_needed: Callable[[], int], should_stop: Callable[[], bool]) -> Question:
         with self._cond:
             while True:
                 if self._queue:
-                    return self._queue.popleft()
+                    question = self._queue.popleft()
+                    self._prefetch_locked()
+                    return question
                 if should_stop():
                     raise RunStopped("cancelled")
                 if self._coming > self._waiting:
@@ -542,8 +606,64 @@ class QuestionPool:
         with self._cond:
             mine, rest = batch[0], batch[1:]
             self._queue.extend(rest)
+            self._prefetch_locked()
             self._cond.notify_all()
         return mine
+
+    def prime(self, questions: int) -> None:
+        """At run start, ask for enough questions for the first two waves of conversations at once.
+
+        Until the first questions come back, no conversation can start and most call slots would sit
+        empty; instruction calls for the second wave fill them instead of taking slots later.
+        """
+        with self._cond:
+            wanted = min(questions, self._unasked())
+            while self._coming < wanted:
+                self._start_fill_locked(self.per_call)
+
+    def _prefetch_locked(self) -> None:
+        """Start background instruction calls while the pool runs low (called with ``_cond`` held)."""
+        while (self._prefetching < self.max_prefetch
+               and len(self._queue) + self._coming - self._waiting < self.low_water
+               and self._unasked() > len(self._queue) + self._coming):
+            self._start_fill_locked(self.per_call)
+
+    def _start_fill_locked(self, n: int) -> None:
+        if self._closed:
+            return
+        self._coming += n
+        self._prefetching += 1
+        self.prefetched_batches += 1
+        thread = threading.Thread(target=self._fill, args=(n,), name="question-prefetch", daemon=True)
+        self._prefetchers.append(thread)
+        thread.start()
+
+    def _fill(self, n: int) -> None:
+        batch: list[Question] = []
+        try:
+            batch = self._make_batch(n)
+        except Exception:
+            pass  # the pool runs dry, a worker writes its own batch and any lasting error surfaces there
+        finally:
+            with self._cond:
+                self._coming -= n
+                self._prefetching -= 1
+                self._queue.extend(batch)
+                self._cond.notify_all()
+
+    def close(self) -> list[Question]:
+        """No more prefetching; waits for background calls in flight (the gate ends them on cancel).
+
+        Returns the questions nobody took, so a run that stops early can keep what it paid for.
+        """
+        with self._cond:
+            self._closed = True
+            threads, self._prefetchers = self._prefetchers, []
+        for thread in threads:
+            thread.join()
+        with self._cond:
+            left, self._queue = list(self._queue), deque()
+        return left
 
 
 @dataclass
@@ -651,8 +771,9 @@ class GenerationRun:
         return name, model
 
     def _new_item(self, slot: int) -> dict[str, Any]:
+        seed = _seed_for(self.config.seed, slot) % (2**62)
         return {"id": f"{self.run_id}-{slot}", "run_id": self.run_id, "slot": slot, "status": "pending",
-                "attempts": 0, "seed": _seed_for(self.config.seed, slot) % (2**62), "updated_at": now()}
+                "attempts": 0, "seed": seed, "turns": turns_for(seed, self.config.max_turns), "updated_at": now()}
 
     def _check_not_owned(self, row: dict[str, Any]) -> None:
         pid, beat = row.get("owner_pid"), row.get("heartbeat_at")
@@ -712,7 +833,10 @@ class GenerationRun:
         heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
         try:
             prompt_texts = self._prompt_texts()
-            retriever = Retriever(self.corpus, snapshot=not self.settings.qdrant_url)
+            # The snapshot loads while the provider's client is built and the first instruction calls
+            # are in flight: those need only the briefing passages, which come from SQLite.
+            retriever = Retriever(self.corpus, snapshot=not self.settings.qdrant_url and self.config.retrieval == "rag",
+                                  background=True)
             sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
                                       random.Random(self.config.seed + self._count("done")), self.config.max_docs)
             self.provider = self._provider_factory(self.gate)
@@ -730,14 +854,22 @@ class GenerationRun:
                     q.meta["instruction_call_id"] = call_id
                 return questions
 
-            pool = QuestionPool(make_batch, self.config.instructions_per_sample)
+            c = self.config.max_concurrency
+            pool = QuestionPool(make_batch, self.config.instructions_per_sample, unasked=self._unasked_items,
+                                low_water=max(2, c // 4), max_prefetch=max(1, c // 6) if c > 1 else 0)
             heartbeat.start()
             workers = [threading.Thread(target=self._worker, args=(simulator, pool), name=f"gen-{i}", daemon=True)
-                       for i in range(self.config.max_concurrency)]
-            for t in workers:
-                t.start()
-            for t in workers:
-                t.join()
+                       for i in range(worker_count(c))]
+            try:
+                if c > 1:
+                    pool.prime(len(workers) + c)
+                for t in workers:
+                    t.start()
+                for t in workers:
+                    t.join()
+            finally:
+                self._park_questions(pool.close())
+            retriever.check()
         except RunStopped as e:
             self._stop(str(e))
         except GroundworkError as e:
@@ -805,8 +937,9 @@ class GenerationRun:
 
     def _reserve(self) -> dict[str, Any] | None:
         with self.db.write() as w:
-            row = w.execute("SELECT * FROM work_items WHERE run_id=? AND status='pending' ORDER BY slot LIMIT 1",
-                            [self.run_id]).fetchone()
+            # Longest conversations first: the run's tail is then short ones filling the gaps.
+            row = w.execute("SELECT * FROM work_items WHERE run_id=? AND status='pending' "
+                            "ORDER BY turns DESC, slot LIMIT 1", [self.run_id]).fetchone()
             if row is None:
                 return None
             w.execute("UPDATE work_items SET status='in_flight', attempts=attempts+1, reserved_at=?, updated_at=? "
@@ -867,6 +1000,19 @@ class GenerationRun:
     def _open_items(self) -> int:
         return self._count("pending") + self._count("in_flight")
 
+    def _park_questions(self, questions: list[Question]) -> None:
+        """Questions written but not taken (the run stopped early) go onto pending items, for the resume."""
+        with self.db.write() as w:
+            for q in questions:
+                w.execute("UPDATE work_items SET question=?, briefing_ids=? WHERE id=(SELECT id FROM work_items "
+                          "WHERE run_id=? AND status='pending' AND question IS NULL ORDER BY turns DESC, slot LIMIT 1)",
+                          [q.text, dumps({"ids": q.briefing_ids, "meta": q.meta}), self.run_id])
+
+    def _unasked_items(self) -> int:
+        """Open work items that have no question yet (what the question pool may still write for)."""
+        return int(self.db.scalar("SELECT COUNT(*) FROM work_items WHERE run_id=? AND status IN ('pending', "
+                                  "'in_flight') AND question IS NULL", [self.run_id]) or 0)
+
     def _process(self, item: dict[str, Any], simulator: Simulator, pool: QuestionPool) -> None:
         if item.get("question"):
             meta = loads(item["briefing_ids"], {})
@@ -879,7 +1025,7 @@ class GenerationRun:
                 w.execute("UPDATE work_items SET question=?, briefing_ids=? WHERE id=?",
                           [question.text, dumps({"ids": question.briefing_ids, "meta": question.meta}), item["id"]])
         rng = random.Random(item["seed"])
-        turns = rng.randint(1, self.config.max_turns)
+        turns = rng.randint(1, self.config.max_turns)  # the same draw as turns_for(), which ordered the items
         result = simulator.converse(question, turns, rng, should_stop=self._should_stop)
         judged = None
         if self.config.auto_improve:

@@ -139,3 +139,18 @@ def add_review_indexes(db: Database) -> None:
     """
     db["conversations"].create_index(["parent_id"], if_not_exists=True)
     db["conversations"].create_index(["created_at", "id"], if_not_exists=True)
+
+
+@migrations()
+def add_work_item_turns(db: Database) -> None:
+    """Each work item's turn count (a function of its seed), so runs reserve the longest conversations first.
+
+    A run ends when its last conversation does; starting the long ones first leaves short ones for the
+    tail, where they fill the gaps instead of leaving most workers idle behind one long conversation.
+    Items created before this column have NULL turns and are simply reserved after the others.
+    """
+    from sqlite_utils.db import DescIndex
+
+    db["work_items"].add_column("turns", int)
+    db["work_items"].create_index(["run_id", "status", DescIndex("turns"), "slot"],
+                                  index_name="idx_work_items_longest_first", if_not_exists=True)

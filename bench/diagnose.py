@@ -54,9 +54,9 @@ class StageClock:
         clock = self
 
         @contextmanager
-        def attempt(gate_self):
+        def attempt(gate_self, priority=0.0):
             t = time.perf_counter()
-            with orig(gate_self):
+            with orig(gate_self, priority):
                 clock.add("gate wait", time.perf_counter() - t)
                 yield
 

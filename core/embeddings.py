@@ -110,29 +110,43 @@ class Embedder:
         """One query vector, for many threads at once (generation workers retrieving every turn).
 
         Waiting callers are served together: whoever holds the model encodes every query queued
-        by then in one pass. Queries run on one torch thread, which with dozens of Python threads
-        in the process is faster per query than torch's default of one thread per core.
+        by then in one pass. A pass of a few queries runs on one torch thread (with dozens of Python
+        threads in the process, a parallel region's barrier stalls whenever a core is busy elsewhere);
+        a pass of 8 or more uses two, where the split pays for the barrier (bench/throughput.py at
+        c=32: efficiency 0.80-0.81 with one thread, median 0.83 of 5 rounds with two).
         """
-        slot = {"text": text, "vector": None}
+        return self.encode_queries([text])[0]
+
+    def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Several query vectors through the same shared queue as :meth:`encode_query`."""
+        slots = [{"text": t, "vector": None, "error": None} for t in texts]
         with self._queue_lock:
-            self._queries.append(slot)
-        while slot["vector"] is None:
+            self._queries.extend(slots)
+        while any(s["vector"] is None and s["error"] is None for s in slots):
             with self._encode_lock:
-                if slot["vector"] is not None:
-                    break
                 with self._queue_lock:
                     batch, self._queries = self._queries, []
-                vectors = self._encode_single_threaded([s["text"] for s in batch])
+                if not batch:
+                    continue  # another caller's pass covered ours
+                try:
+                    vectors = self._encode_query_pass([s["text"] for s in batch])
+                except Exception as e:  # every caller in the pass gets the error, none waits forever
+                    for s in batch:
+                        s["error"] = e
+                    raise
                 for s, v in zip(batch, vectors):
                     s["vector"] = v
-        return slot["vector"]
+        for s in slots:
+            if s["error"] is not None:
+                raise EmbeddingError(f"Could not embed the query: {type(s['error']).__name__}: {s['error']}")
+        return [s["vector"] for s in slots]
 
-    def _encode_single_threaded(self, texts: list[str]) -> np.ndarray:
+    def _encode_query_pass(self, texts: list[str]) -> np.ndarray:
         import torch
 
         model = self.load()
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(1 if len(texts) < 8 else min(2, threads))
         try:
             return model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)

@@ -13,6 +13,8 @@ adaptive gate (AIMD) that shrinks calls in flight on 429s and grows them back on
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import json
 import os
 import random
@@ -148,6 +150,8 @@ class AdaptiveGate(CallGate):
         self.stall_timeout_s = stall_timeout_s
         self.monitor = monitor
         self._cond = threading.Condition()
+        self._queue: list[tuple[float, int]] = []  # calls waiting for a slot: (-priority, arrival)
+        self._arrivals = itertools.count()
         self._paused_until = 0.0
         self._last_decrease = 0.0
         self._latency_ewma = 1.0
@@ -158,16 +162,29 @@ class AdaptiveGate(CallGate):
         self.cancelled = threading.Event()
 
     @contextmanager
-    def attempt(self) -> Iterator[None]:
+    def attempt(self, priority: float = 0.0) -> Iterator[None]:
+        """Hold one call slot for the block. Waiting calls get free slots highest ``priority`` first, then
+        in arrival order: the engine ranks a conversation's calls by the calls it still has to make, so
+        long conversations are not starved into the run's tail by short ones."""
         self._wait_for_rpm()
         with self._cond:
-            while True:
-                if self.cancelled.is_set():
-                    raise RunStopped("cancelled")
-                wait = self._paused_until - time.monotonic()
-                if wait <= 0 and self.in_flight < max(1, int(self.limit)):
-                    break
-                self._cond.wait(timeout=min(max(wait, 0.05), 0.5))
+            ticket = (-priority, next(self._arrivals))
+            heapq.heappush(self._queue, ticket)
+            try:
+                while True:
+                    if self.cancelled.is_set():
+                        raise RunStopped("cancelled")
+                    wait = self._paused_until - time.monotonic()
+                    if wait <= 0 and self.in_flight < max(1, int(self.limit)) and self._queue[0] == ticket:
+                        break
+                    self._cond.wait(timeout=min(max(wait, 0.05), 0.5))
+            finally:
+                if self._queue[0] == ticket:
+                    heapq.heappop(self._queue)
+                else:  # cancelled while queued behind others
+                    self._queue.remove(ticket)
+                    heapq.heapify(self._queue)
+                self._cond.notify_all()  # the next in line may fit too
             self.in_flight += 1
             self._publish()
         started = time.monotonic()
@@ -311,7 +328,13 @@ class Retriever:
         return len(self._ids)
 
     def search(self, query: str, k: int, exclude_ids: list[str] | None = None) -> list[Passage]:
-        vector = self.corpus.embedder.encode_query(query)
+        return self.search_vector(self.corpus.embedder.encode_query(query), k, exclude_ids)
+
+    def search_many(self, queries: list[str], k: int) -> list[list[Passage]]:
+        """Top-k for several queries, encoded in one pass."""
+        return [self.search_vector(v, k) for v in self.corpus.embedder.encode_queries(queries)]
+
+    def search_vector(self, vector: np.ndarray, k: int, exclude_ids: list[str] | None = None) -> list[Passage]:
         self.wait_ready()
         if not self.snapshot:
             return self.corpus.search_vector(vector, k, PointFilter(exclude_ids=exclude_ids or ()))
@@ -412,6 +435,7 @@ class Question:
     meta: dict[str, Any]
     briefing_ids: list[str]
     briefing: str
+    first_passages: list[Passage] | None = None  # retrieval for the first turn, done when the question was written
 
 
 @dataclass
@@ -434,9 +458,11 @@ class Simulator:
         self.monitor = monitor
 
     def call(self, purpose: str, system: str, messages: list[Message], json_schema: dict | None = None,
-             seed: int | None = None) -> CallRecord:
+             seed: int | None = None, calls_left: int = 0) -> CallRecord:
+        """One LLM call; ``calls_left`` (this one included) ranks it at the run's gate: more goes first."""
         request = LLMRequest(messages=messages, system=system, temperature=self.config.temperature,
-                             max_tokens=self.config.max_tokens, json_schema=json_schema, seed=seed)
+                             max_tokens=self.config.max_tokens, json_schema=json_schema, seed=seed,
+                             priority=calls_left)
         try:
             result = self.provider.generate(request)
         except LLMError as e:
@@ -459,7 +485,9 @@ class Simulator:
                                    question_plan=plan_lines(plan))
         user = Message("user", f"Write the {n} questions now, following the plan, as JSON: "
                                '{"questions": ["...", "..."]}.')
-        record = self.call("instruction", system, [user], json_schema=questions_schema(n), seed=rng.randrange(2**31))
+        # Questions unblock whole conversations: they rank above any conversation's next call.
+        record = self.call("instruction", system, [user], json_schema=questions_schema(n), seed=rng.randrange(2**31),
+                           calls_left=2 * self.config.max_turns)
         data = record.result.json()
         items = data.get("questions") if isinstance(data, dict) else data
         texts = [q.strip() if isinstance(q, str) else str((q or {}).get("question", "")).strip()
@@ -474,22 +502,26 @@ class Simulator:
     def retrieve(self, history: list[Message], question: Question) -> list[Passage]:
         if self.config.retrieval == "briefing" or self.retriever is None:
             return self.retriever.passages_by_id(question.briefing_ids) if self.retriever else []
+        if len(history) == 1 and question.first_passages is not None:
+            return question.first_passages
         query = history[-1].content
         if self.config.retrieval_with_history and len(history) > 1:
             query = "\n".join(m.content for m in history[-3:])
         return self.retriever.search(query, self.config.top_k)
 
-    def respond(self, history: list[Message], passages: list[Passage], seed: int | None = None) -> CallRecord:
+    def respond(self, history: list[Message], passages: list[Passage], seed: int | None = None,
+                calls_left: int = 0) -> CallRecord:
         system = prompt_lib.render(self.prompt_texts["respondent"], context=format_passages(passages))
-        return self.call("respondent", system, history, seed=seed)
+        return self.call("respondent", system, history, seed=seed, calls_left=calls_left)
 
-    def follow_up(self, history: list[Message], question: Question, seed: int | None = None) -> CallRecord:
+    def follow_up(self, history: list[Message], question: Question, seed: int | None = None,
+                  calls_left: int = 0) -> CallRecord:
         system = prompt_lib.render(self.prompt_texts["correspondent"], briefing=question.briefing,
                                    first_question=question.text)
         transcript = "\n\n".join(f"{'You' if m.role == 'user' else 'Assistant'}: {m.content}" for m in history)
         user = Message("user", f"The conversation so far:\n\n{transcript}\n\nWrite your next message to the "
                                "assistant. Reply with the message only.")
-        return self.call("correspondent", system, [user], seed=seed)
+        return self.call("correspondent", system, [user], seed=seed, calls_left=calls_left)
 
     def converse(self, question: Question, turns: int, rng: random.Random,
                  should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -502,7 +534,7 @@ class Simulator:
             if should_stop():
                 raise RunStopped("cancelled")
             passages = self.retrieve(history, question)
-            answer = self.respond(history, passages, seed=rng.randrange(2**31))
+            answer = self.respond(history, passages, seed=rng.randrange(2**31), calls_left=2 * (turns - t) - 1)
             calls.append(answer)
             text = _clean_reply(answer.result.text)
             history.append(Message("assistant", text))
@@ -511,7 +543,7 @@ class Simulator:
             if t + 1 < turns:
                 if should_stop():
                     raise RunStopped("cancelled")
-                follow = self.follow_up(history, question, seed=rng.randrange(2**31))
+                follow = self.follow_up(history, question, seed=rng.randrange(2**31), calls_left=2 * (turns - t - 1))
                 calls.append(follow)
                 text = _clean_reply(follow.result.text, strip_speaker=True)
                 history.append(Message("user", text))
@@ -850,6 +882,12 @@ class GenerationRun:
                     rng = random.Random(batch_rng.randrange(2**62))
                 questions, record = simulator.write_questions(retriever.passages_by_id(ids), n, rng)
                 call_id = self._save_call(None, record)
+                if self.config.retrieval == "rag":
+                    # The first turn's retrieval depends only on the question: do it now, for the batch in
+                    # one encode, so a worker taking a question can call the model straight away.
+                    for q, passages in zip(questions, retriever.search_many([q.text for q in questions],
+                                                                            self.config.top_k)):
+                        q.first_passages = passages
                 for q in questions:
                     q.meta["instruction_call_id"] = call_id
                 return questions

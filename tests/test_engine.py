@@ -292,3 +292,114 @@ def test_token_budget_stops_cleanly_and_the_run_resumes(indexed_wb, fake):
         if progress.status == "completed":
             break
     assert progress.status == "completed" and len(conversations(indexed_wb, run.run_id)) == 12
+
+
+def test_gate_gives_a_free_slot_to_the_highest_priority_waiter_first():
+    gate = AdaptiveGate(max_concurrency=1)
+    order = []
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with gate.attempt():
+            holding.set()
+            release.wait(5)
+
+    def wait_for_slot(priority):
+        with gate.attempt(priority):
+            order.append(priority)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    waiters = []
+    for priority in (1, 5, 3, 5):  # equal priorities: first come, first served
+        waiters.append(threading.Thread(target=wait_for_slot, args=(priority,)))
+        waiters[-1].start()
+        time.sleep(0.05)
+    release.set()
+    for t in [holder, *waiters]:
+        t.join(5)
+    assert order == [5, 5, 3, 1]
+    assert gate.in_flight == 0 and not gate._queue
+
+
+def test_cancel_while_queued_at_the_gate_leaves_no_ticket_behind():
+    from core.engine import RunStopped
+
+    gate = AdaptiveGate(max_concurrency=1)
+    errors = []
+    with gate.attempt():
+        def queued():
+            try:
+                with gate.attempt(3):
+                    pass
+            except RunStopped as e:
+                errors.append(str(e))
+
+        t = threading.Thread(target=queued)
+        t.start()
+        time.sleep(0.1)
+        gate.cancelled.set()
+        t.join(5)
+    assert errors == ["cancelled"] and not gate._queue
+
+
+def test_longest_conversations_are_reserved_first(indexed_wb, fake):
+    # One call slot means one worker and no prefetching: conversations are saved in reservation order.
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=12, max_turns=4, max_concurrency=1, seed=3))
+    assert run.run().saved == 12
+    turns = [r["num_turns"] for r in indexed_wb.db.rows(
+        "SELECT num_turns FROM conversations WHERE run_id=? ORDER BY rowid", [run.run_id])]
+    assert turns == sorted(turns, reverse=True) and len(set(turns)) > 1
+    items = indexed_wb.db.rows("SELECT w.turns, c.num_turns FROM work_items w JOIN conversations c "
+                               "ON c.id = w.conversation_id WHERE w.run_id=?", [run.run_id])
+    assert all(i["turns"] == i["num_turns"] for i in items)
+
+
+def test_more_workers_than_call_slots_never_exceed_max_concurrency(indexed_wb):
+    with FakeGemini(latency=0.1) as fake:
+        run = make_run(indexed_wb, fake, RunConfig(num_dialogs=20, max_turns=3, max_concurrency=4))
+        assert run.run().saved == 20
+        assert fake.max_concurrency == 4  # saturated, never above
+
+
+def test_questions_written_but_not_taken_are_kept_for_the_resume(indexed_wb, fake):
+    from core.engine import Question, QuestionPool
+
+    calls = []
+
+    def make_batch(n):
+        calls.append(n)
+        return [Question(f"question {len(calls)}.{i}", {}, ["c1"], "briefing") for i in range(n)]
+
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=6, max_turns=3, max_concurrency=2))
+    pool = QuestionPool(make_batch, per_call=3, unasked=run._unasked_items)
+    pool.prime(5)  # 5 questions wanted: two calls of 3
+    first = pool.take(lambda: 6, lambda: False)
+    left = pool.close()
+    assert calls == [3, 3] and first.text == "question 1.0" and len(left) == 5
+    run._park_questions(left)
+    parked = indexed_wb.db.rows("SELECT turns, question FROM work_items WHERE run_id=? AND question IS NOT NULL "
+                                "ORDER BY turns DESC, slot", [run.run_id])
+    assert [p["question"] for p in parked] == [q.text for q in left]
+    unparked = indexed_wb.db.rows("SELECT turns FROM work_items WHERE run_id=? AND question IS NULL", [run.run_id])
+    assert min(p["turns"] for p in parked) >= max(u["turns"] for u in unparked)  # the longest items got them
+    # The resumed run uses the parked questions before writing new ones.
+    progress = make_run(indexed_wb, fake, run_id=run.run_id).run()
+    assert progress.saved == 6
+    asked = {c["question"] for c in conversations(indexed_wb, run.run_id)}
+    assert {q.text for q in left} <= asked
+
+
+def test_a_collection_that_fails_to_load_in_the_background_stops_the_run_with_its_message(indexed_wb, fake):
+    from core.errors import ModelMismatchError
+
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=4, max_turns=2, max_concurrency=4))
+    def verify(store=None, probes=3):  # what Corpus.verify raises for a collection built with another model
+        raise ModelMismatchError("vectors from another model")
+
+    indexed_wb.corpus.verify = verify
+    with pytest.raises(ModelMismatchError, match="another model"):
+        run.run()
+    row = indexed_wb.db.one("SELECT status, reason, saved FROM runs WHERE id=?", [run.run_id])
+    assert row["status"] == "incomplete" and "another model" in row["reason"] and row["saved"] == 0

@@ -37,6 +37,7 @@ class LLMRequest:
     max_tokens: int = 1024
     json_schema: dict[str, Any] | None = None  # structured output: the reply text is JSON for this schema
     seed: int | None = None
+    priority: float = 0.0  # when calls queue for a slot at the gate, higher goes first (the engine's scheduling)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class CallGate:
         self.success_count = 0
 
     @contextmanager
-    def attempt(self) -> Iterator[None]:
+    def attempt(self, priority: float = 0.0) -> Iterator[None]:
         self._wait_for_rpm()
         yield
 
@@ -166,7 +167,7 @@ class RetryPolicy:
 
 
 def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: RetryPolicy,
-                      label: str) -> LLMResult:
+                      label: str, priority: float = 0.0) -> LLMResult:
     """Run ``attempt`` inside ``gate.attempt()`` until it succeeds, retrying errors marked ``retryable``.
 
     Every 429 is reported to the gate (so adaptive concurrency can back off) and every success too. Sleeps
@@ -177,6 +178,7 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
         gate: the run's call gate.
         policy: retry counts and waits.
         label: names the provider and model in log lines and messages, e.g. "Gemini gemini-2.5-flash".
+        priority: passed to the gate (the request's ``priority``).
 
     Returns:
         The result, with ``attempts`` set and ``latency_ms`` of the successful attempt.
@@ -188,7 +190,7 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
     retries = 0
     while True:
         try:
-            with gate.attempt():
+            with gate.attempt(priority):
                 started = time.monotonic()  # after the gate: pacing waits are not the model's latency
                 result = attempt()
         except LLMError as error:

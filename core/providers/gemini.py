@@ -100,7 +100,8 @@ class GeminiProvider:
             # included) is not kept as __context__ and never shows up in a traceback.
             raise error
 
-        return call_with_retries(attempt, self.gate, self.retry, label=f"Gemini {self.model}")
+        return call_with_retries(attempt, self.gate, self.retry, label=f"Gemini {self.model}",
+                                 priority=request.priority)
 
     def close(self) -> None:
         self._client.close()

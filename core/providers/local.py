@@ -74,7 +74,7 @@ class LocalProvider:
         """
         if not request.messages:
             raise LLMError("Nothing to send: the request has no messages.", kind="bad_request")
-        with self.gate.attempt(), self._lock:
+        with self.gate.attempt(request.priority), self._lock:
             llm = self._load()
             max_tokens = max(1, min(request.max_tokens, self.settings.local_n_ctx // 2))
             messages = self._fit(llm, request, self.settings.local_n_ctx - max_tokens - _TEMPLATE_RESERVE)

@@ -67,7 +67,8 @@ class OpenAICompatProvider:
                 return self._result_from(completion)
             raise error  # outside the except block: the SDK's exception (it holds the request) is not chained
 
-        return call_with_retries(attempt, self.gate, self.retry, label=f"{self.model} at {self.base_url}")
+        return call_with_retries(attempt, self.gate, self.retry, label=f"{self.model} at {self.base_url}",
+                                 priority=request.priority)
 
     def close(self) -> None:
         self._client.close()

@@ -266,7 +266,7 @@ def test_key_never_appears_in_errors_or_logs(fake, caplog):
         errors.append(error)
     fake.api_key = None
     fake.push_faults(Fault("rate_minute", retry_delay=0.05), 503, "malformed", Fault("timeout", sleep=1.0))
-    provider_for(fake, request_timeout=0.3, gemini_max_retries=4).generate(ask())  # logs a warning per retry
+    provider_for(fake, request_timeout=0.3, gemini_max_retries=4).generate(ask())  # logs a line per retry
     fake.fault_for = lambda n, request: Fault("rate_minute", retry_delay=0.05)
     try:
         provider_for(fake).generate(ask())
@@ -384,3 +384,13 @@ def test_fake_embeddings_through_the_sdk(fake):
     first, second, third = (e.values for e in response.embeddings)
     assert len(first) == 768 and first == second and first != third
     assert fake.by_path["/v1/models/text-embedding-004:batchEmbedContents"] == 1
+
+
+def test_429_retries_log_at_info_other_retries_warn(fake, caplog):
+    caplog.set_level(logging.INFO, logger="core.providers.base")
+    fake.push_faults(Fault("rate_minute", retry_delay=0.05), 503)
+    provider_for(fake).generate(ask())
+
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "core.providers.base"]
+    assert [lvl for lvl, _ in levels] == ["INFO", "WARNING"]
+    assert "rate limit" in levels[0][1].lower() and "retry 1 of" in levels[0][1]

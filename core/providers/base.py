@@ -202,8 +202,11 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
                 raise _gave_up(error, retries, label) from None
             retries += 1
             wait = policy.wait_before(retries, error)
-            logger.warning("%s: %s; retry %d of %d in %.1f s", label, str(error).rstrip("."), retries,
-                           policy.max_retries, wait)
+            # Under a quota, 429s are routine and the gate and the run monitor count them (an alert fires
+            # when their share is high); a warning line per retry would bury everything else in the log.
+            level = logging.INFO if error.kind == "rate_limited" else logging.WARNING
+            logger.log(level, "%s: %s; retry %d of %d in %.1f s", label, str(error).rstrip("."), retries,
+                       policy.max_retries, wait)
             time.sleep(wait)
             continue
         gate.record_success()

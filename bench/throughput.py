@@ -47,7 +47,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from core.fake_gemini import FakeGemini  # noqa: E402
 from diagnose import breakdown, instrument_engine  # noqa: E402
 from machine import CpuMeter, Usage  # noqa: E402
-import prototypes  # noqa: E402
 
 KEY = "AIzaSy-bench-dummy-key-000000000000000"
 AFTERIMAGE_VERSION = "0.18.1"
@@ -190,8 +189,7 @@ HEADER = (f"{'case':34s} {'saved':>9s} {'conv/min':>9s} {'calls/conv':>10s} {'ef
 
 
 def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: int, max_turns: int,
-             fake_options: dict | None = None, instrument_gate: bool = False, diagnose: bool = False,
-             prototype: list[str] | None = None) -> Result:
+             fake_options: dict | None = None, instrument_gate: bool = False, diagnose: bool = False) -> Result:
     from core.engine import GenerationRun, RunConfig, worker_count
     from core.providers.gemini import GeminiProvider
 
@@ -203,11 +201,10 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
     run = GenerationRun(settings, wb.db, wb.corpus, lambda gate: GeminiProvider(settings, gate=gate),
                         config=RunConfig(num_dialogs=dialogs, max_turns=max_turns, max_concurrency=concurrency,
                                          seed=1))
-    undo, proto_stats = prototypes.apply(prototype or [], run, wb)
     events: list[tuple[float, str, float, float]] = []
     if instrument_gate:
         gate = run.gate
-        cls = type(gate)  # looked up after the prototypes, which may change the gate's class
+        cls = type(gate)
 
         def on_429(retry_after):
             cls.record_rate_limited(gate, retry_after)
@@ -228,14 +225,6 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
         progress = run.run()
         res.wall_s = time.monotonic() - t0
     res.usage = meter.usage
-    undo()
-    if "batchq" in proto_stats:
-        c = proto_stats["batchq"]
-        res.extra_lines.append(f"    prototype batchq: {c.texts} query encodes in {c.batches} model calls")
-    if "prefetch" in proto_stats:
-        res.extra_lines.append(f"    prototype prefetch: {proto_stats['prefetch']['prefetch_batches']} background batches")
-    if "pacegate" in proto_stats:
-        res.extra_lines.append(f"    prototype pacegate learned (t, quota, window): {proto_stats['pacegate'].learned[:3]}")
     if clock is not None:
         res.extra_lines += breakdown(clock, worker_count(concurrency), res.wall_s, generate_calls(fake), latency)
     res.saved, res.status = progress.saved, progress.status
@@ -401,9 +390,6 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of all cases (ours and AfterImage interleaved); rows show the median (shared machine)")
     ap.add_argument("--timeline", action="store_true", help="print server calls in flight per 0.5 s for our cases")
-    ap.add_argument("--prototype", default="",
-                    help="apply prototypes of proposed core fixes to our runs (see bench/prototypes.py): "
-                         + ",".join(prototypes.NAMES))
     ap.add_argument("--diagnose", action="store_true",
                     help="for our cases, print where worker time goes (wraps engine methods; adds a little overhead)")
     ap.add_argument("--quota", type=int, default=120, help="requests per window (default 120)")
@@ -412,7 +398,6 @@ def main() -> int:
     ap.add_argument("--quota-dialogs", type=int, default=300, help="dialogs in the quota case (default 300)")
     ap.add_argument("--quota-latency", type=float, default=0.5)
     args = ap.parse_args()
-    protos = [p for p in args.prototype.split(",") if p]
     if args.quick:
         args.dialogs = min(args.dialogs, 40)
         args.quota_dialogs = min(args.quota_dialogs, 120)
@@ -420,8 +405,6 @@ def main() -> int:
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     # GeminiProvider logs one warning per retried 429; the quota case counts them instead.
     logging.getLogger("core.providers.base").setLevel(logging.ERROR)
-    if protos:
-        log(f"PROTOTYPES applied to our runs (not core behaviour, see bench/prototypes.py): {', '.join(protos)}")
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-throughput-"))
     try:
         log(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
@@ -457,9 +440,8 @@ def main() -> int:
                 if args.repeat > 1:
                     log(f"round {rep + 1} of {args.repeat}")
                 for latency, conc in specs:
-                    label = f"groundwork  {latency:g} s  c={conc}" + (f" +{'+'.join(protos)}" if protos else "")
-                    r = run_ours(env, label, latency, conc, args.dialogs, args.max_turns, diagnose=args.diagnose,
-                                 prototype=protos)
+                    label = f"groundwork  {latency:g} s  c={conc}"
+                    r = run_ours(env, label, latency, conc, args.dialogs, args.max_turns, diagnose=args.diagnose)
                     runs.setdefault(label, []).append(r)
                     log(f"  done: {r.line().strip()}  [{r.status}]  {r.usage.describe()}")
                     for line in r.extra_lines:
@@ -528,11 +510,9 @@ def main() -> int:
                 f"window scaled down {60 / args.window:g}x so the case takes ~1-2 min; latency "
                 f"{args.quota_latency:g} s, concurrency 32, cold start, {args.quota_dialogs} dialogs, "
                 "GeminiProvider with its default retry policy")
-            r = run_ours(env, f"groundwork quota {args.quota}/{args.window:g}s c=32"
-                         + (f" +{'+'.join(protos)}" if protos else ""), args.quota_latency, 32,
+            r = run_ours(env, f"groundwork quota {args.quota}/{args.window:g}s c=32", args.quota_latency, 32,
                          args.quota_dialogs, args.max_turns,
-                         fake_options={"rpm_quota": args.quota, "rpm_window": args.window}, instrument_gate=True,
-                         prototype=protos)
+                         fake_options={"rpm_quota": args.quota, "rpm_window": args.window}, instrument_gate=True)
             log(HEADER)
             log(r.line())
             for line in r.extra_lines:

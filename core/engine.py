@@ -575,8 +575,8 @@ def worker_count(max_concurrency: int) -> int:
     """Threads for a run whose LLM calls in flight are bounded by ``max_concurrency`` (the gate enforces it).
 
     Between its calls a worker retrieves, builds prompts, waits for a question and saves; with exactly
-    one worker per allowed call, that time is a call slot left empty. A quarter more workers keep the
-    slots full while the gate still caps calls in flight (and so the provider's load) at the limit.
+    one worker per allowed call, that time is a call slot left empty. Half again as many workers keep
+    the slots full while the gate still caps calls in flight (and so the provider's load) at the limit.
     """
     return max_concurrency + max_concurrency // 2
 

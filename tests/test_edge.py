@@ -312,6 +312,61 @@ def test_after_the_build_the_int8_scan_finds_what_exact_search_finds(tmp_path, m
         store.close()
 
 
+def _layout(shard_dir):
+    import qdrant_edge
+
+    config = json.loads((shard_dir / "edge_config.json").read_text())
+    shard = qdrant_edge.EdgeShard.load(str(shard_dir))
+    try:
+        params = shard.info().payload_schema["document_id"].params
+    finally:
+        shard.close()
+    return config["vectors"][""].get("memory"), getattr(params, "memory", None)
+
+
+def test_a_shard_built_with_the_older_layout_is_rebuilt_once_and_opens_the_same(tmp_path, monkeypatch):
+    import qdrant_edge as qe
+
+    monkeypatch.setattr(edge_store, "OPTIMIZE_MIN_POINTS", 100)
+    monkeypatch.setattr(edge_store, "SCAN_MIN_POINTS", 1000)
+    root = tmp_path / "edge"
+    store = EdgeStore(root, auto_build=False)
+    store.create("c", 16)
+    ids, _ = _fill(store, "c", 3000)
+    store.close()
+    # What earlier versions built: float32 vectors read into RAM at open, the document index in RAM.
+    shard = qe.EdgeShard.load(str(root / "c"), qe.EdgeConfig(
+        vectors={"": qe.EdgeVectorParams(size=16, distance=qe.Distance.Cosine)}, hnsw_config=edge_store._hnsw(qe, 0),
+        quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, always_ram=True),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1)))
+    shard.update(qe.UpdateOperation.create_field_index("document_id", qe.PayloadSchemaType.Keyword))
+    shard.optimize()
+    shard.flush()
+    shard.close()
+    assert _layout(root / "c") == (None, None)
+
+    queries = np.random.default_rng(4).normal(size=(20, 16))
+    flt = PointFilter(document_ids=["d1", "d7"], exclude_ids=ids[:5])
+    store = EdgeStore(root, auto_build=False)
+    try:
+        assert store.search_params("c")["mode"] == "scan" and store.count("c") == 3000
+        before = [[h.id for h in store.search("c", q, 3, f)] for q in queries for f in (None, flt)]
+        assert store.needs_build("c") and store.index_status("c")["state"] == "pending"
+        assert store.build_index("c") is True and not store.needs_build("c")
+        assert [[h.id for h in store.search("c", q, 3, f)] for q in queries for f in (None, flt)] == before
+        assert store.count("c") == 3000 and store.count("c", PointFilter(document_ids=["d1"])) == 300
+    finally:
+        store.close()
+    assert _layout(root / "c") == ("cold", qe.Memory.Cold)
+    store = EdgeStore(root, auto_build=False)
+    try:
+        assert not store.needs_build("c") and store.count("c") == 3000
+        assert store.search_params("c")["mode"] == "scan"
+        assert [[h.id for h in store.search("c", q, 3, f)] for q in queries for f in (None, flt)] == before
+    finally:
+        store.close()
+
+
 def test_a_crash_in_the_middle_of_a_swap_keeps_a_complete_shard(tmp_path):
     store = EdgeStore(tmp_path / "edge", auto_build=False)
     store.create("c", 4)

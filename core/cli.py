@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=_int_env("MAX_TURNS", 3),
                    help="turns per conversation are uniform in 1..N (env MAX_TURNS)")
     p.add_argument("--max-concurrency", type=int, default=_int_env("MAX_CONCURRENCY", 4),
-                   help="conversation workers (env MAX_CONCURRENCY); lower for tight quotas")
+                   help="LLM calls in flight at most (env MAX_CONCURRENCY); lower for tight quotas")
     p.add_argument("--provider", choices=["gemini", "openai", "local"], default=_env("GROUNDWORK_PROVIDER"),
                    help="LLM provider (env GROUNDWORK_PROVIDER; default gemini with a key, else local)")
     p.add_argument("--gemini-model", default=_env("GEMINI_MODEL"), help="Gemini model (env GEMINI_MODEL)")

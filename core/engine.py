@@ -65,7 +65,7 @@ class RunConfig:
 
     num_dialogs: int = 10
     max_turns: int = 3
-    max_concurrency: int = 4
+    max_concurrency: int = 4  # LLM calls in flight at most (the run's workers share these slots)
     temperature: float = 0.7
     max_tokens: int = 1024
     top_k: int = 3

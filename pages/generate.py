@@ -34,7 +34,8 @@ with st.container(border=True):
     num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, key="generate.num_dialogs")
     max_turns = c2.number_input("Max turns", 1, 20, 3, key="generate.max_turns",
                                 help="each conversation gets 1..max turns, uniformly")
-    concurrency = c3.number_input("Concurrency", 1, 64, 1 if info.name == "local" else 8, key="generate.concurrency")
+    concurrency = c3.number_input("Concurrency", 1, 64, 1 if info.name == "local" else 8, key="generate.concurrency",
+                                  help="LLM calls in flight at most; fewer when the provider answers 429")
     per_sample = c4.number_input("Questions per briefing", 1, 10, 3, key="generate.per_sample")
     c1, c2, c3, c4 = st.columns(4)
     temperature = c1.slider("Temperature", 0.0, 1.5, 0.7, 0.05, key="generate.temperature")

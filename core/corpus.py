@@ -284,6 +284,13 @@ class Corpus:
                        document_id=str(p.get("document_id", "")), title=str(p.get("title", "")),
                        source_path=str(p.get("source_path", "")), position=int(p.get("position", 0) or 0))
 
+    def index_status(self) -> dict[str, Any] | None:
+        """The embedded Edge store's search index for this collection (mode, building or not); None elsewhere."""
+        with self.stores.use() as store:
+            if not hasattr(store, "index_status") or not store.exists(self.collection):
+                return None
+            return store.index_status(self.collection)
+
     def stats(self) -> dict[str, Any]:
         row = self.db.one(
             "SELECT COUNT(*) AS documents, COALESCE(SUM(n_chunks),0) AS chunks, COALESCE(SUM(n_chars),0) AS chars, "

@@ -644,8 +644,12 @@ class EdgeStore:
         if (built / BUILT_FILE).exists():
             self._swap_in(collection)
         elif self._build_running(built):
-            build = {"state": "building", "started": time.monotonic(), "done": threading.Event(),
-                     "estimate": self._points.get(collection, 0) / _RATE_PLAIN + 1.0}
+            # Started by an earlier opener (the app reopens the store per page use; a CLI run): the PID
+            # file's age says how long it has been at work, so the UI's progress does not start over.
+            age = max(time.time() - (built / PID_FILE).stat().st_mtime, 0.0) if (built / PID_FILE).exists() else 0.0
+            points = self._points.get(collection, 0)
+            build = {"state": "building", "started": time.monotonic() - age, "done": threading.Event(),
+                     "estimate": points / (_RATE_HNSW if points > EXACT_MAX_POINTS else _RATE_PLAIN) + 1.0}
             self._builds[collection] = build
             threading.Thread(target=self._watch, args=(collection, build), daemon=True).start()
         else:

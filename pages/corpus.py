@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_cache
+from core.errors import GroundworkError
 from core.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
 
 PAGE_SIZE = 25
@@ -27,6 +28,34 @@ cols[3].metric("Embedding model", stats["embedding_model"])
 cols[4].metric("Store", stats["engine"], help=stats["location"])
 size = f" · {stats['store_mb']:,} MB on disk" if stats["store_mb"] is not None else ""
 st.caption(f"{stats['engine_note']}{size} · `{stats['location']}`")
+SEARCH_MODES = {"exact": "exact full scan (float32)", "scan": "int8 full scan, top results rescored in float32",
+                "hnsw": "HNSW graph (approximate, tuned for recall ≥ 0.99)"}
+
+
+@st.fragment(run_every=2.0)
+def index_status() -> None:
+    """The Edge store's search index: how searches run now, and a build's progress while one runs."""
+    try:
+        status = corpus.index_status()
+    except Exception as e:  # the store is held by another process: say so, keep the page
+        st.caption(f"Search index: unavailable right now ({e if isinstance(e, GroundworkError) else type(e).__name__})")
+        return
+    if status is None:
+        return
+    mode = SEARCH_MODES.get(status["search"], status["search"])
+    if status["state"] == "building":
+        share = min(status["elapsed_s"] / max(status["estimate_s"], 0.1), 0.99)
+        st.progress(share, text=f"Building the search index over {status['points']:,} chunks: "
+                                f"{status['elapsed_s']:.0f} s of ~{status['estimate_s']:.0f} s (estimate). "
+                                f"Searches keep working meanwhile ({mode}).")
+    elif status["state"] == "pending":
+        st.caption(f"Search index: a build is due (it starts when writes settle); searches run as {mode}.")
+    else:
+        st.caption(f"Search index: ready · {status['points']:,} chunks · {mode}.")
+
+
+if stats["engine"] == "edge":
+    index_status()
 if stats["warning"]:
     st.warning(stats["warning"])
 if stats["pending"]:

@@ -510,3 +510,28 @@ def test_not_a_snapshot_is_a_clear_error(tmp_path):
     with pytest.raises(VectorStoreError, match="not a Qdrant shard snapshot"):
         load_snapshot(make_settings(tmp_path / "data"), junk)
     assert not [p for p in (tmp_path / "data" / "qdrant-edge").iterdir()]
+
+
+def test_a_build_started_by_an_earlier_opener_shows_its_real_elapsed_time(tmp_path):
+    root = tmp_path / "edge"
+    store = EdgeStore(root, auto_build=False)
+    store.create("c", 16)
+    _fill(store, "c", 50)
+    store.close()
+    # What an earlier process leaves behind while its build child runs: the copy and the child's PID file.
+    worker = subprocess.Popen(["sleep", "60"])
+    try:
+        build_dir = root / ".build-c"
+        build_dir.mkdir()
+        pid_file = build_dir / edge_store.PID_FILE
+        pid_file.write_text(str(worker.pid))
+        os.utime(pid_file, (time.time() - 5, time.time() - 5))
+        reopened = EdgeStore(root, auto_build=False)
+        try:
+            status = reopened.index_status("c")
+            assert status["state"] == "building" and status["elapsed_s"] >= 5 and status["estimate_s"] > 0
+        finally:
+            reopened.close()
+    finally:
+        worker.kill()
+        worker.wait()

@@ -63,3 +63,12 @@ def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypat
         assert run_id in at.dataframe[-1].value["id"].tolist()
         shown = [e.value for kind in (at.markdown, at.caption, at.success, at.info) for e in kind]
         assert shown and "AIza-page-test-key" not in str(shown)
+
+
+def test_corpus_page_shows_how_searches_run_on_the_edge_index(indexed_app_env):
+    at = new_app("pages/corpus.py")
+    assert not at.exception
+    lines = [c.value for c in at.caption if c.value.startswith("Search index")]
+    assert len(lines) == 1
+    # 190 sample chunks: a build is due or done, and a corpus that small is searched by an exact scan.
+    assert "exact full scan" in lines[0] or "int8 full scan" in lines[0]

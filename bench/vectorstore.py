@@ -270,9 +270,12 @@ def end_to_end(data: Path, mode: str, dialogs: int, embedder) -> dict:
     timing = {}
 
     class TimedRetriever(original):
-        def __init__(self, corpus, snapshot):
+        def __init__(self, corpus, snapshot, background=False):
+            super().__init__(corpus, snapshot and mode != "edge-live", background)
+
+        def _load_snapshot(self):  # in the background during a run: timed where it happens
             t = time.perf_counter()
-            super().__init__(corpus, snapshot and mode != "edge-live")
+            super()._load_snapshot()
             timing["retriever_s"] = time.perf_counter() - t
 
     engine_mod.Retriever = TimedRetriever
@@ -376,7 +379,8 @@ def main() -> int:
                     e2e[mode] = end_to_end(large_data, mode, dialogs, embedder)
                     x = e2e[mode]
                     print(f"  {mode:<10} {x['per_min']:7.1f} conversations/min  ({x['saved']} saved in "
-                          f"{x['wall_s']:.1f} s; retriever ready in {x['retriever_s']:.2f} s; {x['usage']})",
+                          f"{x['wall_s']:.1f} s; vector snapshot loaded in the background in "
+                          f"{x['retriever_s']:.2f} s; {x['usage']})",
                           flush=True)
                 print(f"  edge / local: {e2e['edge']['per_min'] / max(e2e['local']['per_min'], 1e-9):.2f}x")
         print(f"\nsettings: EXACT_MAX_POINTS={edge_store.EXACT_MAX_POINTS:,}, HNSW_EF={edge_store.HNSW_EF}, "

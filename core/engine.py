@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from core.judge import Attempt, Judge, JudgeRecord, judge_available, with_feedba
 from core.monitor import Alert, AlertThresholds, RunMonitor
 from core.providers.base import (CallGate, LLMError, LLMProvider, LLMRequest, LLMResult, Message,
                                  QuotaExhaustedError)
-from core.vectorstore import PointFilter
+from core.vectorstore import SNAPSHOT_MAX_POINTS, PointFilter, store_location
 
 PERSONAS = ["practising lawyer", "paralegal", "law student", "small-business owner", "tenant or consumer"]
 QUESTION_TYPES = ["fact lookup", "comparison", "application to new facts", "procedural"]
@@ -255,14 +255,15 @@ class AdaptiveGate(CallGate):
 
 
 class Retriever:
-    """Top-k passages for a query, from a snapshot of an embedded store or live from a server.
+    """Top-k passages for a query, from a snapshot of an embedded store or live from the store.
 
     For the embedded store the vectors are read once at run start and searched in memory (exact
     cosine, as local mode itself does), then the store is released: a long batch does not hold
     the folder lock, so the app stays usable on the same data dir while a CLI batch runs.
-    With ``background=True`` the snapshot loads on its own thread while the run's first instruction
-    calls are in flight (they need no retrieval); the first search waits for it, and a load that
-    fails (empty collection, another model's vectors) stops the run with its message.
+    With ``background=True`` the snapshot loads (or, searching live, the collection is verified) on
+    its own thread while the run's first instruction calls are in flight (they need no retrieval);
+    the first search waits for it, and a failure (empty collection, another model's vectors) stops
+    the run with its message instead of failing conversation after conversation.
     """
 
     def __init__(self, corpus: Corpus, snapshot: bool, background: bool = False):
@@ -274,18 +275,20 @@ class Retriever:
         self._ready = threading.Event()
         self._error: GroundworkError | None = None
         self._loader: threading.Thread | None = None
-        if not snapshot:
-            self._ready.set()
-        elif background:
+        if background:
             self._loader = threading.Thread(target=self._load_in_background, name="retriever-snapshot", daemon=True)
             self._loader.start()
         else:
-            self._load_snapshot()
+            if snapshot:
+                self._load_snapshot()
             self._ready.set()
 
     def _load_in_background(self) -> None:
         try:
-            self._load_snapshot()
+            if self.snapshot:
+                self._load_snapshot()
+            else:
+                self.corpus.verify()
         except GroundworkError as e:
             self._error = e
         except Exception as e:  # the store's own errors: keep the message, never a bare traceback
@@ -862,13 +865,16 @@ class GenerationRun:
         self._top_up_items()
         self._sync_jsonl()
         self._heartbeat_stop = threading.Event()
+        holds = ExitStack()
         heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
         try:
             prompt_texts = self._prompt_texts()
             # The snapshot loads while the provider's client is built and the first instruction calls
             # are in flight: those need only the briefing passages, which come from SQLite.
-            retriever = Retriever(self.corpus, snapshot=not self.settings.qdrant_url and self.config.retrieval == "rag",
-                                  background=True)
+            live = self._search_live()
+            if live and not self.settings.qdrant_url:
+                holds.enter_context(self.corpus.stores.use())  # open for the whole run: searched every turn
+            retriever = Retriever(self.corpus, snapshot=not live and self.config.retrieval == "rag", background=True)
             sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
                                       random.Random(self.config.seed + self._count("done")), self.config.max_docs)
             self.provider = self._provider_factory(self.gate)
@@ -920,7 +926,18 @@ class GenerationRun:
                 heartbeat.join()
             if self.provider is not None:
                 self.provider.close()
+            holds.close()
         return self._finish()
+
+    def _search_live(self) -> bool:
+        """Retrieve from the store itself (a server; a large Edge collection) rather than a snapshot."""
+        engine, _ = store_location(self.settings)
+        if engine == "server":
+            return True
+        if engine != "edge" or self.config.retrieval != "rag":
+            return False
+        chunks = self.db.scalar("SELECT COUNT(*) FROM chunks WHERE collection=?", [self.corpus.collection]) or 0
+        return chunks > SNAPSHOT_MAX_POINTS
 
     def _finish(self) -> RunProgress:
         with self.db.write() as w:

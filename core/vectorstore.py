@@ -203,14 +203,22 @@ def _to_filter(flt: PointFilter | None):
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
+# Above this many chunks a generation run searches an Edge collection live instead of from a snapshot of its
+# vectors (core.engine): reading 100k vectors out of the shard takes ~5-7 s at run start and a second float32
+# copy in memory, while the shard's own search is as fast (bench/vectorstore.py end to end at 100k, c=32:
+# 373 conversations/min from the snapshot, 787 live). Such a run holds the shard until it ends.
+SNAPSHOT_MAX_POINTS = 20_000
+
+
 def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
     text = str(e)
     if ("already accessed by another instance" in text or "Resource temporarily unavailable" in text
             or "WouldBlock" in text):  # the last: Qdrant Edge's "Can't init WAL: Kind(WouldBlock)"
         return StoreLockedError(
             f"The local Qdrant folder {location} is in use by another process (probably the app, or a CLI "
-            "batch on the same data dir). Close that process, or use a separate GROUNDWORK_DATA_DIR, or "
-            "run a Qdrant server and set QDRANT_URL so several processes can share the corpus.")
+            f"batch on the same data dir; a generation run over more than {SNAPSHOT_MAX_POINTS:,} chunks keeps it "
+            "until the run ends). Wait for it or close that process, or use a separate GROUNDWORK_DATA_DIR, or run a Qdrant "
+            "server and set QDRANT_URL so several processes can share the corpus.")
     name = type(e).__name__
     if engine == "server" and any(s in name + text for s in (
             "ConnectError", "ConnectionRefused", "Connection refused", "ResponseHandlingException",

@@ -377,7 +377,8 @@ def test_questions_written_but_not_taken_are_kept_for_the_resume(indexed_wb, fak
     pool.prime(5)  # 5 questions wanted: two calls of 3
     first = pool.take(lambda: 6, lambda: False)
     left = pool.close()
-    assert calls == [3, 3] and first.text == "question 1.0" and len(left) == 5
+    written = {f"question {c}.{i}" for c in (1, 2) for i in range(3)}
+    assert calls == [3, 3] and len(left) == 5 and {first.text, *(q.text for q in left)} == written
     run._park_questions(left)
     parked = indexed_wb.db.rows("SELECT turns, question FROM work_items WHERE run_id=? AND question IS NOT NULL "
                                 "ORDER BY turns DESC, slot", [run.run_id])
@@ -403,3 +404,26 @@ def test_a_collection_that_fails_to_load_in_the_background_stops_the_run_with_it
         run.run()
     row = indexed_wb.db.one("SELECT status, reason, saved FROM runs WHERE id=?", [run.run_id])
     assert row["status"] == "incomplete" and "another model" in row["reason"] and row["saved"] == 0
+
+
+def test_a_large_edge_collection_is_searched_live_and_held_for_the_run(indexed_wb, fake, monkeypatch):
+    from core import engine
+    from core.edge_store import EdgeStore
+
+    monkeypatch.setattr(engine, "SNAPSHOT_MAX_POINTS", 10)  # the sample corpus (190 chunks) counts as large
+    searches = []
+    original = EdgeStore.search
+
+    def counted(self, collection, vector, k, flt=None):
+        searches.append(indexed_wb.corpus.stores._users)
+        return original(self, collection, vector, k, flt)
+
+    monkeypatch.setattr(EdgeStore, "search", counted)
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=6, max_turns=3, max_concurrency=3, seed=5))
+    assert run.run().saved == 6
+    turns = indexed_wb.db.rows("SELECT t.retrieval FROM turns t JOIN conversations c ON c.id = t.conversation_id "
+                               "WHERE c.run_id=? AND t.role='assistant'", [run.run_id])
+    assert turns and all(loads(t["retrieval"]) for t in turns)
+    # Every assistant turn was a store search (plus the model probe), made while the run held the store.
+    assert len(searches) >= len(turns) and min(searches) >= 2
+    assert indexed_wb.corpus.stores._users == 0

@@ -869,8 +869,9 @@ class GenerationRun:
         heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
         try:
             prompt_texts = self._prompt_texts()
-            # The snapshot loads while the provider's client is built and the first instruction calls
-            # are in flight: those need only the briefing passages, which come from SQLite.
+            # Servers and large Edge collections are searched live, the rest from a snapshot of the vectors.
+            # Either way the retriever gets ready in the background while the provider's client is built and
+            # the first instruction calls are in flight: those need only briefing passages, from SQLite.
             live = self._search_live()
             if live and not self.settings.qdrant_url:
                 holds.enter_context(self.corpus.stores.use())  # open for the whole run: searched every turn

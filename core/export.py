@@ -423,19 +423,21 @@ class RowBuilder:
             if t["role"] == "assistant":
                 item["weight"] = 1 if t["weight"] else 0
                 item["retrieval"] = t.get("retrieval") or []
-            if t["original_content"] is not None:
-                item.update(original_content=t["original_content"], edited_by=t["edited_by"],
-                            edited_at=t["edited_at"])
+            # Every key in every row, with one type: a loader that infers the schema from the train file
+            # (datasets' json builder does) must not meet a string where the train file only had nulls.
+            item.update(original_content=t["original_content"] or "", edited_by=t["edited_by"] or "",
+                        edited_at=t["edited_at"] or "")
             item["tokens"] = {"prompt": t["prompt_tokens"], "completion": t["completion_tokens"]}
             turns.append(item)
         return [{
-            "id": c["id"], "run_id": c["run_id"], "status": c["status"], "rating": c["rating"],
-            "tags": extra.get("tags", []), "note": c["note"], "discard_reason": c["discard_reason"],
-            "reviewed_by": c["reviewed_by"], "reviewed_at": c["reviewed_at"],
+            "id": c["id"], "run_id": c["run_id"], "status": c["status"],
+            "rating": c["rating"] or 0,  # 1-5; 0: not rated
+            "tags": extra.get("tags", []), "note": c["note"] or "", "discard_reason": c["discard_reason"] or "",
+            "reviewed_by": c["reviewed_by"] or "", "reviewed_at": c["reviewed_at"] or "",
             "provider": c["provider"], "model": c["model"], "prompt_versions": loads(c["prompt_versions"], {}),
             "briefing": c["briefing"], "briefing_ids": loads(c["briefing_ids"], []), "source_document": conv.group,
             "question": c["question"], "question_meta": loads(c["question_meta"], {}),
-            "comparison_id": c["comparison_id"], "arm": c["arm"], "parent_id": c["parent_id"],
+            "comparison_id": c["comparison_id"] or "", "arm": c["arm"] or "", "parent_id": c["parent_id"] or "",
             "messages": turns,
             "tokens": {"prompt": c["prompt_tokens"], "completion": c["completion_tokens"],
                        "thinking": c["thinking_tokens"]},

@@ -173,7 +173,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     # Generate: 3 conversations against the fake Gemini; the progress bar advances on its own.
     open_page(page, app, "generate")
     page.get_by_label("Conversations").fill("3")
-    page.get_by_label("Concurrency").fill("1")
+    page.get_by_role("spinbutton", name="Concurrency").fill("1")
     page.keyboard.press("Tab")
     page.get_by_role("button", name="Start").click()
     seen = set()

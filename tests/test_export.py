@@ -467,3 +467,36 @@ def test_cli_export_happy_path_and_bad_input(reviewed, tmp_path):
     assert bad.returncode == 2 and reviewed["edited"] in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
     missing = cli(tmp_path / "no-data-here", "--quiet")
     assert missing.returncode == 2 and "No workbench database" in missing.stderr
+
+
+def test_raw_rows_keep_one_type_per_key_so_any_split_loads(reviewed, tmp_path):
+    """datasets infers the schema from the first file: a key that is null throughout train must not be a
+    string in validation (the discarded conversation's reason, a rating, an edit) wherever the split falls."""
+    wb = reviewed["wb"]
+    ReviewStore(wb.db).rate(reviewed["ids"][0], 4, "ana")
+    result = run_export(wb, tmp_path, formats=["raw"], split=None)
+    rows = [json.loads(line) for line in (result.out_dir / "raw.jsonl").read_text().splitlines()]
+
+    def shape(value):
+        if isinstance(value, dict):
+            return {k: shape(v) for k, v in value.items()} if value else "dict"
+        if isinstance(value, list):
+            return "list"
+        return type(value).__name__
+
+    top = {k: {shape(r[k]) if not isinstance(r[k], dict) else "dict" for r in rows} for k in rows[0]}
+    assert all(len(kinds) == 1 and "NoneType" not in kinds for k, kinds in top.items()
+               if k not in ("question_meta", "prompt_versions")), top
+    assert {tuple(sorted(m)) for r in rows for m in r["messages"] if m["role"] == "assistant"} and len(
+        {tuple(sorted(m)) for r in rows for m in r["messages"] if m["role"] == "assistant"}) == 1
+    # And the trainer's loader takes any split of them: the rated/discarded/edited rows alone in validation.
+    import datasets
+
+    special = {reviewed["discarded"], reviewed["edited"], reviewed["ids"][0]}
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] not in special))
+    validation.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] in special))
+    loaded = datasets.load_dataset("json", data_files={"train": str(train), "validation": str(validation)},
+                                   cache_dir=str(tmp_path / ".hf"))
+    assert loaded["validation"].num_rows == len(special) and loaded["train"].num_rows == 10 - len(special)
+    assert "ungrounded" in " ".join(loaded["validation"]["discard_reason"])

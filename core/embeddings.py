@@ -130,10 +130,14 @@ class Embedder:
                     continue  # another caller's pass covered ours
                 try:
                     vectors = self._encode_query_pass([s["text"] for s in batch])
-                except Exception as e:  # every caller in the pass gets the error, none waits forever
+                    if len(vectors) != len(batch):
+                        raise EmbeddingError(f"the model returned {len(vectors)} vectors for {len(batch)} queries")
+                except BaseException as e:  # every caller in the pass gets the error; none waits forever
                     for s in batch:
                         s["error"] = e
-                    raise
+                    if not isinstance(e, Exception):
+                        raise  # KeyboardInterrupt and the like go on up from here
+                    continue
                 for s, v in zip(batch, vectors):
                     s["vector"] = v
         for s in slots:

@@ -184,8 +184,9 @@ class AdaptiveGate(CallGate):
                 else:  # cancelled while queued behind others
                     self._queue.remove(ticket)
                     heapq.heapify(self._queue)
-                self._cond.notify_all()  # the next in line may fit too
             self.in_flight += 1
+            if self._queue and self.in_flight < max(1, int(self.limit)):
+                self._cond.notify_all()  # the next in line fits too
             self._publish()
         started = time.monotonic()
         try:
@@ -257,13 +258,14 @@ class AdaptiveGate(CallGate):
 class Retriever:
     """Top-k passages for a query, from a snapshot of an embedded store or live from the store.
 
-    For the embedded store the vectors are read once at run start and searched in memory (exact
-    cosine, as local mode itself does), then the store is released: a long batch does not hold
-    the folder lock, so the app stays usable on the same data dir while a CLI batch runs.
+    A snapshot reads the vectors once at run start and searches them in memory (exact cosine, as
+    local mode itself does), then the store is released: a long batch does not hold the folder lock,
+    so the app stays usable on the same data dir while a CLI batch runs. Runs on a large Edge collection
+    search it live instead and hold it (``SNAPSHOT_MAX_POINTS``).
     With ``background=True`` the snapshot loads (or, searching live, the collection is verified) on
-    its own thread while the run's first instruction calls are in flight (they need no retrieval);
-    the first search waits for it, and a failure (empty collection, another model's vectors) stops
-    the run with its message instead of failing conversation after conversation.
+    its own thread while the run's first instruction calls are in flight; the first search waits for
+    it, and a failure (empty collection, another model's vectors) stops the run with its message
+    instead of failing conversation after conversation.
     """
 
     def __init__(self, corpus: Corpus, snapshot: bool, background: bool = False):
@@ -302,10 +304,14 @@ class Retriever:
         if self._error is not None:
             raise RunStopped(str(self._error))
 
-    def check(self) -> None:
-        """Raise the snapshot's load error, if any (after the run's workers have stopped)."""
+    def close(self) -> None:
+        """Wait for the background load or verification to end."""
         if self._loader is not None:
             self._loader.join()
+
+    def check(self) -> None:
+        """Wait for the background load or verification; raise its error, if any."""
+        self.close()
         if self._error is not None:
             raise self._error
 
@@ -595,8 +601,9 @@ class QuestionPool:
     A worker that finds the pool empty writes a new batch only if no batch already in progress
     will cover it, so 32 workers starting together do not make 32 instruction calls. Once the run
     is going, the pool stays a few questions ahead (``low_water``) with background instruction calls
-    (at most ``max_prefetch`` at once), so a worker rarely waits for someone else's instruction call;
-    it never asks for more questions than work items still lack (``unasked``), so nothing is wasted.
+    (at most ``max_prefetch`` at once), so a worker rarely waits for someone else's instruction call.
+    Background calls never ask for more questions than the open work items still lack (``unasked``);
+    what a stopped run did not use is handed back by ``close`` for the run to keep.
     """
 
     def __init__(self, make_batch: Callable[[int], list[Question]], per_call: int,
@@ -652,26 +659,31 @@ class QuestionPool:
         empty; instruction calls for the second wave fill them instead of taking slots later.
         """
         with self._cond:
-            wanted = min(questions, self._unasked())
-            while self._coming < wanted:
-                self._start_fill_locked(self.per_call)
+            lacking = min(questions, self._unasked()) - self._coming
+            while lacking > 0 and self._start_fill_locked(min(self.per_call, lacking)):
+                lacking -= min(self.per_call, lacking)
 
     def _prefetch_locked(self) -> None:
         """Start background instruction calls while the pool runs low (called with ``_cond`` held)."""
-        while (self._prefetching < self.max_prefetch
-               and len(self._queue) + self._coming - self._waiting < self.low_water
-               and self._unasked() > len(self._queue) + self._coming):
-            self._start_fill_locked(self.per_call)
-
-    def _start_fill_locked(self, n: int) -> None:
-        if self._closed:
+        if self._prefetching >= self.max_prefetch or len(self._queue) + self._coming - self._waiting >= self.low_water:
             return
+        lacking = self._unasked() - len(self._queue) - self._coming  # one count per take, not per batch
+        while (lacking > 0 and self._prefetching < self.max_prefetch
+               and len(self._queue) + self._coming - self._waiting < self.low_water
+               and self._start_fill_locked(min(self.per_call, lacking))):
+            lacking -= min(self.per_call, lacking)
+
+    def _start_fill_locked(self, n: int) -> bool:
+        """Start one background batch of ``n``; False once the pool is closed."""
+        if self._closed:
+            return False
+        thread = threading.Thread(target=self._fill, args=(n,), name="question-prefetch", daemon=True)
+        thread.start()  # _fill takes _cond, held here, before it touches the counters
+        self._prefetchers.append(thread)
         self._coming += n
         self._prefetching += 1
         self.prefetched_batches += 1
-        thread = threading.Thread(target=self._fill, args=(n,), name="question-prefetch", daemon=True)
-        self._prefetchers.append(thread)
-        thread.start()
+        return True
 
     def _fill(self, n: int) -> None:
         batch: list[Question] = []
@@ -687,7 +699,8 @@ class QuestionPool:
                 self._cond.notify_all()
 
     def close(self) -> list[Question]:
-        """No more prefetching; waits for background calls in flight (the gate ends them on cancel).
+        """No more prefetching; waits for background batches to end (on cancel, calls still waiting for a
+        slot end at once; calls in flight finish or fail as they would).
 
         Returns the questions nobody took, so a run that stops early can keep what it paid for.
         """
@@ -866,6 +879,7 @@ class GenerationRun:
         self._sync_jsonl()
         self._heartbeat_stop = threading.Event()
         holds = ExitStack()
+        retriever: Retriever | None = None
         heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
         try:
             prompt_texts = self._prompt_texts()
@@ -875,7 +889,8 @@ class GenerationRun:
             live = self._search_live()
             if live and not self.settings.qdrant_url:
                 holds.enter_context(self.corpus.stores.use())  # open for the whole run: searched every turn
-            retriever = Retriever(self.corpus, snapshot=not live and self.config.retrieval == "rag", background=True)
+            rag = self.config.retrieval == "rag"  # briefing mode injects the sampled passages: nothing to search
+            retriever = Retriever(self.corpus, snapshot=rag and not live, background=rag)
             sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
                                       random.Random(self.config.seed + self._count("done")), self.config.max_docs)
             self.provider = self._provider_factory(self.gate)
@@ -927,6 +942,8 @@ class GenerationRun:
                 heartbeat.join()
             if self.provider is not None:
                 self.provider.close()
+            if retriever is not None:
+                retriever.close()  # a background load may still be using the store: never past the hold below
             holds.close()
         return self._finish()
 
@@ -1091,7 +1108,10 @@ class GenerationRun:
     def _improve(self, simulator: Simulator, question: Question, turns: int, item: dict[str, Any],
                  result: dict[str, Any]) -> tuple[dict[str, Any], JudgeRecord]:
         """Judge; while below threshold and attempts remain, regenerate with the feedback. Keep the best."""
-        judge = Judge(simulator.provider, self.config.judge_threshold, self.config.max_improve_attempts)
+        # A finished conversation waits only on its verdict: rank it with the instruction calls, above any
+        # conversation's next call, or auto-improve runs would leave judged conversations for the tail.
+        judge = Judge(simulator.provider, self.config.judge_threshold, self.config.max_improve_attempts,
+                      priority=2 * self.config.max_turns)
         record = JudgeRecord(threshold=self.config.judge_threshold)
         results = [result]
         feedback_used = ""

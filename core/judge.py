@@ -102,14 +102,15 @@ def transcript(turns: list[dict[str, Any]]) -> str:
 class Judge:
     """Scores conversations with a rubric through any provider that can do structured output."""
 
-    def __init__(self, provider: LLMProvider, threshold: float = 3.5, max_attempts: int = 2):
+    def __init__(self, provider: LLMProvider, threshold: float = 3.5, max_attempts: int = 2, priority: float = 0.0):
         self.provider = provider
         self.threshold = threshold
         self.max_attempts = max(1, max_attempts)
+        self.priority = priority  # at a run's call gate (see core.engine.AdaptiveGate.attempt)
 
     def score(self, turns: list[dict[str, Any]]) -> Verdict:
         request = LLMRequest(messages=[Message("user", transcript(turns))], system=JUDGE_SYSTEM, temperature=0.0,
-                             max_tokens=600, json_schema=JUDGE_SCHEMA)
+                             max_tokens=600, json_schema=JUDGE_SCHEMA, priority=self.priority)
         result = self.provider.generate(request)
         data = result.json()
         try:

@@ -32,14 +32,8 @@ SEARCH_MODES = {"exact": "exact full scan (float32)", "scan": "int8 full scan, t
                 "hnsw": "HNSW graph (approximate, tuned for recall ≥ 0.99)"}
 
 
-@st.fragment(run_every=2.0)
-def index_status() -> None:
+def show_index_status(status: dict | None) -> None:
     """The Edge store's search index: how searches run now, and a build's progress while one runs."""
-    try:
-        status = corpus.index_status()
-    except Exception as e:  # the store is held by another process: say so, keep the page
-        st.caption(f"Search index: unavailable right now ({e if isinstance(e, GroundworkError) else type(e).__name__})")
-        return
     if status is None:
         return
     mode = SEARCH_MODES.get(status["search"], status["search"])
@@ -54,8 +48,29 @@ def index_status() -> None:
         st.caption(f"Search index: ready · {status['points']:,} chunks · {mode}.")
 
 
+def read_index_status() -> dict | None:
+    try:
+        return corpus.index_status()
+    except Exception as e:  # the store is held by another process: say so, keep the page
+        st.caption(f"Search index: unavailable right now ({e if isinstance(e, GroundworkError) else type(e).__name__})")
+        return None
+
+
+@st.fragment(run_every=2.0)
+def follow_index_build() -> None:
+    """Only while a build runs: polling opens the store, and an open store locks out CLI runs."""
+    status = read_index_status()
+    if status and status["state"] != "building":
+        st.rerun()  # the build is done: the whole page shows the result and stops polling
+    show_index_status(status)
+
+
 if stats["engine"] == "edge":
-    index_status()
+    index = read_index_status()
+    if index and index["state"] == "building":
+        follow_index_build()
+    else:
+        show_index_status(index)
 if stats["warning"]:
     st.warning(stats["warning"])
 if stats["pending"]:

@@ -374,11 +374,11 @@ def test_questions_written_but_not_taken_are_kept_for_the_resume(indexed_wb, fak
 
     run = make_run(indexed_wb, fake, RunConfig(num_dialogs=6, max_turns=3, max_concurrency=2))
     pool = QuestionPool(make_batch, per_call=3, unasked=run._unasked_items)
-    pool.prime(5)  # 5 questions wanted: two calls of 3
+    pool.prime(5)  # 5 questions wanted: a call of 3 and one of 2
     first = pool.take(lambda: 6, lambda: False)
     left = pool.close()
-    written = {f"question {c}.{i}" for c in (1, 2) for i in range(3)}
-    assert calls == [3, 3] and len(left) == 5 and {first.text, *(q.text for q in left)} == written
+    written = {f"question {c}.{i}" for c, n in ((1, 3), (2, 2)) for i in range(n)}
+    assert calls == [3, 2] and len(left) == 4 and {first.text, *(q.text for q in left)} == written
     run._park_questions(left)
     parked = indexed_wb.db.rows("SELECT turns, question FROM work_items WHERE run_id=? AND question IS NOT NULL "
                                 "ORDER BY turns DESC, slot", [run.run_id])
@@ -427,3 +427,44 @@ def test_a_large_edge_collection_is_searched_live_and_held_for_the_run(indexed_w
     # Every assistant turn was a store search (plus the model probe), made while the run held the store.
     assert len(searches) >= len(turns) and min(searches) >= 2
     assert indexed_wb.corpus.stores._users == 0
+
+
+def test_briefing_mode_searches_nothing_so_it_needs_no_verified_collection(indexed_wb, fake):
+    from core.errors import ModelMismatchError
+
+    def verify(store=None, probes=3):
+        raise ModelMismatchError("vectors from another model")
+
+    indexed_wb.corpus.verify = verify
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=2, max_concurrency=2, retrieval="briefing"))
+    progress = run.run()
+    assert progress.status == "completed" and progress.saved == 3
+
+
+def test_a_failed_query_pass_reaches_every_waiting_caller(embedder, monkeypatch):
+    from core.errors import EmbeddingError
+
+    started = threading.Event()
+
+    def broken_pass(texts):
+        started.set()
+        time.sleep(0.2)  # long enough for the second caller to queue behind this pass
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(embedder, "_encode_query_pass", broken_pass)
+    errors = []
+
+    def ask(text):
+        try:
+            embedder.encode_queries([text])
+        except EmbeddingError as e:
+            errors.append(str(e))
+
+    first = threading.Thread(target=ask, args=("first",))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=ask, args=("second",))
+    second.start()
+    first.join(10)
+    second.join(10)
+    assert len(errors) == 2 and all("out of memory" in e for e in errors)

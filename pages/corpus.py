@@ -58,19 +58,24 @@ def read_index_status() -> dict | None:
 
 @st.fragment(run_every=2.0)
 def follow_index_build() -> None:
-    """Only while a build runs: polling opens the store, and an open store locks out CLI runs."""
-    status = read_index_status()
-    if status and status["state"] != "building":
-        st.rerun()  # the build is done: the whole page shows the result and stops polling
+    """Polls only while the build runs: reading the status opens the store, and an open store locks out
+    CLI runs. Once it is done the fragment shows the last status without touching the store (a whole-page
+    rerun instead would wipe the report of the ingest that started the build)."""
+    status = st.session_state.get("corpus.index_status")
+    if status is None or status["state"] == "building":
+        status = st.session_state["corpus.index_status"] = read_index_status()
     show_index_status(status)
 
 
-if stats["engine"] == "edge":
-    index = read_index_status()
-    if index and index["state"] == "building":
-        follow_index_build()
-    else:
-        show_index_status(index)
+# One container whatever it holds: the elements after it (the tabs) keep their place in the page, or the
+# browser would take them for new ones and jump back to the first tab.
+with st.container():
+    if stats["engine"] == "edge":
+        index = st.session_state["corpus.index_status"] = read_index_status()
+        if index and index["state"] == "building":
+            follow_index_build()
+        else:
+            show_index_status(index)
 if stats["warning"]:
     st.warning(stats["warning"])
 if stats["pending"]:

@@ -46,17 +46,21 @@ class StageTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
 
+    def call(self, stage: str, fn, *args, **kwargs):
+        """Call fn, adding its wall time to ``stage``."""
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds[stage] += time.perf_counter() - t
+            self.calls[stage] += 1
+
     def wrap(self, obj, attr: str, stage: str) -> None:
         fn = getattr(obj, attr)
 
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[stage] += time.perf_counter() - t
-                self.calls[stage] += 1
+            return self.call(stage, fn, *args, **kwargs)
 
         setattr(obj, attr, timed)
 
@@ -81,7 +85,7 @@ def ingest_once(wb, docs_dir: Path, label: str) -> tuple[float, int, int, object
 
     wb.stores._opener = opener_timed
     orig_load_path = corpus_mod.load_path
-    corpus_mod.load_path = lambda *a, **k: _timed(timer, "read files", orig_load_path, *a, **k)
+    corpus_mod.load_path = lambda *a, **k: timer.call("read files", orig_load_path, *a, **k)
     try:
         with CpuMeter() as meter:
             report = corpus.ingest_path(docs_dir)
@@ -211,15 +215,6 @@ def main() -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def _timed(timer: StageTimer, stage: str, fn, *args, **kwargs):
-    t = time.perf_counter()
-    try:
-        return fn(*args, **kwargs)
-    finally:
-        timer.seconds[stage] += time.perf_counter() - t
-        timer.calls[stage] += 1
 
 
 if __name__ == "__main__":

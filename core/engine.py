@@ -575,9 +575,15 @@ def _clean_reply(text: str, strip_speaker: bool = False) -> str:
     return text
 
 
+def item_rng(seed: int, max_turns: int) -> tuple[random.Random, int]:
+    """A work item's random stream and its turn count (uniform in 1..max_turns, the stream's first draw)."""
+    rng = random.Random(seed)
+    return rng, rng.randint(1, max_turns)
+
+
 def turns_for(seed: int, max_turns: int) -> int:
-    """A work item's turn count: uniform in 1..max_turns, drawn first from the item's own seed."""
-    return random.Random(seed).randint(1, max_turns)
+    """A work item's turn count, as its conversation will draw it (stored so runs can go longest first)."""
+    return item_rng(seed, max_turns)[1]
 
 
 def worker_count(max_concurrency: int) -> int:
@@ -1097,8 +1103,7 @@ class GenerationRun:
             with self.db.write() as w:
                 w.execute("UPDATE work_items SET question=?, briefing_ids=? WHERE id=?",
                           [question.text, dumps({"ids": question.briefing_ids, "meta": question.meta}), item["id"]])
-        rng = random.Random(item["seed"])
-        turns = rng.randint(1, self.config.max_turns)  # the same draw as turns_for(), which ordered the items
+        rng, turns = item_rng(item["seed"], self.config.max_turns)
         result = simulator.converse(question, turns, rng, should_stop=self._should_stop)
         judged = None
         if self.config.auto_improve:

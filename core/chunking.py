@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # all-MiniLM-L6-v2 reads at most 256 wordpieces; anything beyond is silently dropped from the embedding.
@@ -41,6 +42,7 @@ class Chunk:
     start: int
     end: int
     text: str
+    tokens: int = 0  # the embedding tokenizer's count, when chunked to fit it (0: not counted)
 
 
 def chunk_text(text: str, size: int = 1000, overlap: int = 150) -> list[Chunk]:
@@ -174,3 +176,56 @@ def would_truncate(text: str, max_wordpieces: int = MODEL_MAX_WORDPIECES) -> boo
         True when the estimate plus the [CLS] and [SEP] markers exceeds the limit.
     """
     return estimate_wordpieces(text) + 2 > max_wordpieces
+
+
+# Bumped whenever chunk boundaries change, so documents chunked the old way are re-chunked on the next index.
+CHUNKER_VERSION = "fit-tokens-1"
+
+
+def chunk_to_fit(text: str, size: int, overlap: int, count: Callable[[list[str]], list[int]],
+                 limit: int) -> list[Chunk]:
+    """``chunk_text``, then every chunk the embedding model would cut short is split again, smaller.
+
+    Characters are a poor proxy for wordpieces: legal citations, numbers and rare names take several
+    pieces per word, so a 1,000-character chunk can run past a 256-wordpiece model and its end is then
+    invisible to search. Each chunk is counted with the model's own tokenizer; one over ``limit`` is
+    re-chunked (at natural boundaries, with a proportionally smaller size) until every piece fits.
+
+    Args:
+        text: the document text.
+        size, overlap: characters, as for :func:`chunk_text`.
+        count: the tokenizer's count for each text, special tokens included.
+        limit: the most tokens the model reads (all-MiniLM-L6-v2: 256).
+
+    Returns:
+        Chunks in document order, positions renumbered, each ``text[start:end]`` and within ``limit``.
+    """
+    pending = chunk_text(text, size, overlap)
+    done: list[Chunk] = []
+    while pending:
+        counts = count([c.text for c in pending])
+        again: list[Chunk] = []
+        for chunk, tokens in zip(pending, counts):
+            if tokens <= limit:
+                chunk.tokens = tokens
+                done.append(chunk)
+                continue
+            # Aim 10% under the limit; the count is exact but boundaries move to the nearest break.
+            smaller = max(20, int(len(chunk.text) * limit / tokens * 0.9))
+            if smaller >= len(chunk.text):
+                smaller = len(chunk.text) - 1
+            if smaller < 20:  # a pathological run (one huge token sequence): keep it rather than loop
+                chunk.tokens = tokens
+                done.append(chunk)
+                continue
+            sub_overlap = min(overlap, max(0, smaller // 2 - 1), smaller // 5)
+            again.extend(Chunk(0, chunk.start + p.start, chunk.start + p.end, p.text)
+                         for p in chunk_text(chunk.text, smaller, sub_overlap))
+        pending = again
+    # Pieces of two overlapping oversized chunks can cover the same span: keep none that another contains.
+    done.sort(key=lambda c: (c.start, -c.end))
+    kept: list[Chunk] = []
+    for c in done:
+        if not kept or c.end > kept[-1].end:
+            kept.append(c)
+    return [Chunk(i, c.start, c.end, c.text, c.tokens) for i, c in enumerate(kept)]

@@ -104,16 +104,17 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from core.retrieval import found_by_label, search
     from core.workbench import Workbench
 
     wb = Workbench(_settings(args), store_idle_close_s=0, wait_for_store_s=args.wait)
     try:
-        passages = wb.corpus.search(args.query, k=args.k)
+        passages = search(wb.corpus, args.query, k=args.k, mode=args.mode)
         if not passages:
             print("no passages found")
         for i, p in enumerate(passages, 1):
             text = " ".join(p.text.split())
-            print(f"{i}. score {p.score:.3f}  {p.title}  [{p.source_path} #{p.position}]")
+            print(f"{i}. score {p.score:.3f}  {p.title}  [{p.source_path} #{p.position}]  found by {found_by_label(p.ranks)}")
             print(f"   {text[:args.width]}{'…' if len(text) > args.width else ''}")
         return 0
     finally:
@@ -124,7 +125,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from core.engine import GenerationRun, QuestionMix, RunConfig
+    from core.engine import GenerationRun
+    from core.run_config import QuestionMix, RunConfig
     from core.providers.registry import make_provider
     from core.workbench import Workbench
 
@@ -139,7 +141,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            max_concurrency=args.max_concurrency, temperature=args.temperature, top_k=args.top_k,
                            instructions_per_sample=args.instructions_per_sample, seed=args.seed,
                            output=args.output or "", max_docs=args.max_docs, log_dir=args.log_dir or "",
-                           retrieval=args.retrieval, token_budget=args.token_budget,
+                           retrieval=args.retrieval, retrieval_mode=args.retrieval_mode,
+                           follow_up_queries=args.follow_up_queries, token_budget=args.token_budget,
                            auto_improve=args.auto_improve, max_improve_attempts=args.improve_attempts,
                            judge_threshold=args.judge_threshold,
                            question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
@@ -180,6 +183,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
           f"{snap.get('calls', 0)} LLM calls, {snap.get('conversations_per_min', 0)} conversations/min")
     if final.reason:
         print(f"reason: {final.reason}")
+    if snap.get("rejections"):
+        print("replies rejected and asked again: " + "; ".join(f"{n} × {why}" for why, n in snap["rejections"].items()))
     if final.status != "completed":
         print(f"resume with: groundwork generate --resume {run.run_id}", file=sys.stderr)
     if run.config.output:
@@ -254,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="semantic search over the corpus")
+    p = sub.add_parser("search", help="hybrid search over the corpus (vectors and BM25 keywords, fused)")
     p.add_argument("query")
+    p.add_argument("--mode", choices=["hybrid", "dense"], default="hybrid",
+                   help="hybrid: vector and keyword (BM25) rankings fused; dense: vectors only")
     p.add_argument("-k", type=int, default=3, help="passages to show")
     p.add_argument("--width", type=int, default=300, help="characters of each passage to print")
     p.add_argument("--wait", type=float, default=30.0)
@@ -284,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=_int_env("TOP_K", 3), help="passages retrieved per turn")
     p.add_argument("--retrieval", choices=["rag", "briefing"], default="rag",
                    help="rag: retrieve for every turn; briefing: answer from the sampled briefing")
+    p.add_argument("--retrieval-mode", choices=["hybrid", "dense"], default="hybrid",
+                   help="hybrid: vectors and BM25 keywords fused (identifiers findable); dense: vectors only")
+    p.add_argument("--follow-up-queries", choices=["auto", "model", "rule"], default="auto",
+                   help="how a follow-up's standalone search query is made: model: the simulated user writes it "
+                        "with its message (one call); rule: its message plus the conversation's subject; auto: "
+                        "model, except rule for the offline model")
     p.add_argument("--instructions-per-sample", type=int, default=3, help="questions written per briefing")
     p.add_argument("--unanswerable-share", type=float, default=0.1,
                    help="share of questions the corpus cannot answer")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core import ids
-from core.chunking import chunk_text
+from core.chunking import CHUNKER_VERSION, chunk_to_fit
 from core.config import Settings
 from core.db import Database, dumps, fts_query, loads, now
 from core.edge_store import EDGE_COMFORT_POINTS, EXACT_MAX_POINTS
@@ -39,6 +39,7 @@ class IngestReport:
     already_indexed: int = 0
     resumed: int = 0
     truncated_chunks: int = 0
+    rechunked: list[str] = field(default_factory=list)  # documents chunked before, re-chunked to fit the model
     problems: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
@@ -50,6 +51,9 @@ class IngestReport:
             parts.append(f"{self.already_indexed} already indexed")
         if self.resumed:
             parts.append(f"{self.resumed} finished from an interrupted ingest")
+        if self.rechunked:
+            parts.append(f"{len(self.rechunked)} re-chunked to fit the embedding model's window (their old chunks "
+                         "replaced; conversations keep the passages they quoted)")
         if self.duplicates:
             parts.append(f"{len(self.duplicates)} duplicates skipped")
         if self.problems:
@@ -71,10 +75,33 @@ class Passage:
     title: str
     source_path: str
     position: int
+    ranks: dict[str, int] = field(default_factory=dict)  # side (dense, lexical, conversation) -> rank there, 1-based
+    carried: bool = False  # shown again from an earlier turn, not retrieved for this one
+    from_turn: int | None = None  # for a carried passage: the assistant turn (1-based) it was retrieved for
+
+    @property
+    def found_by(self) -> list[str]:
+        return sorted(self.ranks, key=self.ranks.get)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": round(self.score, 4), "text": self.text, "document_id": self.document_id,
-                "title": self.title, "source_path": self.source_path, "position": self.position}
+        row = {"id": self.id, "score": round(self.score, 4), "text": self.text, "document_id": self.document_id,
+               "title": self.title, "source_path": self.source_path, "position": self.position}
+        if self.ranks:
+            row["found_by"] = self.found_by
+            row["ranks"] = dict(self.ranks)
+        row["carried"] = self.carried
+        if self.from_turn is not None:
+            row["from_turn"] = self.from_turn
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Passage":
+        """A stored passage (a turn's ``retrieval`` entry) back as a Passage."""
+        return cls(id=row["id"], score=float(row.get("score") or 0.0), text=row.get("text") or "",
+                   document_id=row.get("document_id") or "", title=row.get("title") or "",
+                   source_path=row.get("source_path") or "", position=int(row.get("position") or 0),
+                   ranks=dict(row.get("ranks") or {}), carried=bool(row.get("carried")),
+                   from_turn=row.get("from_turn"))
 
 
 class Corpus:
@@ -133,7 +160,7 @@ class Corpus:
             if progress:
                 progress("embedding", 0, max(total_chunks, 1))
             for group in _groups(plan, self.embed_group_chunks):
-                self._write_pending(group)
+                self._write_pending(group, store)
                 texts = [c["text"] for _, chunks in group for c in chunks]
                 vectors = self.embedder.encode(texts)
                 chunk_rows = [c for _, chunks in group for c in chunks]
@@ -158,8 +185,8 @@ class Corpus:
         for d in documents:
             source = _relative(d.source_path, base)
             doc_id = ids.document_id(self.collection, source, d.text)
-            existing = self.db.one("SELECT status FROM documents WHERE id=?", [doc_id])
-            if existing and existing["status"] == "complete":
+            existing = self.db.one("SELECT status, chunker, n_chunks FROM documents WHERE id=?", [doc_id])
+            if existing and existing["status"] == "complete" and existing["chunker"] == CHUNKER_VERSION:
                 report.already_indexed += 1
                 continue
             content_hash = ids.content_hash(d.text)
@@ -171,31 +198,43 @@ class Corpus:
                 report.duplicates.append(f"{source} has the same text as {twin_path} (skipped)")
                 continue
             seen_hashes[content_hash] = source
-            if existing:
+            limit = self.embedder.max_seq_length
+            pieces = chunk_to_fit(d.text, self.settings.chunk_size, self.settings.chunk_overlap,
+                                  self.embedder.count_wordpieces, limit)
+            if existing and existing["status"] == "complete":
+                too_long = self.db.scalar("SELECT COUNT(*) FROM chunks WHERE document_id=? AND truncated=1", [doc_id])
+                report.rechunked.append(f"{source}: {existing['n_chunks']} chunks ({too_long} longer than the model "
+                                        f"reads) -> {len(pieces)} chunks, none too long")
+            elif existing:
                 report.resumed += 1
-            pieces = chunk_text(d.text, self.settings.chunk_size, self.settings.chunk_overlap)
             doc = {"id": doc_id, "collection": self.collection, "source_path": source, "title": d.title,
                    "content_hash": content_hash, "text": d.text, "metadata": dumps(d.metadata),
-                   "n_chars": len(d.text), "n_chunks": len(pieces), "status": "pending", "created_at": now()}
+                   "n_chars": len(d.text), "n_chunks": len(pieces), "status": "pending", "chunker": CHUNKER_VERSION,
+                   "created_at": now()}
             chunks = [{"id": ids.chunk_id(doc_id, p.position, p.text), "document_id": doc_id,
                        "collection": self.collection, "position": p.position, "start_char": p.start,
-                       "end_char": p.end, "text": p.text, "est_tokens": 0, "truncated": 0} for p in pieces]
+                       "end_char": p.end, "text": p.text, "est_tokens": p.tokens,
+                       "truncated": int(p.tokens > limit)} for p in pieces]
             plan.append((doc, chunks))
         return plan
 
-    def _write_pending(self, group: list[tuple[dict, list[dict]]]) -> None:
-        """Record documents and chunks before their vectors exist, replacing any half-written earlier try."""
-        limit = self.embedder.max_seq_length
-        counts = iter(self.embedder.count_wordpieces([c["text"] for _, chunks in group for c in chunks]))
-        for _, chunks in group:
-            for c in chunks:
-                c["est_tokens"] = next(counts)
-                c["truncated"] = int(c["est_tokens"] > limit)
+    def _write_pending(self, group: list[tuple[dict, list[dict]]], store: VectorStore) -> None:
+        """Record documents and chunks before their vectors exist, replacing any half-written earlier try.
+
+        A document chunked before (re-chunked now) loses its old points first: its row is pending from here
+        on, so an interruption leaves it to be finished by the next ingest, never with stale chunks.
+        """
         with self.db.write() as w:
+            stale = []
             for doc, chunks in group:
+                new_ids = {c["id"] for c in chunks}
+                stale += [r[0] for r in w.execute("SELECT id FROM chunks WHERE document_id=?", [doc["id"]])
+                          if r[0] not in new_ids]
                 w.execute("DELETE FROM chunks WHERE document_id=?", [doc["id"]])
                 w["documents"].insert(doc, replace=True)
                 w["chunks"].insert_all(chunks)
+        if stale:
+            store.delete(self.collection, stale)
 
     def _payload(self, doc: dict, chunk: dict) -> dict[str, Any]:
         return {self.content_key: chunk["text"], "document_id": doc["id"], "title": doc["title"],

@@ -39,3 +39,7 @@ class NotFoundError(GroundworkError):
 
 class ValidationError(GroundworkError):
     """User input (a prompt, a form value, an export option) is not acceptable."""
+
+
+class RunStopped(GroundworkError):
+    """A generation run must stop now (quota gone, budget spent, cancelled); ``reason`` is stored on the run."""

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from core.db import dumps, new_id, now
-from core.engine import Question, format_passages, store_conversation
+from core.conversation_store import store_conversation
+from core.simulator import Question, format_passages
 from core.errors import ValidationError
 from core.corpus import Passage
 from core.workbench import Workbench

@@ -28,7 +28,7 @@ from typing import Any, Union
 FAULT_KINDS = (
     "rate_minute", "rate_day", "bad_request", "unauthenticated", "permission_denied", "not_found",
     "internal", "bad_gateway", "unavailable", "gateway_timeout", "timeout", "malformed",
-    "safety", "recitation", "max_tokens", "blocked",
+    "safety", "recitation", "max_tokens", "truncated", "blocked",
 )
 _KIND_FOR_STATUS = {429: "rate_minute", 400: "bad_request", 401: "unauthenticated", 403: "permission_denied",
                     404: "not_found", 500: "internal", 502: "bad_gateway", 503: "unavailable",
@@ -539,6 +539,14 @@ class FakeGemini(_FakeServer):
             # What gemini-2.5 does when thinking uses up max_output_tokens: a candidate with no parts.
             candidate = {"content": {"role": "model"}, "finishReason": "MAX_TOKENS", "index": 0}
             return _json_reply(200, {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model})
+        if kind == "truncated":
+            # A long reply cut at max_output_tokens: the text so far, finish reason MAX_TOKENS.
+            text = self.reply_for(body)
+            cut = text[:max(8, len(text) // 2)]
+            candidate = {"content": {"parts": [{"text": cut}], "role": "model"}, "finishReason": "MAX_TOKENS",
+                         "index": 0}
+            return _json_reply(200, {"candidates": [candidate], "usageMetadata": self._usage(body, cut, False),
+                                     "modelVersion": model})
         if kind == "blocked":
             feedback = {"blockReason": "SAFETY", "safetyRatings": [
                 {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH", "blocked": True}]}
@@ -585,7 +593,11 @@ class FakeGemini(_FakeServer):
         system = " ".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts") or [])
         user_turns = [c for c in body.get("contents") or [] if c.get("role", "user") == "user"]
         last = " ".join(p.get("text", "") for p in (user_turns[-1].get("parts") or [])) if user_turns else ""
-        words = salient_words(system, last)
+        # Like a real model, write about the quoted material when the prompt has some, not about the prompt's
+        # own instructions; and never take a request to write questions as the topic of the questions.
+        start, end = system.find("<passages>"), system.rfind("</passages>")
+        material = re.sub(r"<[^>]*>", " ", system[start:end]) if 0 <= start < end else system
+        words = salient_words(material) if "Write the" in last else salient_words(material, last)
         rng = _seeded_rng(body)
         config = body.get("generationConfig") or {}
         schema = config.get("responseJsonSchema") or config.get("responseSchema")
@@ -716,3 +728,36 @@ class FakeOpenAI(_FakeServer):
         if response_format.get("type") == "json_object":
             return json.dumps({"answer": fake_text(words, rng)})
         return fake_text(words, rng)
+
+
+# Follow-ups the way people write them: they lean on the conversation and name nothing.
+LEANING_FOLLOW_UPS = (
+    "Why did the court decide it that way?",
+    "Which earlier decisions did it rely on for that point?",
+    "What happened to the other side's argument?",
+    "Can you walk me through the reasoning there?",
+    "So what was the outcome in the end?",
+    "Did anyone disagree with that?",
+    "What facts mattered most for that?",
+)
+
+
+def leaning_user(structured_query: str = "lazy") -> Callable[[dict[str, Any]], str]:
+    """A responder whose simulated user writes follow-ups that lean on the conversation, like real users.
+
+    Opening questions, answers and everything else are the default replies. A follow-up request (the
+    correspondent's) gets one of :data:`LEANING_FOLLOW_UPS`. When the request asks for structured output,
+    ``structured_query`` says what the model puts in the search query: ``lazy`` repeats the vague message
+    (as weak models do), ``none`` ignores the schema and answers in plain text, ``empty`` leaves it blank.
+    """
+    def respond(body: dict[str, Any]) -> str:
+        system = " ".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts") or [])
+        config = body.get("generationConfig") or {}
+        schema = json.dumps(config.get("responseJsonSchema") or config.get("responseSchema") or {})
+        if "search_query" not in schema and "You play" not in system:
+            return FakeGemini.reply_for(body)
+        message = _seeded_rng(body).choice(LEANING_FOLLOW_UPS)
+        if "search_query" not in schema or structured_query == "none":
+            return message
+        return json.dumps({"message": message, "search_query": message if structured_query == "lazy" else ""})
+    return respond

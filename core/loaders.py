@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -388,8 +389,9 @@ def _text_title(text: str, fallback: str) -> str:
             if key.strip().lower() == "title" and not front_title:
                 front_title = value.strip().strip("\"'")
     first_line = ""
+    field_title = ""
     in_fence = False
-    for line in lines[body_start:]:
+    for number, line in enumerate(lines[body_start:]):
         stripped = line.strip()
         if stripped.startswith(("```", "~~~")):
             in_fence = not in_fence
@@ -398,9 +400,18 @@ def _text_title(text: str, fallback: str) -> str:
             continue
         if line.startswith("# ") and line[2:].strip():
             return _shorten(line[2:].strip().rstrip("#").strip() or line[2:].strip())
-        if not first_line and stripped:
+        if number < 12 and not field_title and (m := _TITLE_LINE.match(stripped)):
+            field_title = m.group(1).strip()
+        if not first_line and stripped and not _BOILERPLATE_LINE.search(stripped):
             first_line = stripped.lstrip("#").strip()
-    return _shorten(front_title or first_line or fallback)
+    return _shorten(front_title or field_title or first_line or fallback)
+
+
+# A first line that is a notice, not a title: a disclaimer, a copyright or confidentiality line.
+_BOILERPLATE_LINE = re.compile(r"(?i)©|\b(?:disclaimer|not a real|legal advice|fictional|copyright|all rights reserved|"
+                               r"confidential|do not distribute|generated (?:by|with))\b")
+# "Title: …", "Case: …", "Subject: …" near the top of a plain-text file names it better than its first line.
+_TITLE_LINE = re.compile(r"(?i)^(?:title|case|subject|re)\s*:\s*(\S.{2,})$")
 
 
 def _load_html(path: Path, name: str, source: str) -> LoadedDocument:

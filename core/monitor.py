@@ -50,6 +50,7 @@ class RunMonitor:
         self.calls = 0
         self.call_errors: Counter[str] = Counter()
         self.rate_limited = 0
+        self.rejections: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.thinking_tokens = 0
@@ -86,6 +87,11 @@ class RunMonitor:
             self.turn_counts[turns] += 1
             self.saved_times.append(time.time())
 
+    def record_rejection(self, reason: str) -> None:
+        """A reply the checks turned down (cut off, degenerate, off the briefing): retried, and counted here."""
+        with self._lock:
+            self.rejections[reason] += 1
+
     def record_failed(self, final: bool) -> None:
         with self._lock:
             self.failed_attempts += 1
@@ -113,6 +119,7 @@ class RunMonitor:
                 "mean_turns": round(sum(k * v for k, v in self.turn_counts.items()) / turns, 2) if turns else None,
                 "concurrency_limit": round(self.concurrency_limit, 2), "in_flight": self.in_flight,
                 "alerts": [asdict(a) for a in self.alerts],
+                "rejections": dict(self.rejections.most_common()),
             }
 
     def check_alerts(self) -> list[Alert]:

@@ -502,8 +502,11 @@ class ReviewStore:
             The new conversation's id.
         """
         from core import prompts as prompt_lib
-        from core.engine import (Question, Retriever, RunConfig, Simulator, _clean_reply, store_conversation)
-        from core.providers.base import CallGate, Message
+        from core.conversation_store import store_conversation
+        from core.retrieval import Retriever
+        from core.run_config import RunConfig
+        from core.simulator import Question, Simulator
+        from core.providers.base import CallGate
 
         actor = _actor(actor)
         c = self.get(conversation_id)
@@ -532,34 +535,22 @@ class ReviewStore:
             versions[kind] = row["id"]
             texts[kind] = row["text"]
         config.prompt_versions = versions
-        question = Question(text=kept[0]["content"], meta=c["question_meta"], briefing_ids=c["briefing_ids"],
-                            briefing=c["briefing"] or "")
         rng = random.Random(seed if seed is not None else int(hashlib.sha256(
             f"{conversation_id}:{keep_through}:{now()}".encode()).hexdigest()[:12], 16))
         provider = provider_factory(CallGate(getattr(settings, "rpm_limit", 0)))
         try:
             retriever = Retriever(corpus, snapshot=False)
+            question = Question(text=kept[0]["content"], meta=c["question_meta"], briefing_ids=c["briefing_ids"],
+                                briefing=c["briefing"] or "",
+                                briefing_passages=retriever.passages_by_id(c["briefing_ids"]))
             sim = Simulator(provider, retriever, config, texts)
-            history = [Message(t["role"], t["content"]) for t in kept]
-            out = [{"role": t["role"], "content": t["content"], "retrieval": None, "call": None} for t in kept]
-            calls = []
-            role = "assistant" if kept[-1]["role"] == "user" else "user"
-            while have < target:
-                if role == "assistant":
-                    passages = sim.retrieve(history, question)
-                    record = sim.respond(history, passages, seed=rng.randrange(2**31))
-                    text = _clean_reply(record.result.text)
-                    out.append({"role": "assistant", "content": text, "retrieval": [p.as_dict() for p in passages],
-                                "call": record})
-                    have += 1
-                    role = "user"
+            state = sim.resume(question, kept)
+            while state.answers < target:
+                if state.history[-1].role == "user":
+                    sim.answer(state, seed=rng.randrange(2**31))
                 else:
-                    record = sim.follow_up(history, question, seed=rng.randrange(2**31))
-                    text = _clean_reply(record.result.text, strip_speaker=True)
-                    out.append({"role": "user", "content": text, "retrieval": None, "call": record})
-                    role = "assistant"
-                calls.append(record)
-                history.append(Message(out[-1]["role"], text))
+                    sim.ask(state, seed=rng.randrange(2**31))
+            out, calls = state.turns, state.calls
         finally:
             provider.close()
         provider_name = getattr(provider, "name", "") or settings.resolved_provider

@@ -154,3 +154,16 @@ def add_work_item_turns(db: Database) -> None:
     db["work_items"].add_column("turns", int)
     db["work_items"].create_index(["run_id", "status", DescIndex("turns"), "slot"],
                                   index_name="idx_work_items_longest_first", if_not_exists=True)
+
+
+@migrations()
+def add_turn_queries_and_chunker(db: Database) -> None:
+    """The search query each assistant turn used, and how each document was chunked.
+
+    ``turns.query``: follow-ups search with a standalone query that carries the conversation's subject;
+    Review and the dry run show it. NULL for turns stored before (they searched with the message itself).
+    ``documents.chunker``: chunks are now cut by the embedding model's own tokenizer so none is longer
+    than it reads; documents chunked before (NULL) are re-chunked when their folder is indexed again.
+    """
+    db["turns"].add_column("query", str)
+    db["documents"].add_column("chunker", str)

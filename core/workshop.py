@@ -19,10 +19,14 @@ from typing import Any
 from core import prompts as prompt_lib
 from core.corpus import Passage
 from core.db import dumps, loads, new_id, now
-from core.engine import (BriefingSampler, CallRecord, Question, Retriever, RunConfig, Simulator, format_passages,
-                         store_conversation)
+from core.briefing import BriefingSampler
+from core.conversation_store import store_conversation
+from core.retrieval import Retriever
+from core.retrieval import search as hybrid_search
+from core.run_config import RunConfig
+from core.simulator import CallRecord, Question, Simulator, format_passages
 from core.errors import GroundworkError, ValidationError
-from core.providers.base import CallGate, LLMError, LLMProvider, Message
+from core.providers.base import CallGate, LLMError, LLMProvider
 from core.workbench import Workbench
 
 ProviderFactory = Callable[[CallGate], LLMProvider]
@@ -70,6 +74,7 @@ class Step:
     passages: list[dict[str, Any]] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)
     latency_ms: int = 0
+    query: str = ""  # retrieval: the search query used; follow-up: the one the simulated user proposed
 
 
 @dataclass
@@ -125,7 +130,7 @@ class Workshop:
         if not question.strip():
             raise ValidationError("Type a question to preview what retrieval returns for it.")
         self._require_corpus()
-        passages = self.wb.corpus.search(question, k=k)
+        passages = hybrid_search(self.wb.corpus, question, k=k)
         text = (self.library.get(respondent_version) if respondent_version else self.library.current("respondent"))
         return RetrievalPreview(passages, query_terms(question),
                                 prompt_lib.render(text["text"], context=format_passages(passages)))
@@ -156,7 +161,7 @@ class Workshop:
             emit(Step("briefing", "Sampled briefing", passages=[p.as_dict() for p in briefing]))
             if question.strip():
                 q = Question(question.strip(), {"source": "typed"}, [p.id for p in briefing],
-                             format_passages(briefing))
+                             format_passages(briefing), briefing_passages=briefing)
             else:
                 questions, record = sim.write_questions(briefing, 1, rng)
                 q = questions[0]
@@ -165,30 +170,25 @@ class Workshop:
                           latency_ms=record.result.latency_ms))
                 result.calls.append(record)
             result.question = q
-            history = [Message("user", q.text)]
-            out_turns: list[dict[str, Any]] = [{"role": "user", "content": q.text, "retrieval": None, "call": None}]
+            state = sim.start(q)
             for t in range(turns):
                 started = time.monotonic()
-                passages = sim.retrieve(history, q)
-                emit(Step("retrieval", f"Turn {t + 1}: retrieval for “{history[-1].content[:80]}”",
-                          passages=[p.as_dict() for p in passages],
-                          latency_ms=int((time.monotonic() - started) * 1000)))
-                answer = sim.respond(history, passages, seed=rng.randrange(2**31))
+                passages = sim.passages_for(state)
+                emit(Step("retrieval", f"Turn {t + 1}: retrieval for “{state.history[-1].content[:80]}”",
+                          passages=[p.as_dict() for p in [*passages.new, *passages.carried]],
+                          latency_ms=int((time.monotonic() - started) * 1000), query=passages.query or ""))
+                turn = sim.answer(state, seed=rng.randrange(2**31), passages=passages)
+                answer = turn["call"]
                 result.calls.append(answer)
                 emit(Step("answer", f"Turn {t + 1}: assistant answer", answer.system_prompt, answer.messages,
-                          answer.result.text, tokens=_tokens(answer), latency_ms=answer.result.latency_ms))
-                history.append(Message("assistant", answer.result.text.strip()))
-                out_turns.append({"role": "assistant", "content": answer.result.text.strip(),
-                                  "retrieval": [p.as_dict() for p in passages], "call": answer})
+                          answer.text, tokens=_tokens(answer), latency_ms=answer.result.latency_ms))
                 if t + 1 < turns:
-                    follow = sim.follow_up(history, q, seed=rng.randrange(2**31))
+                    follow = sim.ask(state, seed=rng.randrange(2**31))["call"]
                     result.calls.append(follow)
                     emit(Step("follow_up", f"Turn {t + 1}: simulated user follow-up", follow.system_prompt,
-                              follow.messages, follow.result.text, tokens=_tokens(follow),
-                              latency_ms=follow.result.latency_ms))
-                    history.append(Message("user", follow.result.text.strip()))
-                    out_turns.append({"role": "user", "content": follow.result.text.strip(), "retrieval": None,
-                                      "call": follow})
+                              follow.messages, follow.text, tokens=_tokens(follow),
+                              latency_ms=follow.result.latency_ms, query=follow.query))
+            out_turns = state.turns
             result.turns = out_turns
         except (LLMError, GroundworkError) as e:
             result.error = str(e)
@@ -346,8 +346,9 @@ def regenerate_with_versions(workshop: Workshop, conversation_ids: list[str], ve
             old = db.one("SELECT * FROM conversations WHERE id=?", [old_id])
             if not old:
                 raise ValidationError(f"Conversation {old_id} does not exist.")
-            question = Question(old["question"], loads(old["question_meta"], {}), loads(old["briefing_ids"], []),
-                                old["briefing"])
+            briefing_ids = loads(old["briefing_ids"], [])
+            question = Question(old["question"], loads(old["question_meta"], {}), briefing_ids, old["briefing"],
+                                briefing_passages=retriever.passages_by_id(briefing_ids))
             rng = random.Random(old_id)
             result = sim.converse(question, old["num_turns"], rng)
             with db.write() as w:

@@ -8,6 +8,9 @@ import streamlit as st
 from core import ui_cache
 from core.errors import GroundworkError
 from core.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
+from core.retrieval import found_by_label
+from core.retrieval import search as hybrid_search
+from core.review import escape_markdown
 
 PAGE_SIZE = 25
 
@@ -136,13 +139,14 @@ with search:
     k = st.slider("Passages", 1, 20, 5, key="corpus.k")
     if query.strip():
         try:
-            passages = corpus.search(query, k=k)
+            passages = hybrid_search(corpus, query, k=k)
         except Exception as e:
             ui_cache.show_error(e)
             passages = []
         for p in passages:
             with st.container(border=True):
-                st.markdown(f"**{p.score:.3f}** · {p.title} · `{p.source_path}` · chunk {p.position}")
+                st.markdown(f"**{p.score:.3f}** · {escape_markdown(p.title)} · `{p.source_path}` · chunk {p.position}"
+                            f" · found by {found_by_label(p.ranks)}")
                 st.text(p.text)
 
 with ingest:

@@ -5,7 +5,8 @@ import streamlit as st
 
 from core import ui_cache
 from core.cost import estimate_run, parse_prices
-from core.engine import QuestionMix, RunConfig, list_runs, run_errors
+from core.engine import list_runs, run_errors
+from core.run_config import QuestionMix, RunConfig
 from core.judge import judge_available
 from core.prompts import KINDS, PromptLibrary
 from core.providers.registry import provider_info

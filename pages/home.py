@@ -8,7 +8,7 @@ import streamlit as st
 
 from core import ui_cache
 from core.analytics import STAGES, conversations_by_status, latest_run, pipeline_counts
-from core.engine import RunConfig
+from core.run_config import RunConfig
 from core.examples import EXAMPLES_FILE, load_example_workspace
 from core.providers.registry import provider_info
 

@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import quality, ui_cache
 from core.errors import GroundworkError
+from core.retrieval import found_by_label
 from core.review import DISCARD_REASONS, QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 PAGE_SIZE = 25
@@ -356,9 +357,16 @@ for t in c["turns"]:
     if right is not None:
         with right:
             passages = t["retrieval"] or []
-            st.caption(f"{len(passages)} passage(s) retrieved for this answer")
+            if t.get("query"):
+                st.caption(f"Searched with: “{escape_markdown(t['query'])}”")
+            carried = sum(1 for p in passages if p.get("carried"))
+            st.caption(f"{len(passages) - carried} passage(s) retrieved for this answer"
+                       + (f", {carried} carried from earlier turns" if carried else ""))
             for i, p in enumerate(passages, 1):
-                label = f"[{i}] {float(p.get('score') or 0):.3f} · {p.get('title') or p.get('document_id') or ''}"
+                origin = (f"carried from turn {p.get('from_turn', '?')}" if p.get("carried")
+                          else found_by_label(p.get("ranks") or {}) or "new")
+                label = (f"[{i}] {float(p.get('score') or 0):.3f} · {p.get('title') or p.get('document_id') or ''}"
+                         f" · {origin}")
                 with st.expander(escape_markdown(label)):
                     st.caption(f"id `{p.get('id')}` · {escape_markdown(str(p.get('source_path') or ''))} "
                                f"(chunk {p.get('position', '?')})")

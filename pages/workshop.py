@@ -5,6 +5,8 @@ import streamlit as st
 from core import ui_cache
 from core.prompts import PromptLibrary
 from core.providers.registry import provider_info
+from core.retrieval import found_by_label
+from core.review import escape_markdown
 from core.workshop import Workshop, highlight_html, low_rated, regenerate_with_versions
 
 st.title("Workshop")
@@ -29,7 +31,10 @@ def version_picker(kind: str, key: str, label: str | None = None) -> int:
 def show_passages(passages: list[dict], terms: list[str] | None = None) -> None:
     for i, p in enumerate(passages, 1):
         with st.container(border=True):
-            st.markdown(f"**[{i}] {p['score']:.3f}** · {p['title']} · `{p['source_path']}` · chunk {p['position']}")
+            origin = (f"carried from turn {p.get('from_turn', '?')}" if p.get("carried")
+                      else found_by_label(p.get("ranks") or {}))
+            st.markdown(f"**[{i}] {p['score']:.3f}** · {escape_markdown(p['title'])} · `{p['source_path']}` · "
+                        f"chunk {p['position']}" + (f" · {origin}" if origin else ""))
             st.html(f"<div style='white-space: pre-wrap'>{highlight_html(p['text'], terms or [])}</div>")
 
 
@@ -81,6 +86,9 @@ with dry:
                 if step.kind == "error":
                     st.error(step.reply)
                     continue
+                if step.query:
+                    st.caption(("Searched with" if step.kind == "retrieval" else "The simulated user's search query")
+                               + f": “{escape_markdown(step.query)}”")
                 if step.passages:
                     show_passages(step.passages)
                 if step.system_prompt:

@@ -1,0 +1,140 @@
+"""Checks on every reply before it becomes training data: cut off, degenerate, echoed or off the briefing.
+
+A reply is either accepted (possibly trimmed: a simulated user that runs on into a whole transcript
+keeps its first message) or rejected with a reason. The simulator retries a rejected call with a new
+seed (and, when the reply was cut at the token limit, a larger budget) and the run counts every
+rejection by reason, so a weak model shows up in the run's report instead of in the dataset.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.lexical import query_terms
+
+# Reasons, as counted in a run's report.
+TRUNCATED = "cut off at the token limit"
+EMPTY = "empty"
+NO_WORDS = "no words (punctuation or ellipsis only)"
+LOOP = "a repeated sentence loop"
+ECHO = "an echo of the prompt's instructions"
+TRANSCRIPT = "ran on into a transcript"
+NOT_A_QUESTION = "opening question is not a question"
+OFF_BRIEFING = "opening question is not about the briefing"
+REASONS = (TRUNCATED, EMPTY, NO_WORDS, LOOP, ECHO, TRANSCRIPT, NOT_A_QUESTION, OFF_BRIEFING)
+
+# A line that starts a new speaker's turn: the simulated user writing the assistant's reply too.
+_SPEAKER = re.compile(r"(?im)^\s*(?:\*\*)?(assistant|ai|bot|agent|tutor|support|respondent|user|you|me|customer|"
+                      r"student|client)(?:\*\*)?\s*:")
+# Preambles that echo the prompt instead of answering it ("Here's the next message:").
+_ECHO_PREFIX = re.compile(
+    r"^\s*(?:sure[,!.]?\s*|okay[,!.]?\s*|certainly[,!.]?\s*)?(?:here(?:'s| is| are)\s+(?:my |the |your )?"
+    r"(?:next |follow-?up |reply|response|message|question|answer)[^:\n]{0,60}:\s*)", re.I)
+_ECHO_WHOLE = re.compile(r"^\s*(?:write (?:only )?your next message|reply with the message only|stay in role|"
+                         r"you play the user|your briefing)\b", re.I)
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_INTERROGATIVE = re.compile(
+    r"^\s*(?:what|how|why|when|where|who|whom|whose|which|can|could|is|are|was|were|does|do|did|should|would|"
+    r"will|may|might|must|has|have|had|explain|describe|tell|help|please|i need|i want|i'd like|is there|"
+    r"are there|compare|summari[sz]e|walk me|give me|list)\b", re.I)
+
+
+@dataclass
+class Checked:
+    text: str  # the reply to keep (trimmed), "" when rejected
+    reason: str = ""  # why it was rejected ("" when accepted)
+    trimmed: str = ""  # what was cut from an accepted reply, and why (e.g. TRANSCRIPT)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def check_reply(text: str, finish_reason: str = "STOP", *, user_turn: bool = False,
+                prompt: str = "") -> Checked:
+    """Accept, trim or reject one reply.
+
+    Args:
+        text: the model's reply.
+        finish_reason: the provider's finish reason (``MAX_TOKENS`` means the reply was cut off).
+        user_turn: the reply is the simulated user's message (a transcript run-on is cut, speaker tags dropped).
+        prompt: the system prompt the reply answers; a reply that repeats its lines is an echo.
+    """
+    if (finish_reason or "").upper() in ("MAX_TOKENS", "LENGTH"):
+        return Checked("", TRUNCATED)
+    text = (text or "").strip()
+    if not text:
+        return Checked("", EMPTY)
+    trimmed = ""
+    if user_turn:
+        text, trimmed = _first_speaker_turn(text)
+    text = _ECHO_PREFIX.sub("", text, count=1).strip()
+    if not text:
+        return Checked("", ECHO)
+    if not re.search(r"\w", text):
+        return Checked("", NO_WORDS)
+    if _ECHO_WHOLE.match(text) or _echoes(text, prompt):
+        return Checked("", ECHO)
+    if _loops(text):
+        return Checked("", LOOP)
+    return Checked(text, "", trimmed)
+
+
+def check_question(text: str, briefing: str) -> Checked:
+    """An opening question: a sound reply, phrased as a question or request, sharing words with the briefing."""
+    checked = check_reply(text, user_turn=True)
+    if not checked.ok:
+        return checked
+    q = checked.text
+    if "?" not in q and not _INTERROGATIVE.match(q):
+        return Checked("", NOT_A_QUESTION)
+    if briefing and not _shares_words(q, briefing):
+        return Checked("", OFF_BRIEFING)
+    return checked
+
+
+def _first_speaker_turn(text: str) -> tuple[str, str]:
+    """The simulated user's own message when the reply continues as a transcript ("You: … Assistant: …")."""
+    text = re.sub(r"^\s*(?:\*\*)?(?:you|user|me|customer|student|client)(?:\*\*)?\s*:\s*", "", text, flags=re.I)
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1].strip()
+    match = _SPEAKER.search(text)
+    if match and match.start() > 0:
+        return text[:match.start()].strip(), TRANSCRIPT
+    if match:  # starts with another speaker's tag after the first: nothing of the user's own
+        return "", TRANSCRIPT
+    return text, ""
+
+
+def _loops(text: str) -> bool:
+    """One sentence (or line) making up most of a reply of several: a generation loop."""
+    sentences = [" ".join(s.lower().split()) for s in _SENTENCE.findall(text)]
+    sentences = [s for s in sentences if len(s) > 3]
+    if len(sentences) < 3:
+        return False
+    counts: dict[str, int] = {}
+    for s in sentences:
+        counts[s] = counts.get(s, 0) + 1
+    top = max(counts.values())
+    return top >= 3 and top / len(sentences) >= 0.5
+
+
+def _echoes(text: str, prompt: str) -> bool:
+    """The reply is mostly lines of the prompt's own instructions (not the passages it quotes)."""
+    if not prompt:
+        return False
+    prompt_lines = {" ".join(line.lower().split()) for line in prompt.splitlines() if len(line.split()) >= 5}
+    lines = [" ".join(line.lower().split()) for line in text.splitlines() if line.strip()]
+    if not lines or not prompt_lines:
+        return False
+    copied = sum(line in prompt_lines for line in lines)
+    return copied / len(lines) >= 0.6
+
+
+def _shares_words(question: str, briefing: str) -> bool:
+    """At least one content word (or its first five letters, for inflections) in common."""
+    def stems(text: str) -> set[str]:
+        return {t[:5] for t in query_terms(text) if len(t) >= 4 and not t.isdigit()} | \
+               {t for t in query_terms(text) if any(c.isdigit() for c in t)}
+    return bool(stems(question) & stems(briefing))

@@ -1,0 +1,358 @@
+"""The simulator: prompts for the instruction, respondent and correspondent calls, and one conversation.
+
+No threads and no storage: the engine runs many of these at once, the Workshop's dry run steps one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from core import prompts as prompt_lib
+from core.corpus import Passage
+from core.errors import RunStopped
+from core.monitor import RunMonitor
+from core.providers.base import LLMError, LLMProvider, LLMRequest, LLMResult, Message
+from core.reply_checks import EMPTY, TRUNCATED, Checked, check_question, check_reply
+from core.retrieval import Retriever, conversation_documents
+from core.standalone_query import standalone_query, usable_query
+from core.turn_context import DEFAULT_CONTEXT_TOKENS, carried_passages, carry_budget, format_passages
+from core.run_config import QuestionMix, RunConfig, PERSONAS, QUESTION_TYPES, DIFFICULTIES
+
+
+def questions_schema(n: int) -> dict[str, Any]:
+    """Structured output for n questions: exactly n, so the question pool gets what it counted on."""
+    return {"type": "object",
+            "properties": {"questions": {"type": "array", "items": {"type": "string"}, "minItems": n, "maxItems": n}},
+            "required": ["questions"]}
+
+
+
+
+def question_plan(n: int, mix: QuestionMix, rng: random.Random) -> list[dict[str, Any]]:
+    plan = []
+    for _ in range(n):
+        plan.append({"persona": rng.choice(mix.personas or PERSONAS),
+                     "type": rng.choice(mix.question_types or QUESTION_TYPES),
+                     "difficulty": rng.choice(mix.difficulties or DIFFICULTIES),
+                     "answerable": rng.random() >= mix.unanswerable_share})
+    return plan
+
+
+def plan_lines(plan: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{i}. persona: {p['persona']}; type: {p['type']}; difficulty: {p['difficulty']}; "
+                     f"{'answerable' if p['answerable'] else 'unanswerable'}" for i, p in enumerate(plan, 1))
+
+
+@dataclass
+class Question:
+    text: str
+    meta: dict[str, Any]
+    briefing_ids: list[str]
+    briefing: str
+    first_passages: list[Passage] | None = None  # retrieval for the first turn, done when the question was written
+    briefing_passages: list[Passage] = field(default_factory=list)
+
+    @property
+    def subject(self) -> list[str]:
+        """Titles of the briefing's documents: what a follow-up's standalone query must keep naming."""
+        return list(dict.fromkeys(p.title for p in self.briefing_passages if p.title))
+
+    @property
+    def briefing_documents(self) -> list[str]:
+        return list(dict.fromkeys(p.document_id for p in self.briefing_passages))
+
+    @property
+    def briefing_text(self) -> str:
+        return "\n\n".join(p.text for p in self.briefing_passages) or self.briefing
+
+
+@dataclass
+class CallRecord:
+    purpose: str
+    system_prompt: str
+    messages: list[dict[str, str]]
+    result: LLMResult
+    text: str = ""  # the accepted reply (checked, trimmed); a question batch's raw JSON
+    query: str = ""  # a follow-up's standalone search query, when the simulated user wrote one
+    trimmed: str = ""  # what the checks cut from an accepted reply, if anything
+
+
+@dataclass
+class ConversationState:
+    """A conversation being simulated: the engine runs it to the end, the dry run one step at a time."""
+
+    question: Question
+    history: list[Message]
+    turns: list[dict[str, Any]]  # as stored: role, content, retrieval, query, call
+    calls: list[CallRecord] = field(default_factory=list)
+    earlier: list[list[Passage]] = field(default_factory=list)  # each assistant turn's new passages
+    proposed_query: str = ""  # the simulated user's own search query for its latest message
+
+    @property
+    def user_messages(self) -> list[str]:
+        return [m.content for m in self.history if m.role == "user"]
+
+    @property
+    def answers(self) -> int:
+        return sum(1 for m in self.history if m.role == "assistant")
+
+
+@dataclass
+class TurnPassages:
+    query: str | None  # None: briefing mode, nothing was searched
+    new: list[Passage]
+    carried: list[Passage]
+
+
+FOLLOW_UP_SCHEMA = {
+    "type": "object",
+    "properties": {"message": {"type": "string"}, "search_query": {"type": "string"}},
+    "required": ["message", "search_query"],
+}
+MAX_TOKENS_CAP = 8192  # a reply cut off at the token limit is retried with twice the budget, up to this
+
+
+class Simulator:
+    """Builds prompts and runs one conversation; no threads, no storage (the dry run uses it step by step).
+
+    Every reply is checked before it is used (``core.reply_checks``): a rejected one is asked again
+    with a new seed, a cut-off one with twice the token budget, and each rejection is counted by reason
+    in ``rejections`` (and the run's monitor). Follow-up turns search with a standalone query that
+    carries the conversation's subject, and the respondent also sees the passages of earlier turns.
+    """
+
+    def __init__(self, provider: LLMProvider, retriever: Retriever | None, config: RunConfig,
+                 prompt_texts: dict[str, str], monitor: RunMonitor | None = None, context_tokens: int = 0):
+        self.provider = provider
+        self.retriever = retriever
+        self.config = config
+        self.prompt_texts = prompt_texts
+        self.monitor = monitor
+        self.context_tokens = context_tokens or DEFAULT_CONTEXT_TOKENS
+        self.rejections: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        # The offline model writes JSON poorly and slowly: its follow-ups stay plain text, and their search
+        # query is built without it. Every other provider returns the message and a query in one reply.
+        self.structured_follow_ups = config.follow_up_queries == "model" or (
+            config.follow_up_queries == "auto" and getattr(provider, "name", "") != "local")
+
+    # ---- one call, checked ------------------------------------------------------------------------
+    def call(self, purpose: str, system: str, messages: list[Message], json_schema: dict | None = None,
+             seed: int | None = None, calls_left: int = 0,
+             check: Callable[[LLMResult], Checked] | None = None) -> CallRecord:
+        """One LLM call whose reply passes ``check``; ``calls_left`` (this one included) ranks it at the run's
+        gate: more goes first. A rejected reply is asked again (new seed; a cut-off one with twice the
+        tokens) up to ``config.reply_retries`` times, then the call fails with the last reason."""
+        check = check or (lambda r: check_reply(r.text, r.finish_reason, prompt=system))
+        max_tokens = self.config.max_tokens
+        reason = ""
+        for attempt in range(1 + self.config.reply_retries):
+            request = LLMRequest(messages=messages, system=system, temperature=self.config.temperature,
+                                 max_tokens=max_tokens, json_schema=json_schema, priority=calls_left,
+                                 seed=None if seed is None else (seed + 7919 * attempt) % 2**31)
+            try:
+                result = self.provider.generate(request)
+            except LLMError as e:
+                if self.monitor:
+                    self.monitor.record_call_error(e.kind)
+                if e.kind not in ("max_tokens", "empty"):
+                    raise
+                # No text at all: a rejection like any other (the checks below name it), asked again.
+                result = LLMResult(text="", model=getattr(self.provider, "model", ""),
+                                   finish_reason="MAX_TOKENS" if e.kind == "max_tokens" else "STOP")
+            else:
+                if self.monitor:
+                    self.monitor.record_call(result.latency_ms / 1000, result.prompt_tokens,
+                                             result.completion_tokens, result.thinking_tokens)
+            checked = check(result)
+            if checked.ok:
+                return CallRecord(purpose, system, [asdict(m) for m in messages], result, text=checked.text,
+                                  query=getattr(checked, "query", ""), trimmed=checked.trimmed)
+            reason = checked.reason
+            self._reject(purpose, reason)
+            if reason == TRUNCATED:
+                max_tokens = min(max_tokens * 2, MAX_TOKENS_CAP)
+        raise LLMError(f"The {purpose} reply was rejected {1 + self.config.reply_retries} times; last: {reason}.",
+                       kind="rejected", retryable=False)
+
+    def _reject(self, purpose: str, reason: str) -> None:
+        key = f"{purpose}: {reason}"
+        with self._lock:
+            self.rejections[key] += 1
+        if self.monitor:
+            self.monitor.record_rejection(key)
+
+    # ---- questions ----------------------------------------------------------------------------------
+    def write_questions(self, briefing_passages: list[Passage], n: int, rng: random.Random
+                        ) -> tuple[list[Question], CallRecord]:
+        plan = question_plan(n, self.config.question_mix, rng)
+        briefing = format_passages(briefing_passages)
+        briefing_text = "\n\n".join(p.text for p in briefing_passages)
+        system = prompt_lib.render(self.prompt_texts["instruction"], briefing=briefing, n=n,
+                                   question_plan=plan_lines(plan))
+        user = Message("user", f"Write the {n} questions now, following the plan, as JSON: "
+                               '{"questions": ["...", "..."]}.')
+        kept: list[str] = []
+
+        def check(result: LLMResult) -> Checked:
+            if (result.finish_reason or "").upper() == "MAX_TOKENS":
+                return Checked("", TRUNCATED)
+            data = result.json()
+            items = data.get("questions") if isinstance(data, dict) else data
+            texts = [q.strip() if isinstance(q, str) else str((q or {}).get("question", "")).strip()
+                     for q in (items if isinstance(items, list) else [])]
+            kept.clear()
+            last = EMPTY
+            for t in texts:
+                checked = check_question(t, briefing_text)
+                if checked.ok:
+                    kept.append(checked.text)
+                else:
+                    last = checked.reason
+                    self._reject("question", checked.reason)
+            return Checked(result.text) if kept else Checked("", last)
+
+        # Questions unblock whole conversations: they rank above any conversation's next call.
+        record = self.call("instruction", system, [user], json_schema=questions_schema(n), seed=rng.randrange(2**31),
+                           calls_left=2 * self.config.max_turns, check=check)
+        ids = [p.id for p in briefing_passages]
+        return [Question(text=t, meta={**plan[i % len(plan)], "instruction_tokens": record.result.total_tokens},
+                         briefing_ids=ids, briefing=briefing, briefing_passages=list(briefing_passages))
+                for i, t in enumerate(kept[:n])], record
+
+    # ---- a conversation, step by step --------------------------------------------------------------
+    def start(self, question: Question) -> ConversationState:
+        return ConversationState(question, [Message("user", question.text)],
+                                 [{"role": "user", "content": question.text, "retrieval": None, "query": None,
+                                   "call": None}])
+
+    def resume(self, question: Question, turns: list[dict[str, Any]]) -> ConversationState:
+        """A state holding stored turns (role, content, retrieval), to continue from (regenerate from a turn)."""
+        state = ConversationState(question, [Message(t["role"], t["content"]) for t in turns],
+                                  [{"role": t["role"], "content": t["content"], "retrieval": t.get("retrieval"),
+                                    "query": t.get("query"), "call": None} for t in turns])
+        for t in turns:
+            if t["role"] == "assistant":
+                state.earlier.append([p for p in (Passage.from_dict(r) for r in t.get("retrieval") or [])
+                                      if not p.carried])
+        return state
+
+    def next_query(self, state: ConversationState) -> str | None:
+        """The search query for the next assistant turn (None in briefing mode: nothing is searched)."""
+        if self.config.retrieval == "briefing" or self.retriever is None:
+            return None
+        if not self.config.conversation_aware:
+            return state.history[-1].content
+        return standalone_query(state.user_messages, state.question.subject, state.proposed_query)
+
+    def retrieve(self, state: ConversationState, query: str | None) -> list[Passage]:
+        """This turn's new passages."""
+        question = state.question
+        if query is None:
+            return self.retriever.passages_by_id(question.briefing_ids) if self.retriever else []
+        if state.answers == 0 and question.first_passages is not None:
+            return question.first_passages
+        docs = (conversation_documents(state.earlier, question.briefing_documents)
+                if self.config.conversation_aware and state.answers else None)
+        return self.retriever.search(query, self.config.top_k, conversation_docs=docs,
+                                     mode=self.config.retrieval_mode)
+
+    def passages_for(self, state: ConversationState) -> TurnPassages:
+        """The next assistant turn's search query, new passages and carried ones."""
+        query = self.next_query(state)
+        new = self.retrieve(state, query)
+        carried = carried_passages(state.earlier, new, carry_budget(self.context_tokens, self.config.max_tokens,
+                                                                    self.config.carry_tokens))
+        return TurnPassages(query, new, carried)
+
+    def answer(self, state: ConversationState, seed: int | None = None, calls_left: int = 0,
+               passages: TurnPassages | None = None) -> dict[str, Any]:
+        """Retrieve, carry, respond: the next assistant turn, appended to ``state`` and returned."""
+        passages = passages or self.passages_for(state)
+        record = self.respond(state.history, passages.new, passages.carried, seed=seed, calls_left=calls_left)
+        turn = {"role": "assistant", "content": record.text, "query": passages.query, "call": record,
+                "retrieval": [p.as_dict() for p in [*passages.new, *passages.carried]]}
+        state.history.append(Message("assistant", record.text))
+        state.turns.append(turn)
+        state.calls.append(record)
+        state.earlier.append(list(passages.new))
+        return turn
+
+    def ask(self, state: ConversationState, seed: int | None = None, calls_left: int = 0) -> dict[str, Any]:
+        """The simulated user's next message, appended to ``state`` and returned."""
+        record = self.follow_up(state.history, state.question, seed=seed, calls_left=calls_left)
+        turn = {"role": "user", "content": record.text, "retrieval": None, "query": None, "call": record}
+        state.history.append(Message("user", record.text))
+        state.turns.append(turn)
+        state.calls.append(record)
+        state.proposed_query = record.query
+        return turn
+
+    def respond(self, history: list[Message], passages: list[Passage], carried: list[Passage] | None = None,
+                seed: int | None = None, calls_left: int = 0) -> CallRecord:
+        system = prompt_lib.render(self.prompt_texts["respondent"], context=format_passages(passages, carried or []))
+        return self.call("respondent", system, history, seed=seed, calls_left=calls_left)
+
+    def follow_up(self, history: list[Message], question: Question, seed: int | None = None,
+                  calls_left: int = 0) -> CallRecord:
+        system = prompt_lib.render(self.prompt_texts["correspondent"], briefing=question.briefing,
+                                   first_question=question.text)
+        transcript = "\n\n".join(f"{'You' if m.role == 'user' else 'Assistant'}: {m.content}" for m in history)
+        if not self.structured_follow_ups:
+            user = Message("user", f"The conversation so far:\n\n{transcript}\n\nWrite your next message to the "
+                                   "assistant. Reply with the message only.")
+            return self.call("correspondent", system, [user], seed=seed, calls_left=calls_left,
+                             check=lambda r: check_reply(r.text, r.finish_reason, user_turn=True, prompt=system))
+        user = Message("user", f"The conversation so far:\n\n{transcript}\n\nWrite your next message to the "
+                               "assistant, as JSON: {\"message\": your message, written as you would (it may lean "
+                               "on the conversation), \"search_query\": the same request as a standalone search "
+                               "query that names what it is about (case, parties, product, topic) without the "
+                               "conversation}.")
+        return self.call("correspondent", system, [user], json_schema=FOLLOW_UP_SCHEMA, seed=seed,
+                         calls_left=calls_left, check=lambda r: _check_follow_up(r, system))
+
+    def converse(self, question: Question, turns: int, rng: random.Random,
+                 should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Simulate one conversation of ``turns`` assistant replies; returns turns and calls."""
+        state = self.start(question)
+        for t in range(turns):
+            if should_stop():
+                raise RunStopped("cancelled")
+            self.answer(state, seed=rng.randrange(2**31), calls_left=2 * (turns - t) - 1)
+            if t + 1 < turns:
+                if should_stop():
+                    raise RunStopped("cancelled")
+                self.ask(state, seed=rng.randrange(2**31), calls_left=2 * (turns - t - 1))
+        return {"turns": state.turns, "calls": state.calls}
+
+
+@dataclass
+class _FollowUp(Checked):
+    query: str = ""
+
+
+def _check_follow_up(result: LLMResult, system: str) -> Checked:
+    """A structured follow-up: its message checked as a user turn, its search query kept if usable.
+
+    A reply that is not the JSON asked for (a provider or proxy that ignores structured output) is
+    taken as the message itself; its search query is then built from the conversation.
+    """
+    message, query = result.text, ""
+    try:
+        data = json.loads(result.text)
+    except (json.JSONDecodeError, TypeError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        message, query = data["message"], data.get("search_query") if isinstance(data.get("search_query"), str) else ""
+    checked = check_reply(message, result.finish_reason, user_turn=True, prompt=system)
+    return _FollowUp(checked.text, checked.reason, checked.trimmed, query=usable_query(query))
+
+
+def _messages(result: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"role": t["role"], "content": t["content"]} for t in result["turns"]]

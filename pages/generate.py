@@ -117,6 +117,9 @@ def live_progress() -> None:
     cols[5].metric("Concurrency limit", m["concurrency_limit"], help=f"{m['rate_limited']} calls answered 429")
     for alert in m["alerts"]:
         st.warning(f"alert · {alert['name']}: {alert['message']}")
+    if m.get("rejections"):
+        st.caption("Replies rejected by the checks and asked again: "
+                   + "; ".join(f"{n} × {why}" for why, n in m["rejections"].items()))
     if job and job.alive:
         if st.button("Cancel", key="generate.cancel"):
             manager.cancel(run_id)

@@ -73,7 +73,8 @@ def test_every_assistant_turn_stores_its_retrieval_and_calls(indexed_wb, fake):
         for t in turns:
             assert t["content"].strip()
             if t["role"] == "assistant":
-                passages = loads(t["retrieval"])
+                # This turn's own top-k first, then passages carried from earlier turns (#13).
+                passages = [p for p in loads(t["retrieval"]) if not p["carried"]]
                 assert len(passages) == 3 and all(p["id"] and p["text"] and p["document_id"] for p in passages)
                 assert passages[0]["score"] >= passages[-1]["score"]
         calls = indexed_wb.db.rows("SELECT purpose, system_prompt FROM calls WHERE conversation_id=?", [c["id"]])
@@ -81,7 +82,7 @@ def test_every_assistant_turn_stores_its_retrieval_and_calls(indexed_wb, fake):
         assert len(respondent) == c["num_turns"]
         # The prompt modifier put the retrieved passages, with their ids, into the respondent's system prompt.
         first = loads(turns[1]["retrieval"])[0]
-        assert f"id={first['id']}" in respondent[0]["system_prompt"]
+        assert f'id="{first["id"]}"' in respondent[0]["system_prompt"]
         assert c["briefing"] and loads(c["briefing_ids"]) and c["prompt_tokens"] > 0 and c["thinking_tokens"] > 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and len({r["id"] for r in rows}) == 6

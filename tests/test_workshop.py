@@ -30,7 +30,7 @@ def test_retrieval_preview_shows_passages_terms_and_the_exact_prompt(indexed_wb,
     assert len(preview.passages) == 4
     assert {"landlord", "security", "deposit"} <= set(preview.terms) and "the" not in preview.terms
     for p in preview.passages:
-        assert f"id={p.id}" in preview.system_prompt and p.text.strip()[:50] in preview.system_prompt
+        assert f'id="{p.id}"' in preview.system_prompt and p.text.strip()[:50] in preview.system_prompt
     assert "{context}" not in preview.system_prompt
 
 

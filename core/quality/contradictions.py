@@ -16,7 +16,29 @@ _OPPOSITES = [("affirmed", "reversed"), ("affirm", "reverse"), ("granted", "deni
               ("allowed", "disallowed"), ("timely", "untimely"), ("unanimous", "dissenting"),
               ("guilty", "acquitted"), ("upheld", "overturned"), ("increased", "reduced"),
               ("increased", "decreased"), ("liable", "immune")]
+# Everyday opposites, for answers outside legal English (support, tutoring): swapping one for the other in
+# a sentence that otherwise matches a passage reverses what it says.
+_OPPOSITES += [("increase", "decrease"), ("increase", "reduce"), ("raise", "lower"), ("higher", "lower"),
+               ("more", "less"), ("more", "fewer"), ("above", "below"), ("before", "after"),
+               ("earlier", "later"), ("faster", "slower"), ("cheaper", "costlier"), ("gain", "lose"),
+               ("win", "lose"), ("strengthen", "weaken"), ("stronger", "weaker"), ("strong", "weak"),
+               ("accept", "reject"), ("allow", "prohibit"), ("allow", "forbid"), ("allow", "block"),
+               ("permit", "prohibit"), ("enable", "disable"), ("include", "exclude"), ("required", "optional"),
+               ("mandatory", "optional"), ("always", "never"), ("maximum", "minimum"), ("floor", "ceiling"),
+               ("surplus", "shortage"), ("completely", "partly"), ("completely", "partially"),
+               ("complete", "partial"), ("full", "partial"), ("public", "private"), ("open", "closed"),
+               ("online", "offline"), ("first", "last"), ("true", "false"), ("success", "failure"),
+               ("positive", "negative"), ("acidic", "basic"), ("absorb", "release"),
+               ("import", "export"), ("internal", "external"), ("inside", "outside"), ("add", "remove"),
+               ("same", "different"), ("single", "multiple"), ("temporary", "permanent"), ("buy", "sell"),
+               ("lend", "borrow"), ("credit", "debit"), ("donate", "accept"), ("expand", "contract"),
+               ("heat", "cool"), ("warm", "cold"), ("hot", "cold"), ("largest", "smallest"),
+               ("larger", "smaller"), ("longer", "shorter"), ("oldest", "newest"), ("upper", "lower"),
+               ("north", "south"), ("east", "west"), ("left", "right"), ("input", "output"),
+               ("start", "stop"), ("weaken", "strengthen"), ("lost", "gained"), ("rise", "fall")]
 _OPPOSITE_STEMS = [(_stem(a), _stem(b)) for a, b in _OPPOSITES]
+# Negating prefixes: "mutable" against "immutable", "refundable" against "non-refundable".
+_PREFIXES = ("un", "in", "im", "ir", "il", "non", "dis")
 # Outcomes: a claim of one that the passages never make, while they make the other, is a contradiction
 # wherever in the passages it is ("The Court of Appeals reversed" against a disposition "Affirmed").
 _OUTCOMES = [("affirmed", "reversed"), ("affirm", "reverse"), ("granted", "denied"), ("grant", "deny"),
@@ -80,12 +102,21 @@ def _contradiction(sentence: str, window: str) -> str | None:
     """Why ``sentence`` contradicts a closely matching ``window``, or None."""
     s_neg, s_plain = _negated_and_plain(sentence)
     w_neg, w_plain = _negated_and_plain(window)
-    s_all, w_all = s_neg | s_plain, w_neg | w_plain
+    w_all = w_neg | w_plain
     for a, b in _OPPOSITE_STEMS:
         for x, y in ((a, b), (b, a)):
             # A plain "affirmed" against a passage that says "reversed" and never "affirmed".
             if _has_root(s_plain, x) and _has_root(w_plain, y) and not _has_root(w_all, x):
                 return f"says '{x}…' where the passage says '{y}…'"
+    for x in sorted(s_plain):
+        if len(x) < 4:
+            continue
+        for prefix in _PREFIXES:
+            # "mutable" against a passage that says "immutable" and never "mutable", and the other way round.
+            if prefix + x in w_plain and x not in w_all:
+                return f"says '{x}…' where the passage says '{prefix + x}…'"
+            if x.startswith(prefix) and x[len(prefix):] in w_plain and x not in w_all and len(x) - len(prefix) >= 4:
+                return f"says '{x}…' where the passage says '{x[len(prefix):]}…'"
     # Negation scope is guessed (the next content word), so only a negative statement against a
     # wholly positive window counts, and the other way round: "contains no necessity requirement"
     # against "Nothing in the statute adds a necessity requirement" is agreement, not a flip.
@@ -96,3 +127,27 @@ def _contradiction(sentence: str, window: str) -> str | None:
         for stem in sorted(w_neg & s_plain):
             return f"affirms '{stem}…', which the passage negates"
     return None
+
+
+def _has_negation(text: str) -> bool:
+    return any(t.lower() in _NEGATIONS or t.lower().endswith("n't") for t in _TOKEN.findall(text))
+
+
+def _polarity_flip(sentence: str, window: str) -> str | None:
+    """A sentence stated plainly where the passage sentence it matches best is negated ("We do not ship to
+    P.O. boxes" answered with "We can deliver to P.O. boxes"): the words differ, the meaning is reversed."""
+    if _has_negation(sentence) or not _has_negation(window):
+        return None
+    # A window may hold two sentences: judge the one the answer sentence shares most words with, or a
+    # negation in its neighbour would count against it.
+    mine = set(_stem(w) for w in _TOKEN.findall(sentence.lower()) if w not in _STOPWORDS)
+    # ... and the clause: "requires wages paid at once, and the statute contains no exception" negates the
+    # exception, not the requirement.
+    parts = [p for p in re.split(r"(?<=[.!?])\s+|[;:]\s+|,\s+(?:and|but|while|whereas|although)\s+", window)
+             if p.strip()]
+    window = max(parts, key=lambda p: len(mine & {_stem(w) for w in _TOKEN.findall(p.lower())}))
+    if not _has_negation(window):
+        return None
+    negated, _ = _negated_and_plain(window)
+    what = ", ".join(sorted(negated)[:3])
+    return f"says it without the negation the passage has ({what}…)" if what else None

@@ -6,6 +6,7 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from core.quality.common import GROUNDING_METHOD, text_hash
 from core.quality.spans import locate
 from core.quality.verdicts import SentenceVerdict, TurnVerdict
 from core.quality.sentences import Sentence, sentence_kind, split_sentences
-from core.quality.lexical import _blank, _compounds, _content_words, _names, _numbers, _stem, _words
+from core.quality.lexical import (_blank, _compounds, _content_words, _names, _numbers, _stem, _words, acronyms,
+                                  derivable, tokens_upper, typed_numbers)
 from core.quality.citations import CitationFlag, IdentifierPool, _citation_flags, _source_texts, extract_identifiers
-from core.quality.contradictions import _contradiction, _contradicts_passages, _negated_and_plain
+from core.quality.contradictions import _contradiction, _contradicts_passages, _negated_and_plain, _polarity_flip
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class GroundingThresholds:
     weak: float = 0.58  # at or above: weak; below: unsupported
     similarity_weight: float = 0.5
     contradiction_gate: float = 0.6  # only a window this similar can be contradicted by a flipped word
+    polarity_gate: float = 0.7  # a plain sentence this close to a negated passage sentence reverses it
     restates_question: float = 0.8  # a sentence this close to the user's own message restates it
     weak_credit: float = 0.5  # a weak sentence counts this much towards the turn score
 
@@ -232,6 +235,7 @@ class GroundingChecker:
         vocabulary = {_stem(w) for w in _content_words(source_text)}
         numbers = _numbers(_blank(source_text, [(m.start(), m.end()) for m in _compounds(source_text)]))
         names = {w for w in _words(source_text)}
+        tokens = tokens_upper(source_text)
         passages_negated, passages_plain = _negated_and_plain("\n".join(p.get("text") or "" for p in turn.passages))
         passage_text = {p.get("id"): p.get("text") or "" for p in turn.passages}
         scored: list[SentenceScore] = []
@@ -249,7 +253,11 @@ class GroundingChecker:
             words = [_stem(w) for w in _content_words(sentence.text)]
             overlap = sum(w in vocabulary for w in words) / len(words) if words else 1.0
             support = t.similarity_weight * similarity + (1 - t.similarity_weight) * overlap
-            reasons = _missing_facts(sentence.text, pool, numbers, names)
+            # Figures a sentence computes come from the passage text it draws on, not from anywhere in five
+            # passages full of amounts (where some pair adds up to almost any number).
+            near = [windows.texts[i] for i in np.argsort(-sims)[:3]] if sims is not None else []
+            values = typed_numbers(" ".join(near + list(turn.context)))
+            reasons = _missing_facts(sentence.text, pool, numbers, names, values, tokens)
             contradicted = False
             if turn.passages and not reasons:
                 why = _contradicts_passages(sentence.text, passages_negated, passages_plain)
@@ -266,6 +274,11 @@ class GroundingChecker:
                         reasons.append(why)
                         best, contradicted = int(i), True
                         break
+            if sims is not None and not reasons and similarity >= t.polarity_gate:
+                why = _polarity_flip(sentence.text, windows.texts[best])
+                if why:
+                    reasons.append(why)
+                    contradicted = True
             if contradicted:
                 verdict = "contradicted"
             elif reasons:
@@ -313,11 +326,30 @@ def _windows_of(passage: str) -> list[str]:
     return list(windows)
 
 
-def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names: set[str]) -> list[str]:
-    """Identifiers, numbers and names in a claim that the passages (and the user) never mention."""
+def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names: set[str],
+                   values: Sequence[tuple[Decimal, bool]] = (), tokens: set[str] = frozenset()) -> list[str]:
+    """Identifiers, numbers, names and acronyms in a claim that the passages (and the user) never mention.
+
+    A figure that is the sum, difference, product, ratio or percentage of two figures of the passages,
+    the user's messages or the sentence itself ("$290 + $40" stated as "$330") is not missing.
+    """
     reasons = []
+    own = typed_numbers(sentence)
+
+    def computed(key: str, money: bool) -> bool:
+        try:
+            value = Decimal(key)
+        except (InvalidOperation, ValueError):
+            return False
+        if not money and value == value.to_integral() and 1900 <= value <= 2100:
+            return False  # a year is stated, not computed
+        digits = sorted(str(value.normalize()))
+        if any(sorted(str(v.normalize())) == digits for v, _ in values):
+            return False  # "$4,560" beside "$4,650": swapped digits, not arithmetic
+        return derivable(value, money, [*values, *(v for v in own if v[0] != value)])
+
     idents = extract_identifiers(sentence)
-    missing = [i for i in idents if not pool.contains(i)]
+    missing = [i for i in idents if not pool.contains(i) and not (i.type == "amount" and computed(i.key, True))]
     for i in missing:
         reasons.append(f"{i.type} not in the passages: {i.text}")
     # Numbers inside identifiers and dates were judged above; the rest are checked one by one.
@@ -328,9 +360,13 @@ def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names
     spans += [(m.start(), m.end()) for m in _compounds(sentence)]
     amounts = {i.key for i in idents if i.type == "amount"}
     for n in sorted(_numbers(_blank(sentence, spans)) - numbers - amounts):
-        reasons.append(f"number not in the passages: {n}")
+        if not computed(n, False):
+            reasons.append(f"number not in the passages: {n}")
     for name in sorted(_names(sentence) - names):
         reasons.append(f"name not in the passages: {name.title()}")
+    if tokens:
+        for token in sorted(acronyms(_blank(sentence, spans)) - tokens):
+            reasons.append(f"identifier not in the passages: {token}")
     return reasons
 
 

@@ -73,6 +73,10 @@ def _decimal_key(value: Decimal) -> str:
     return text
 
 
+_FOLD_WORDS = {w: i for i, w in enumerate("two three four five six seven eight nine ten".split(), 2)} | {"hundred": 100}
+_FOLD = re.compile(r"\b(" + "|".join(_FOLD_WORDS) + r")[- ]?fold\b", re.IGNORECASE)
+
+
 def _numbers(text: str) -> set[str]:
     """Every number in ``text`` as a normalised string ("forty-eight" → "48", "$1.1 million" → "1100000")."""
     values: set[str] = set()
@@ -84,6 +88,8 @@ def _numbers(text: str) -> set[str]:
         if m.group("mult"):
             value *= _MULTIPLIERS[m.group("mult").lower()]
         values.add(_decimal_key(value))
+    for m in _FOLD.finditer(text):  # "tenfold", "a twofold change": a factor the reader checks like a number
+        values.add(str(_FOLD_WORDS[m.group(1).lower()]))
     for m in _NUMBER_WORD.finditer(text):
         if m.group("tens"):
             value = _TENS[m.group("tens").lower()] + (_UNITS[m.group("unit").lower()] if m.group("unit") else 0)
@@ -124,3 +130,74 @@ def _names(text: str) -> set[str]:
         if word not in _GENERIC_CAPITALS and word not in _STOPWORDS:
             names.add(word)
     return names
+
+
+def derivable(value: Decimal, money: bool, pool: Iterable[tuple[Decimal, bool]], limit: int = 80) -> bool:
+    """Whether ``value`` is computed from two figures of ``pool`` (each ``(value, is_money)``).
+
+    Answers compute: "$290 in rent and $40 in fees" becomes "$330 owed", "21 days" minus "14 days" becomes
+    "7 days past", "two orders at $12.99" becomes "$25.98". Such a figure is grounded although no passage
+    prints it. Sums and differences combine figures of one kind (money with money); a product is an amount
+    times a count, or two counts; a percentage of an amount counts too. Only the first ``limit`` distinct
+    figures are combined, so a number-heavy passage cannot make every figure derivable.
+    """
+    nums = list(dict.fromkeys((n, m) for n, m in pool if n != 0))[:limit]
+    cents = Decimal("0.01")
+    target = value.quantize(cents)
+    for i, (a, a_money) in enumerate(nums):
+        for b, b_money in nums[i:]:
+            candidates = []
+            if a_money == b_money == money:
+                candidates += [a + b, abs(a - b)]
+            if not (a_money and b_money) and (a_money or b_money) == money:
+                candidates += [a * b]
+            if money and (a_money != b_money):
+                candidates += [a * b / 100]  # "10% of $1,200"
+            for c in candidates:
+                try:
+                    if c.quantize(cents) == target:
+                        return True
+                except ArithmeticError:  # an absurd product: not a match
+                    continue
+    return False
+
+
+def typed_numbers(text: str) -> list[tuple[Decimal, bool]]:
+    """Every number in ``text`` with whether it is an amount of money."""
+    out = []
+    for m in _NUMBER.finditer(text):
+        try:
+            value = Decimal(m.group("int").replace(",", "") + (m.group("dec") or ""))
+        except InvalidOperation:
+            continue
+        if m.group("mult"):
+            value *= _MULTIPLIERS[m.group("mult").lower()]
+        out.append((value, m.group(0).lstrip().startswith("$")))
+    out += [(Decimal(n), False) for n in _numbers(_NUMBER.sub(" ", text))]  # number words, "-fold"
+    return out
+
+
+# Acronyms and product or part identifiers: "SSO", "2FA", "HCl", "X2", "NADPH". Roman numerals and
+# company suffixes are not claims.
+_ACRONYM = re.compile(r"(?<![\w-])(?=[A-Za-z0-9]*[A-Z][A-Za-z0-9]*[A-Z0-9])(?=[A-Za-z0-9]*[A-Za-z])"
+                      r"(?:[A-Z][A-Za-z0-9]*|\d+[A-Za-z][A-Za-z0-9]*)(?![\w-])")
+_NOT_ACRONYMS = frozenset("inc llc llp lp ltd corp co na pc pllc pa ok am pm usa us uk id tv".split())
+_ROMAN = re.compile(r"[IVXLC]+")
+_ORDINAL = re.compile(r"\d+(?:st|nd|rd|th|d)", re.IGNORECASE)
+
+
+def acronyms(text: str) -> set[str]:
+    """Tokens with two or more capitals, or letters and digits mixed, in ``text`` (upper-cased)."""
+    out = set()
+    for m in _ACRONYM.finditer(text):
+        token = m.group(0)
+        if sum(c.isupper() for c in token) < 2 and not any(c.isdigit() for c in token):
+            continue  # "Chrome", "Inbox": a capitalised word, not an acronym
+        if _ROMAN.fullmatch(token) or _ORDINAL.fullmatch(token) or token.lower() in _NOT_ACRONYMS:
+            continue
+        out.add(token.upper())
+    return out
+
+
+def tokens_upper(text: str) -> set[str]:
+    return {t.upper() for t in re.findall(r"[A-Za-z0-9]+", text)}

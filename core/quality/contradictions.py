@@ -98,8 +98,9 @@ def _contradicts_passages(sentence: str, passages_negated: set[str], passages_pl
     return None
 
 
-def _contradiction(sentence: str, window: str) -> str | None:
-    """Why ``sentence`` contradicts a closely matching ``window``, or None."""
+def _contradiction(sentence: str, window: str, negation: bool = True) -> str | None:
+    """Why ``sentence`` contradicts a closely matching ``window``, or None (opposites and negating prefixes;
+    with ``negation``, also a claim negated on one side only)."""
     s_neg, s_plain = _negated_and_plain(sentence)
     w_neg, w_plain = _negated_and_plain(window)
     w_all = w_neg | w_plain
@@ -120,6 +121,9 @@ def _contradiction(sentence: str, window: str) -> str | None:
     # Negation scope is guessed (the next content word), so only a negative statement against a
     # wholly positive window counts, and the other way round: "contains no necessity requirement"
     # against "Nothing in the statute adds a necessity requirement" is agreement, not a flip.
+    if not negation:
+        return None
+    w_neg, w_plain = _negated_and_plain(_closest_clause(sentence, window))
     if not w_neg:
         for stem in sorted(s_neg & w_plain):
             return f"negates '{stem}…', which the passage affirms"
@@ -138,16 +142,23 @@ def _polarity_flip(sentence: str, window: str) -> str | None:
     P.O. boxes" answered with "We can deliver to P.O. boxes"): the words differ, the meaning is reversed."""
     if _has_negation(sentence) or not _has_negation(window):
         return None
-    # A window may hold two sentences: judge the one the answer sentence shares most words with, or a
-    # negation in its neighbour would count against it.
-    mine = set(_stem(w) for w in _TOKEN.findall(sentence.lower()) if w not in _STOPWORDS)
-    # ... and the clause: "requires wages paid at once, and the statute contains no exception" negates the
-    # exception, not the requirement.
-    parts = [p for p in re.split(r"(?<=[.!?])\s+|[;:]\s+|,\s+(?:and|but|while|whereas|although)\s+", window)
-             if p.strip()]
-    window = max(parts, key=lambda p: len(mine & {_stem(w) for w in _TOKEN.findall(p.lower())}))
+    window = _closest_clause(sentence, window)
     if not _has_negation(window):
         return None
     negated, _ = _negated_and_plain(window)
     what = ", ".join(sorted(negated)[:3])
     return f"says it without the negation the passage has ({what}…)" if what else None
+
+
+_CLAUSES = re.compile(r"(?<=[.!?])\s+|[;:]\s+|,\s+(?:and|but|while|whereas|although)\s+")
+
+
+def _closest_clause(sentence: str, window: str) -> str:
+    """The sentence or clause of ``window`` that shares most words with ``sentence``.
+
+    A window may hold two sentences, and a sentence two clauses ("requires wages paid at once, and the
+    statute contains no exception"): a negation belongs to its own clause, not to its neighbour's claim.
+    """
+    mine = {_stem(w) for w in _TOKEN.findall(sentence.lower()) if w not in _STOPWORDS}
+    parts = [p for p in _CLAUSES.split(window) if p.strip()] or [window]
+    return max(parts, key=lambda p: len(mine & {_stem(w) for w in _TOKEN.findall(p.lower())}))

@@ -266,10 +266,12 @@ class GroundingChecker:
                     contradicted = True
             if sims is not None and not reasons:
                 # A flipped outcome or negation keeps a high similarity: look at the closest windows.
-                for i in np.argsort(-sims)[:3]:
+                for rank, i in enumerate(np.argsort(-sims)[:3]):
                     if sims[i] < t.contradiction_gate:
                         break
-                    why = _contradiction(sentence.text, windows.texts[i])
+                    # A negation is judged against the closest window only: the runner-up is often about
+                    # something else ("Monthly plans are not refundable" beside a claim about annual plans).
+                    why = _contradiction(sentence.text, windows.texts[i], negation=rank == 0)
                     if why:
                         reasons.append(why)
                         best, contradicted = int(i), True

@@ -154,3 +154,10 @@ def add_work_item_turns(db: Database) -> None:
     db["work_items"].add_column("turns", int)
     db["work_items"].create_index(["run_id", "status", DescIndex("turns"), "slot"],
                                   index_name="idx_work_items_longest_first", if_not_exists=True)
+
+
+@migrations()
+def add_verifier_cache(db: Database) -> None:
+    """LLM verifier results by content hash (core.quality.verify), shared by runs, ``grade`` and review."""
+    db["verifier_cache"].create({"key": str, "method": str, "value": str, "created_at": str}, pk="key",
+                                if_not_exists=True)

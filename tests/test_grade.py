@@ -294,3 +294,61 @@ def test_reviewer_agreement_per_prompt_version(wb):
     assert (j1["best_threshold"], j1["best_agreement"]) == (4.0, 1.0)
     j2 = out[("v2 p2", "judge")]
     assert j2["spearman_decision"] < 0  # this version's judge ranks against its reviewers
+
+
+# ---- the LLM verifier at generation time -------------------------------------------------------------
+
+class VerifyingGemini:
+    """Like Gemini for the run's own calls; answers verifier calls by quoting the first passage shown."""
+
+    def __init__(self):
+        self.verify_calls = 0
+
+    def __call__(self, body):
+        from core.quality.verify import VERIFY_SYSTEM
+
+        system = " ".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts") or [])
+        if not system.startswith(VERIFY_SYSTEM[:40]):
+            return FakeGemini.reply_for(body)
+        self.verify_calls += 1
+        prompt = " ".join(p.get("text", "") for c in body["contents"] for p in c.get("parts", []))
+        first = re.search(r"^\[([^\]]+)\] (.+)$", prompt, flags=re.M)
+        numbered = re.findall(r"^(\d+)\. ", prompt, flags=re.M)
+        return json.dumps({"sentences": [{"n": int(n), "verdict": "supported", "passage_id": first.group(1),
+                                          "evidence": first.group(2)[:60]} for n in numbered]})
+
+
+def test_generation_verifies_each_answer_when_enabled_and_the_estimate_counts_it(indexed_wb):
+    from core.cost import calls_per_conversation, estimate_run
+    from core.engine import GenerationRun, RunConfig
+    from core.providers.gemini import GeminiProvider
+
+    responder = VerifyingGemini()
+    config = RunConfig(num_dialogs=2, max_turns=2, max_concurrency=1, verify_grounding=True)
+    with FakeGemini(responder=responder) as fake:
+        settings = indexed_wb.settings.replace(gemini_api_key="k", gemini_base_url=fake.base_url,
+                                               gemini_max_retries=1)
+        run = GenerationRun(settings, indexed_wb.db, indexed_wb.corpus,
+                            lambda gate: GeminiProvider(settings, gate=gate, backoff_base=0.01), config=config)
+        assert run.run().status == "completed"
+    answers = indexed_wb.db.rows("SELECT t.grounding, t.content, t.retrieval FROM turns t JOIN conversations c ON "
+                                 "c.id = t.conversation_id WHERE c.run_id=? AND t.role='assistant'", [run.run_id])
+    assert answers and responder.verify_calls == len(answers)  # one verifier call per answer
+    for a in answers:
+        stored = json.loads(a["grounding"])
+        assert stored["method"].startswith("llm-verifier-v1:") and stored["content_hash"]
+        passages = json.loads(a["retrieval"])
+        for s in stored["sentences"]:
+            if s["verdict"] == "supported":
+                assert any(s["evidence"] in p["text"] for p in passages)
+    assert all(d["score"] is not None for c in indexed_wb.db.rows("SELECT id FROM conversations WHERE run_id=?",
+                                                                    [run.run_id])
+               for d in quality.grounding_details(indexed_wb.db, c["id"]))
+    per = calls_per_conversation(config)
+    assert per["verify"] == per["respondent"] == 1.5  # one per answer
+    with_verify = estimate_run(indexed_wb.db, config, "gemini-2.5-flash", {"respondent": "r", "correspondent": "c",
+                                                                            "instruction": "i"})
+    config.verify_grounding = False
+    without = estimate_run(indexed_wb.db, config, "gemini-2.5-flash", {"respondent": "r", "correspondent": "c",
+                                                                        "instruction": "i"})
+    assert with_verify.calls == without.calls + 3 and with_verify.prompt_tokens > without.prompt_tokens

@@ -224,6 +224,11 @@ def test_an_edited_turn_is_stale_until_regraded_and_only_it_is_regraded(wb, embe
     assert regraded["sentences"][0]["kind"] == "contradicted"
     assert quality.regrade_stale(wb.db, embedder, cid) == 0  # nothing left to do
     assert wb.db.scalar("SELECT grounding FROM conversations WHERE id=?", [cid]) == 0.0
+    # An edit made elsewhere is picked up by the next "score what is not scored" pass too.
+    assert quality.score_conversations(wb.db, embedder) == 0
+    ReviewStore(wb.db).edit_message(cid, 1, "Annual plans are refunded in full within 14 days.", "ann")
+    assert quality.score_conversations(wb.db, embedder) == 1
+    assert not quality.grounding_details(wb.db, cid)[0]["stale"]
 
 
 def test_llm_verdicts_are_stored_for_the_review_page_with_their_evidence(wb):
@@ -352,3 +357,24 @@ def test_generation_verifies_each_answer_when_enabled_and_the_estimate_counts_it
     without = estimate_run(indexed_wb.db, config, "gemini-2.5-flash", {"respondent": "r", "correspondent": "c",
                                                                         "instruction": "i"})
     assert with_verify.calls == without.calls + 3 and with_verify.prompt_tokens > without.prompt_tokens
+
+
+def test_llm_verifier_on_an_openai_compatible_server():
+    from core.config import Settings
+    from core.fake_gemini import FakeOpenAI
+    from core.providers.openai_compat import OpenAICompatProvider
+
+    def reply(body):
+        prompt = " ".join(m["content"] for m in body["messages"] if isinstance(m.get("content"), str))
+        assert body["response_format"]["type"] == "json_schema"  # structured output was asked for
+        return json.dumps({"sentences": [{"n": 1, "verdict": "contradicted", "passage_id": "kb-refunds",
+                                          "evidence": "Monthly plans are not refundable"}]}) if "1. " in prompt else "{}"
+
+    with FakeOpenAI(responder=reply) as fake:
+        provider = OpenAICompatProvider(Settings(provider="openai", openai_base_url=fake.base_url,
+                                                 openai_model="m", gemini_max_retries=0, request_timeout=5.0))
+        v = LLMVerifier(provider).verify(TurnInput("Monthly plans can be refunded any time.", [PASSAGE], idx=1))
+        provider.close()
+    [s] = v.sentences
+    assert (s.verdict, s.passage_id, s.evidence) == ("contradicted", "kb-refunds", "Monthly plans are not refundable")
+    assert v.score == 0.0 and v.flagged and v.method == "llm-verifier-v1:m"

@@ -67,7 +67,7 @@ def score_conversation(db: Database, embedder: Embedder, conversation_id: str,
 
 def score_conversations(db: Database, embedder: Embedder, *, run_id: str | None = None, rescore: bool = False,
                         progress: ProgressFn | None = None, checker: GroundingChecker | None = None) -> int:
-    """Score every not-yet-scored conversation of a run (or of all runs).
+    """Score every conversation of a run (or of all runs) that is not scored yet or was edited since.
 
     Args:
         run_id: only this run's conversations; None: all.
@@ -82,7 +82,9 @@ def score_conversations(db: Database, embedder: Embedder, *, run_id: str | None 
         where.append("run_id=?")
         params.append(run_id)
     if not rescore:
-        where.append("grounded_at IS NULL")
+        # Never scored, or a turn edited since (an edit outside the review page leaves the score stale).
+        where.append("(grounded_at IS NULL OR EXISTS (SELECT 1 FROM turns t WHERE t.conversation_id = conversations.id "
+                     "AND t.edited_at >= conversations.grounded_at))")  # same millisecond: re-grade
     sql = "SELECT id FROM conversations" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at"
     ids = [r["id"] for r in db.rows(sql, params)]
     checker = checker or GroundingChecker(embedder)

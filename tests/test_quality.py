@@ -478,3 +478,22 @@ def test_review_filter_and_export_use_the_quality_flags(indexed_wb, embedder, tm
                                         filter=ReviewFilter(status="approved")), tmp_path / "out")
     rows = (tmp_path / "out" / "openai.jsonl").read_text().splitlines()
     assert len(rows) == 2 and result.manifest["selection"]["near_duplicates_dropped"] == 1
+
+
+def test_bench_numbers_match_the_readme(embedder):
+    """The numbers the README reports for both label sets are what the frozen method measures today."""
+    from core.quality.benchmark import evaluate, load_held_out, load_in_sample
+    from core.quality.grounding import OfflineVerifier
+
+    verifier = OfflineVerifier(embedder)
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    inside = evaluate("in-sample", load_in_sample(), verifier)
+    held = evaluate("held-out", load_held_out(), verifier)
+    assert verifier.method == "sentence-windows-v2" and f"method `{verifier.method}`" in readme
+    for report, units in ((inside, "75 sentences"), (held, "67 answers")):
+        row = next(line for line in readme.splitlines() if units in line and "sentence-windows-v1" not in line)
+        row = row.replace("**", "")
+        assert f"| {report.auroc:.3f} | {report.precision:.3f} | {report.recall:.3f} |" in row, (row, report)
+    reversed_, supported = held.flagged_by_label["reversed"], held.flagged_by_label["supported"]
+    assert f"{reversed_[0]}/{reversed_[1]} ({reversed_[0] / reversed_[1]:.0%})" in readme
+    assert f"{supported[0]}/{supported[1]} ({supported[0] / supported[1]:.0%})" in readme

@@ -1,8 +1,13 @@
-"""Data quality without an LLM, one module per concept (the LLM verifier is :mod:`core.quality.verify`):
+"""Data quality: grounding, citations, near-duplicates and coverage, one module per concept.
 
-- :mod:`~core.quality.grounding`: each answer sentence against the passages shown for *its* turn
-  (embedding similarity of passage windows plus words, numbers, names, identifiers; contradictions in
-  :mod:`~core.quality.contradictions`); :mod:`~core.quality.grounding_store` stores and reads the results;
+- :mod:`~core.quality.grounding`: the offline verifier, each answer sentence against the passages shown for
+  *its* turn (embedding similarity of passage windows plus numbers, names, identifiers; contradictions in
+  :mod:`~core.quality.contradictions`); :mod:`~core.quality.grounding_store` stores, re-grades and reads results;
+- :mod:`~core.quality.verify`: the LLM verifier (structured verdicts whose quotes are checked in the passages);
+  both verifiers return :mod:`~core.quality.verdicts`;
+- :mod:`~core.quality.grade`: grading JSONL files (``groundwork grade``);
+- :mod:`~core.quality.calibration`: judge and grounding scores against reviewer decisions;
+- :mod:`~core.quality.benchmark`: precision, recall and AUROC on the labelled sets (``bench/grounding.py``);
 - :mod:`~core.quality.citations`: identifiers in an answer that appear in none of its passages;
 - :mod:`~core.quality.duplicates`: near-duplicate conversations, clustered;
 - :mod:`~core.quality.coverage`: which documents were sampled for briefings and which were retrieved.

@@ -1,4 +1,4 @@
-"""Identifiers in an answer (case names, docket numbers, statute sections, dates, amounts) checked against its passages."""
+"""Identifiers in an answer (case names, dockets, statute sections, dates, amounts) checked against its passages."""
 
 from __future__ import annotations
 

@@ -243,6 +243,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grade(args: argparse.Namespace) -> int:
+    """Grade conversations from a JSONL file (ours or another tool's) and write them with ``grounding``."""
+    from pathlib import Path
+
+    from core.quality.grade import grade_file
+
+    settings = _settings(args)
+    if args.provider:
+        settings = settings.replace(provider=args.provider)
+    settings.validate()
+    db = None
+    if args.provider:
+        from core.db import Database
+        from core.judge import judge_available
+        from core.providers.registry import make_provider
+        from core.quality.verify import DatabaseCache, LLMVerifier
+
+        available, reason = judge_available(args.provider)
+        if not available:
+            raise GroundworkError(f"The LLM verifier cannot run on this provider. {reason}")
+        db = Database(settings.db_path)
+        verifier = LLMVerifier(make_provider(settings), cache=DatabaseCache(db))
+    else:
+        from core.embeddings import Embedder
+        from core.quality.grounding import OfflineVerifier
+
+        verifier = OfflineVerifier(Embedder(settings.embedding_model))
+    progress = Progress(args.quiet)
+    try:
+        rows = grade_file(Path(args.input), Path(args.out), verifier,
+                          progress=lambda done, total: progress("conversations", done, total))
+    finally:
+        progress.close()
+        if db is not None:
+            db.close()
+    line = f"graded {rows} conversation(s) with {verifier.method} into {args.out}"
+    if args.provider:
+        line += (f"; {verifier.calls} verifier call(s), {verifier.cached} from the cache, "
+                 f"{verifier.prompt_tokens} prompt + {verifier.completion_tokens} completion tokens")
+    print(line, file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groundwork", description="Groundwork: grounded SFT conversations "
                                      "from your documents.")
@@ -343,6 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder (default: <data dir>/exports/export-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("grade", help="grade the grounding of conversations in a JSONL file (rows like "
+                                     "`generate --output` writes); writes each row with 'grounding' added")
+    p.add_argument("input", help="JSONL: 'messages' and 'retrieved_context' per row")
+    p.add_argument("--out", required=True, help="output JSONL (each input row plus 'grounding')")
+    p.add_argument("--provider", choices=["gemini", "openai"],
+                   help="grade with the LLM verifier on this provider (its settings and key from the environment); "
+                        "default: the offline verifier")
+    p.add_argument("--data-dir", help="data dir whose database caches LLM verdicts (env GROUNDWORK_DATA_DIR)")
+    p.add_argument("--embedding-model", help="embedding model of the offline verifier (env GROUNDWORK_EMBEDDING_MODEL)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("migrate", help="move the corpus between Qdrant Edge and local mode (no re-embedding), "
                                        "or load a Qdrant server's shard snapshot into Edge")

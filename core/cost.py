@@ -61,6 +61,8 @@ def calls_per_conversation(config: RunConfig) -> dict[str, float]:
         calls["judge"] = 1 + extra
         calls["respondent"] *= 1 + extra
         calls["correspondent"] *= 1 + extra
+    if getattr(config, "verify_grounding", False):
+        calls["verify"] = mean_turns  # the LLM verifier: one call per answer of the kept conversation
     return calls
 
 
@@ -73,6 +75,8 @@ def _heuristic(purpose: str, config: RunConfig, prompt_chars: dict[str, int], ch
         return (prompt_chars["correspondent"] + briefing + 400 * CHARS_PER_TOKEN) / CHARS_PER_TOKEN, 60
     if purpose == "instruction":
         return (prompt_chars["instruction"] + briefing) / CHARS_PER_TOKEN, 40 * config.instructions_per_sample
+    if purpose == "verify":  # the answer's passages and its sentences in; a verdict and a quote per sentence out
+        return (config.top_k * chunk_size + 1500) / CHARS_PER_TOKEN, 250
     return 1500, 120  # judge
 
 

@@ -135,6 +135,10 @@ class GenerationRun:
             available, reason = judge_available(settings.resolved_provider)
             if not available:
                 raise ValidationError(f"Auto-improve needs a judge. {reason}")
+        if self.config.verify_grounding:
+            available, reason = judge_available(settings.resolved_provider)
+            if not available:
+                raise ValidationError(f"The LLM verifier needs a capable model. {reason}")
         if not run_id:
             self._create()
         self.monitor.saved_before = self._count("done")
@@ -474,7 +478,24 @@ class GenerationRun:
         judged = None
         if self.config.auto_improve:
             result, judged = self._improve(simulator, question, turns, item, result)
-        self._save(item, question, result, turns, judged)
+        verdicts = self._verify(simulator, result) if self.config.verify_grounding else None
+        self._save(item, question, result, turns, judged, verdicts)
+
+    def _verify(self, simulator: Simulator, result: dict[str, Any]) -> list[Any]:
+        """LLM verdicts for every answer of a finished conversation (one call each, cached by content)."""
+        from core.quality.grounding import TurnInput
+        from core.quality.verify import DatabaseCache, LLMVerifier
+
+        verifier = LLMVerifier(simulator.provider, DatabaseCache(self.db), priority=2 * self.config.max_turns)
+        inputs, said = [], []
+        for idx, t in enumerate(result["turns"]):
+            if t["role"] == "user":
+                said.append(t["content"])
+            elif t["role"] == "assistant":
+                inputs.append(TurnInput(t["content"], list(t["retrieval"] or []), list(said), idx=idx))
+        verdicts = verifier.verify_turns(inputs)
+        self.monitor.record_call(0.0, verifier.prompt_tokens, verifier.completion_tokens, 0)
+        return list(zip(inputs, verdicts))
 
     def _improve(self, simulator: Simulator, question: Question, turns: int, item: dict[str, Any],
                  result: dict[str, Any]) -> tuple[dict[str, Any], JudgeRecord]:
@@ -507,7 +528,7 @@ class GenerationRun:
             return store_call(w, self.run_id, conversation_id, record)
 
     def _save(self, item: dict[str, Any], question: Question, result: dict[str, Any], turns: int,
-              judged: JudgeRecord | None = None) -> None:
+              judged: JudgeRecord | None = None, verdicts: list[Any] | None = None) -> None:
         provider, model = self._provider_identity()
         with self.db.write() as w:
             current = w.execute("SELECT status FROM work_items WHERE id=?", [item["id"]]).fetchone()
@@ -520,6 +541,14 @@ class GenerationRun:
             w.execute("UPDATE work_items SET status='done', conversation_id=?, error=NULL, updated_at=? WHERE id=?",
                       [conversation_id, now(), item["id"]])
             w.execute("UPDATE runs SET saved = saved + 1 WHERE id=?", [self.run_id])
+        if verdicts:
+            from core.quality.grounding_store import store_verdicts
+
+            ids = {r["idx"]: r["id"] for r in self.db.rows("SELECT id, idx FROM turns WHERE conversation_id=?",
+                                                           [conversation_id])}
+            for turn, _ in verdicts:
+                turn.turn_id = ids.get(turn.idx)
+            store_verdicts(self.db, conversation_id, verdicts)
         self.monitor.record_saved(turns)
         if self.config.output:
             self._append_jsonl(conversation_id)

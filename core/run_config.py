@@ -50,6 +50,7 @@ class RunConfig:
     auto_improve: bool = False  # judge each conversation; regenerate with the judge's feedback when below threshold
     judge_threshold: float = 3.5  # mean rubric score (1-5) a conversation must reach
     max_improve_attempts: int = 2  # attempts per conversation in all, the first included
+    verify_grounding: bool = False  # LLM verifier: one call per answer, verdicts stored with the conversation
     prompt_versions: dict[str, int] = field(default_factory=dict)
     kind: str = "generate"
 

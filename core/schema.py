@@ -167,3 +167,10 @@ def add_turn_queries_and_chunker(db: Database) -> None:
     """
     db["turns"].add_column("query", str)
     db["documents"].add_column("chunker", str)
+
+
+@migrations()
+def add_verifier_cache(db: Database) -> None:
+    """LLM verifier results by content hash (core.quality.verify), shared by runs, ``grade`` and review."""
+    db["verifier_cache"].create({"key": str, "method": str, "value": str, "created_at": str}, pk="key",
+                                if_not_exists=True)

@@ -5,6 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import analytics, quality, ui_cache
+from core.quality import calibration
 
 st.title("Dashboard")
 try:
@@ -79,6 +80,16 @@ with st.container(border=True):
 chart("Grounding scores", quality.grounding_scores(wb.db, run_id=run_id),
       lambda f: px.histogram(f, x="grounding", nbins=20, range_x=[0, 1]), "grounding",
       "No grounding scores yet: press the button above.")
+with st.container(border=True):
+    st.markdown("**Do the scores agree with reviewers?** Per respondent prompt version: Spearman rank correlation "
+                "of the judge's and the grounding scores with approve (1) / discard (0) and with ratings; the "
+                "confusion table at the current threshold (pass = at or above it); and the threshold that best "
+                "matches reviewers (highest balanced accuracy).")
+    agreement = calibration.reviewer_agreement(wb.db, run_id=run_id)
+    if agreement:
+        st.dataframe(pd.DataFrame(agreement), hide_index=True, width="stretch")
+    else:
+        st.caption("No reviewed conversations with a judge or grounding score yet.")
 report = quality.coverage(wb.db, collection=wb.settings.collection, run_id=run_id)
 chart("Coverage: how often each document was sampled for briefings and retrieved for answers",
       report.documents, lambda f: px.bar(f, x="title", y=["briefing_uses", "retrieved_uses"], barmode="group"),

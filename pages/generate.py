@@ -67,6 +67,9 @@ with st.container(border=True):
                                disabled=not auto_improve)
     threshold = c3.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, key="generate.threshold",
                           disabled=not auto_improve)
+    verify = st.checkbox("Verify grounding with the LLM", key="generate.verify", disabled=not judge_ok,
+                         help=judge_reason or "one extra call per answer: each sentence's verdict with a quote from "
+                         "its passages, checked to be really there; shown on the Review page (in the estimate below)")
     if not judge_ok:
         st.caption(f"Judge off: {judge_reason}")
     config = RunConfig(num_dialogs=int(num_dialogs), max_turns=int(max_turns), max_concurrency=int(concurrency),
@@ -74,7 +77,7 @@ with st.container(border=True):
                        instructions_per_sample=int(per_sample), seed=int(seed), retrieval=retrieval,
                        token_budget=int(token_budget), prompt_versions=versions,
                        auto_improve=bool(auto_improve and judge_ok), max_improve_attempts=int(attempts),
-                       judge_threshold=float(threshold),
+                       judge_threshold=float(threshold), verify_grounding=bool(verify and judge_ok),
                        question_mix=QuestionMix(unanswerable_share=float(unanswerable)))
     try:
         texts = {kind: library.get(vid)["text"] for kind, vid in versions.items()}

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import quality, ui_cache
+from core.quality import verify
 from core.errors import GroundworkError
 from core.retrieval import found_by_label
 from core.review import DISCARD_REASONS, QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
@@ -189,9 +190,15 @@ def act(action: str, cid: str, *args) -> None:
             idx = args[0]
             changed = store.edit_message(cid, idx, ss.get(f"review.edit.{cid}.{idx}", ""), reviewer)
             flash("success" if changed else "info", f"Turn {idx} saved." if changed else "Nothing changed.")
+            if changed:
+                quality.regrade_stale(wb.db, wb.embedder, cid)  # the score must describe the new text
         elif action == "revert":
             store.revert_message(cid, args[0], reviewer)
             ss.pop(f"review.edit.{cid}.{args[0]}", None)
+            quality.regrade_stale(wb.db, wb.embedder, cid)
+        elif action == "verify":
+            factory, settings = ui_cache.provider_factory()
+            flash("success", verify.verify_stored(wb.db, settings.resolved_provider, factory, cid))
         elif action == "mark":
             store.mark_turn(cid, args[0], args[1], reviewer)
         elif action == "prefer":
@@ -298,6 +305,9 @@ for twin in quality.near_duplicates_of(wb.db, cid):
 
 # ---- turns, each answer beside its passages -------------------------------------------------------------
 grounding = {g["idx"]: g for g in quality.grounding_details(wb.db, cid)}
+st.button("Verify grounding with the LLM", key="review.verify", on_click=act, args=("verify", cid),
+          help="one call per answer: each sentence's verdict with a quote from its passages, checked to be really "
+               "there (cached: asking again is free)")
 last_answer = max((t["idx"] for t in c["turns"] if t["role"] == "assistant"), default=-1)
 for t in c["turns"]:
     idx = t["idx"]
@@ -308,14 +318,16 @@ for t in c["turns"]:
     with left:
         with st.chat_message(t["role"]):
             checked = grounding.get(idx) if t["role"] == "assistant" else None
-            if checked and checked["sentences"] and not t["edited"]:
+            if checked and checked["sentences"] and not checked["stale"]:
                 st.html(f"<div style='white-space: pre-wrap'>{quality.grounding_html(t['content'], checked['sentences'])}"
                         "</div>")
             else:
                 st.markdown(escape_markdown(t["content"]))
             notes = [f"turn {idx}"]
-            if checked and checked["score"] is not None:
-                notes.append(f"grounding {checked['score']:.2f}")
+            if checked and checked["stale"]:
+                notes.append("⚠ **grounding stale**: the text changed after it was graded")
+            elif checked and checked["score"] is not None:
+                notes.append(f"grounding {checked['score']:.2f} ({escape_markdown(str(checked['method'] or ''))})")
             for flag in (checked or {}).get("citations", []):
                 notes.append(f"⚠ {escape_markdown(str(flag.get('text', '')))} is in none of this turn's passages")
             if t["edited"]:
@@ -323,6 +335,11 @@ for t in c["turns"]:
             if t["role"] == "assistant" and not t["weight"]:
                 notes.append("**marked bad** (exported with weight 0)")
             st.caption(" · ".join(notes))
+            if checked and checked["sentences"] and not checked["stale"]:
+                table = quality.evidence_html(checked["sentences"], t["retrieval"] or [])
+                if table:
+                    with st.expander("Evidence for each sentence"):
+                        st.html(table)
             if t["edited"]:
                 with st.expander("Original text"):
                     st.markdown(escape_markdown(t["original_content"]))

@@ -98,6 +98,14 @@ def test_dashboard_scores_grounding_and_shows_coverage(env):
     assert int(metrics["Scored conversations"]) == 5
     labels = [c.value for c in at.markdown]
     assert any("Coverage" in v for v in labels)
+    # One approved and one discarded conversation, now both scored: the agreement table has the grounding row.
+    assert any("agree with reviewers" in v for v in labels)
+    tables = [d.value for d in at.dataframe if "spearman_decision" in d.value.columns]
+    assert tables, "the reviewer-agreement table is missing"
+    grounding = tables[0][tables[0]["score"] == "grounding"].iloc[0]
+    assert grounding["reviewed"] == 2 and grounding["threshold"] == 0.7
+    assert grounding["pass_approved"] + grounding["fail_approved"] == 1
+    assert grounding["pass_discarded"] + grounding["fail_discarded"] == 1
 
 
 def test_review_page_highlights_grounding_after_scoring(env, embedder):

@@ -200,3 +200,32 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
     at.button(key="export.run").click().run()
     assert not at.exception and "Nothing to export" in at.error[0].value
     assert ReviewFilter.from_dict(at.session_state["review.filter"]).tag == "gold"
+
+
+def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edit(review_env, embedder):
+    from core import quality
+
+    data_dir, ids = review_env
+    db = db_of(data_dir)
+    quality.score_conversation(db, embedder, ids[0])
+    ReviewStore(db).edit_message(ids[1], 1, "Edited behind the page's back.", "bob")  # graded, then edited
+    quality.score_conversation(db, embedder, ids[1])
+    ReviewStore(db).edit_message(ids[1], 1, "Edited again, after it was graded.", "bob")
+    db.close()
+    at = new_app("pages/review.py")
+    assert at.session_state["review.current"] == ids[0]
+    page = texts(at)
+    assert "grounding " in page and "windows\\-v2" in page and "grounding stale" not in page
+    assert any(e.label == "Evidence for each sentence" for e in at.expander)
+    at.text_input(key="review.reviewer_input").set_value("ana").run()
+    at.text_area(key=f"review.edit.{ids[0]}.1").set_value("The passages do not say.").run()
+    at.button(key="review.save_edit.1").click().run()
+    assert not at.exception
+    assert "grounding stale" not in texts(at)  # re-graded at once
+    db = db_of(data_dir)
+    [detail] = [d for d in quality.grounding_details(db, ids[0]) if d["idx"] == 1]
+    assert not detail["stale"] and [s["verdict"] for s in detail["sentences"]] == ["neutral"]
+    db.close()
+    at.session_state["review.current"] = ids[1]
+    at.run()
+    assert "grounding stale" in texts(at)  # an edit that bypassed the page is marked, not shown as current

@@ -1,0 +1,164 @@
+"""Contradictions an embedding cannot see: flipped outcomes and flipped negations."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+
+from core.quality.lexical import _STOPWORDS, _stem
+
+
+# Pairs whose swap flips a claim. Words with everyday senses ("lost profits", "including") are left out.
+_OPPOSITES = [("affirmed", "reversed"), ("affirm", "reverse"), ("granted", "denied"), ("grant", "deny"),
+              ("enforceable", "unenforceable"), ("valid", "invalid"), ("reasonable", "unreasonable"),
+              ("lawful", "unlawful"), ("constitutional", "unconstitutional"), ("permitted", "prohibited"),
+              ("allowed", "disallowed"), ("timely", "untimely"), ("unanimous", "dissenting"),
+              ("guilty", "acquitted"), ("upheld", "overturned"), ("increased", "reduced"),
+              ("increased", "decreased"), ("liable", "immune")]
+# Everyday opposites, for answers outside legal English (support, tutoring): swapping one for the other in
+# a sentence that otherwise matches a passage reverses what it says.
+_OPPOSITES += [("increase", "decrease"), ("increase", "reduce"), ("raise", "lower"), ("higher", "lower"),
+               ("more", "less"), ("more", "fewer"), ("above", "below"), ("before", "after"),
+               ("earlier", "later"), ("faster", "slower"), ("cheaper", "costlier"), ("gain", "lose"),
+               ("win", "lose"), ("strengthen", "weaken"), ("stronger", "weaker"), ("strong", "weak"),
+               ("accept", "reject"), ("allow", "prohibit"), ("allow", "forbid"), ("allow", "block"),
+               ("permit", "prohibit"), ("enable", "disable"), ("include", "exclude"), ("required", "optional"),
+               ("mandatory", "optional"), ("always", "never"), ("maximum", "minimum"), ("floor", "ceiling"),
+               ("surplus", "shortage"), ("completely", "partly"), ("completely", "partially"),
+               ("complete", "partial"), ("full", "partial"), ("public", "private"), ("open", "closed"),
+               ("online", "offline"), ("first", "last"), ("true", "false"), ("success", "failure"),
+               ("positive", "negative"), ("acidic", "basic"), ("absorb", "release"),
+               ("import", "export"), ("internal", "external"), ("inside", "outside"), ("add", "remove"),
+               ("same", "different"), ("single", "multiple"), ("temporary", "permanent"), ("buy", "sell"),
+               ("lend", "borrow"), ("credit", "debit"), ("donate", "accept"), ("expand", "contract"),
+               ("heat", "cool"), ("warm", "cold"), ("hot", "cold"), ("largest", "smallest"),
+               ("larger", "smaller"), ("longer", "shorter"), ("oldest", "newest"), ("upper", "lower"),
+               ("north", "south"), ("east", "west"), ("left", "right"), ("input", "output"),
+               ("start", "stop"), ("weaken", "strengthen"), ("lost", "gained"), ("rise", "fall")]
+_OPPOSITE_STEMS = [(_stem(a), _stem(b)) for a, b in _OPPOSITES]
+# Negating prefixes: "mutable" against "immutable", "refundable" against "non-refundable".
+_PREFIXES = ("un", "in", "im", "ir", "il", "non", "dis")
+# Outcomes: a claim of one that the passages never make, while they make the other, is a contradiction
+# wherever in the passages it is ("The Court of Appeals reversed" against a disposition "Affirmed").
+_OUTCOMES = [("affirmed", "reversed"), ("affirm", "reverse"), ("granted", "denied"), ("grant", "deny"),
+             ("enforceable", "unenforceable"), ("valid", "invalid"), ("constitutional", "unconstitutional"),
+             ("guilty", "acquitted"), ("upheld", "overturned"), ("lawful", "unlawful")]
+_OUTCOME_STEMS = [(_stem(a), _stem(b)) for a, b in _OUTCOMES]
+# Legal predicates whose negation flips a holding ("was not willful", "is not liable").
+_PREDICATES = frozenset(_stem(w) for w in """liable willful negligent guilty entitled enforceable valid timely
+proper permitted allowed necessary required voluntary responsible binding admissible unconscionable waived
+preempted reasonable lawful""".split())
+_NEGATIONS = frozenset("not no never nothing none nobody nowhere cannot can't don't doesn't didn't isn't wasn't "
+                       "aren't weren't won't neither nor without".split())
+_CLAUSE_END = re.compile(r"[.;:!?]")
+_TOKEN = re.compile(r"[A-Za-z][A-Za-z'’]*|[.;:!?]")
+_AUXILIARIES = frozenset("be been being is are was were am do does did have has had a an the any to also "
+                         "ever even really actually necessarily".split())
+
+
+def _has_root(stems: Iterable[str], root: str) -> bool:
+    return any(s.startswith(root) for s in stems)
+
+
+def _negated_and_plain(text: str) -> tuple[set[str], set[str]]:
+    """Stems that follow a negation ("was not willful" → willful) and stems that occur un-negated."""
+    negated: set[str] = set()
+    plain: set[str] = set()
+    pending = False
+    for token in _TOKEN.findall(text.replace("-", " ")):
+        if _CLAUSE_END.fullmatch(token):
+            pending = False  # "2. No. Bad faith …": a negation does not reach into the next sentence
+            continue
+        w = token.lower().replace("’", "'")
+        if w in _NEGATIONS or w.endswith("n't"):
+            pending = True
+            continue
+        if w in _AUXILIARIES or w in _STOPWORDS:
+            continue
+        (negated if pending else plain).add(_stem(w))
+        pending = False
+    return negated, plain
+
+
+def _contradicts_passages(sentence: str, passages_negated: set[str], passages_plain: set[str]) -> str | None:
+    """An outcome or a negated legal predicate that goes against everything the turn's passages say."""
+    s_neg, s_plain = _negated_and_plain(sentence)
+    passages_all = passages_negated | passages_plain
+    for a, b in _OUTCOME_STEMS:
+        for x, y in ((a, b), (b, a)):
+            if _has_root(s_plain, x) and not _has_root(passages_all, x) and _has_root(passages_plain, y):
+                return f"says '{x}…' but the passages only say '{y}…'"
+    for stem in sorted(s_neg & _PREDICATES):
+        if stem in passages_plain and stem not in passages_negated:
+            return f"negates '{stem}…', which the passages affirm"
+    for stem in sorted(s_plain & _PREDICATES - s_neg):
+        if stem in passages_negated and stem not in passages_plain:
+            return f"affirms '{stem}…', which the passages negate"
+    return None
+
+
+def _contradiction(sentence: str, window: str, negation: bool = True) -> str | None:
+    """Why ``sentence`` contradicts a closely matching ``window``, or None (opposites and negating prefixes;
+    with ``negation``, also a claim negated on one side only)."""
+    s_neg, s_plain = _negated_and_plain(sentence)
+    w_neg, w_plain = _negated_and_plain(window)
+    w_all = w_neg | w_plain
+    for a, b in _OPPOSITE_STEMS:
+        for x, y in ((a, b), (b, a)):
+            # A plain "affirmed" against a passage that says "reversed" and never "affirmed".
+            if _has_root(s_plain, x) and _has_root(w_plain, y) and not _has_root(w_all, x):
+                return f"says '{x}…' where the passage says '{y}…'"
+    for x in sorted(s_plain):
+        if len(x) < 4:
+            continue
+        for prefix in _PREFIXES:
+            # "mutable" against a passage that says "immutable" and never "mutable", and the other way round.
+            if prefix + x in w_plain and x not in w_all:
+                return f"says '{x}…' where the passage says '{prefix + x}…'"
+            if x.startswith(prefix) and x[len(prefix):] in w_plain and x not in w_all and len(x) - len(prefix) >= 4:
+                return f"says '{x}…' where the passage says '{x[len(prefix):]}…'"
+    # Negation scope is guessed (the next content word), so only a negative statement against a
+    # wholly positive window counts, and the other way round: "contains no necessity requirement"
+    # against "Nothing in the statute adds a necessity requirement" is agreement, not a flip.
+    if not negation:
+        return None
+    w_neg, w_plain = _negated_and_plain(_closest_clause(sentence, window))
+    if not w_neg:
+        for stem in sorted(s_neg & w_plain):
+            return f"negates '{stem}…', which the passage affirms"
+    if not s_neg:
+        for stem in sorted(w_neg & s_plain):
+            return f"affirms '{stem}…', which the passage negates"
+    return None
+
+
+def _has_negation(text: str) -> bool:
+    return any(t.lower() in _NEGATIONS or t.lower().endswith("n't") for t in _TOKEN.findall(text))
+
+
+def _polarity_flip(sentence: str, window: str) -> str | None:
+    """A sentence stated plainly where the passage sentence it matches best is negated ("We do not ship to
+    P.O. boxes" answered with "We can deliver to P.O. boxes"): the words differ, the meaning is reversed."""
+    if _has_negation(sentence) or not _has_negation(window):
+        return None
+    window = _closest_clause(sentence, window)
+    if not _has_negation(window):
+        return None
+    negated, _ = _negated_and_plain(window)
+    what = ", ".join(sorted(negated)[:3])
+    return f"says it without the negation the passage has ({what}…)" if what else None
+
+
+_CLAUSES = re.compile(r"(?<=[.!?])\s+|[;:]\s+|,\s+(?:and|but|while|whereas|although)\s+")
+
+
+def _closest_clause(sentence: str, window: str) -> str:
+    """The sentence or clause of ``window`` that shares most words with ``sentence``.
+
+    A window may hold two sentences, and a sentence two clauses ("requires wages paid at once, and the
+    statute contains no exception"): a negation belongs to its own clause, not to its neighbour's claim.
+    """
+    mine = {_stem(w) for w in _TOKEN.findall(sentence.lower()) if w not in _STOPWORDS}
+    parts = [p for p in _CLAUSES.split(window) if p.strip()] or [window]
+    return max(parts, key=lambda p: len(mine & {_stem(w) for w in _TOKEN.findall(p.lower())}))

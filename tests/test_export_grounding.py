@@ -42,7 +42,7 @@ def chat_with_context(row, fmt):
         elif m["role"] == "assistant" and m.get("content"):
             out.append((shown, m["content"]))
             shown = []
-    return out
+    return out[-1:] if fmt == "completion" else out  # completion rows train only their last answer
 
 
 def stored_answers(wb):
@@ -56,17 +56,25 @@ def stored_answers(wb):
 @pytest.mark.parametrize("fmt", CHAT_FORMATS)
 def test_default_export_shows_each_answer_its_own_passages_and_never_a_later_turns(reviewed, tmp_path, fmt):
     wb = reviewed["wb"]
-    result = export(wb.db, ExportOptions(formats=[fmt], filter=ANY), tmp_path / fmt, settings=wb.settings)
+    result = export(wb.db, ExportOptions(formats=[fmt, "raw"], filter=ANY), tmp_path / fmt, settings=wb.settings)
     assert result.manifest["context"] == "user" and "never a later turn" in result.manifest["placement"]
     assert not any("context none" in w for w in result.manifest["warnings"])
     answers = stored_answers(wb)
+    # The default split withholds passages of documents on the other side: raw rows list what each answer
+    # keeps (retrieval) and what it lost (withheld). One answer text can occur in several conversations.
+    kept: dict[str, list[list[str]]] = {}
+    for r in rows_of(result, "raw"):
+        for m in r["messages"]:
+            if m["role"] == "assistant":
+                assert not {p["id"] for p in m["retrieval"]} & set(m["withheld"])
+                kept.setdefault(m["content"], []).append(list(dict.fromkeys(p["id"] for p in m["retrieval"])))
     rows = rows_of(result, fmt)
     assert rows
     checked = 0
     for row in rows:
         for shown, answer in chat_with_context(row, fmt):
             assert answer in answers, "every trained answer is a stored, good answer"
-            assert shown == list(dict.fromkeys(answers[answer])), "exactly this answer's passages, in order"
+            assert shown and shown in kept[answer], "exactly this answer's passages, in order, never another turn's"
             checked += 1
     assert checked >= len(rows)
 
@@ -148,7 +156,10 @@ def test_raft_profile_oracle_plus_distractors_shuffled_with_distractor_only_rows
     for row in rows_of(result, "openai"):
         users = [m["content"] for m in row["messages"] if m["role"] == "user"]
         answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
-        source = next(r for r in raw.values() if r["messages"][0]["content"] == users[0].split("</context>\n\n")[1])
+        questions = [u.split("</context>\n\n", 1)[1] for u in users]
+        source = next(r for r in raw.values() if [m["content"] for m in r["messages"] if m["role"] == "user"][
+            :len(questions)] == questions and all(a in (m["content"], RAFT_REFUSAL) for m, a in zip(
+                [m for m in r["messages"] if m["role"] == "assistant"], answers)))
         stored = [m for m in source["messages"] if m["role"] == "assistant"]
         for k, (user, answer) in enumerate(zip(users, answers)):
             shown = _PASSAGE_ID.findall(user)
@@ -219,7 +230,7 @@ def test_no_validation_document_reaches_a_training_row(reviewed, tmp_path):
         if result.manifest["counts"]["openai"]["validation"] and result.manifest["counts"]["openai"]["train"]:
             break
     split = result.manifest["split"]
-    assert "every document whose text reaches the row" in split["group_by"] and "union-find" in split["method"]
+    assert "whose text reaches a row is on that row's side" in split["group_by"] and "union-find" in split["method"]
     sides = document_sides(wb, result, "openai")
     assert not sides["train"] & sides["validation"]
     raw_docs = {"train": set(), "validation": set()}
@@ -228,8 +239,7 @@ def test_no_validation_document_reaches_a_training_row(reviewed, tmp_path):
             for line in (result.out_dir / name).read_text().splitlines():
                 raw_docs[info["split"]].update(json.loads(line)["documents"])
     assert not raw_docs["train"] & raw_docs["validation"]
-    assert split["documents"]["train"] + split["documents"]["validation"] >= len(raw_docs["train"] | raw_docs[
-        "validation"])
+    assert split["passages_withheld"] >= 0 and split["conversations"]["validation"] > 0
 
 
 def test_union_find_groups_documents_that_share_a_conversation():
@@ -247,7 +257,13 @@ def test_split_with_synthetic_rows_links_briefing_and_passage_documents(tmp_path
 
     db = Database(tmp_path / "s.db")
     insert_synthetic(db, 400, groups=200)  # conversation i: briefing chunk-(i % 200), passage doc-(i % 50)
-    result = export(db, ExportOptions(formats=["raw"], filter=ANY, split=0.7, seed=1), tmp_path / "o")
+    # The answers share only "21 days" with the passage: below the oracle floor, so by answers each briefing
+    # is a group of its own (and the passage is withheld where its document sits on the other side).
+    by_answers = export(db, ExportOptions(formats=["raw"], filter=ANY, split=0.7, seed=1), tmp_path / "a")
+    assert sum(by_answers.manifest["split"]["groups"].values()) == 200  # one per briefing chunk
+    assert by_answers.manifest["split"]["passages_withheld"] > 0
+    result = export(db, ExportOptions(formats=["raw"], filter=ANY, split=0.7, seed=1, split_group="passages"),
+                    tmp_path / "o")
     side_of = {}
     for name, info in result.manifest["files"].items():
         for line in (result.out_dir / name).read_text().splitlines():
@@ -328,14 +344,15 @@ def test_every_export_has_a_dataset_card(reviewed, tmp_path):
     files = {d["path"] for d in configs["openai"]["data_files"]}
     assert files == {n for n, i in result.manifest["files"].items() if i["format"] == "openai"}
     infos = {c["config_name"]: {s["name"]: s["num_examples"] for s in c["splits"]} for c in header["dataset_info"]}
-    assert sum(infos["openai"].values()) == 9
+    counts = result.manifest["counts"]["openai"]
+    assert infos["openai"] == {s: counts[s] for s in ("train", "validation") if counts[s]}
     assert "gemini-2.5-flash" in text and "respondent v1" in text and "top-k 3" in text
     assert "all-MiniLM-L6-v2" in text or "embeddings" in text
     assert "TRL SFTTrainer" in text and "union-find" in text
     import datasets
 
     loaded = datasets.load_dataset(str(result.out_dir), "openai", cache_dir=str(tmp_path / ".hf"))
-    assert sum(loaded[s].num_rows for s in loaded) == 9
+    assert sum(loaded[s].num_rows for s in loaded) == counts["train"] + counts["validation"]
     from core.export import zip_export
     import zipfile
 
@@ -345,3 +362,19 @@ def test_every_export_has_a_dataset_card(reviewed, tmp_path):
     assert (no_split.out_dir / "README.md").exists()
     with pytest.raises(ValidationError, match="license id"):
         run_export(wb, tmp_path, name="bad", license="my license")
+
+
+# ---- Export page ----------------------------------------------------------------------------------------------
+def test_export_page_warns_on_no_context_and_shows_the_label_table(app_env):
+    from tests.conftest import new_app
+
+    at = new_app("pages/export.py")
+    assert at.selectbox(key="export.context").value == "user"
+    assert not any("cannot see" in w.value for w in at.warning)
+    at.selectbox(key="export.context").set_value("none").run()
+    assert not at.exception
+    assert any("answers will cite sources the model cannot see" in w.value for w in at.warning)
+    tables = [d.value for d in at.dataframe]
+    assert any("KTO label" in t.columns and "duplicate" in t["reason"].tolist() for t in tables)
+    assert any("trainer" in t.columns and "TRL SFTTrainer" in t["trainer"].tolist() for t in tables)
+    assert at.selectbox(key="export.profile").value == "standard"

@@ -58,9 +58,10 @@ TRAINERS = {
     "openai": [
         ("OpenAI fine-tuning", "trains every assistant message; reads `weight` (0 skips a message). Every exported "
                                "assistant message is a good one with `weight: 1`: rows stop before a bad answer"),
-        ("TRL SFTTrainer", "`assistant_only_loss=True` trains assistant messages only (needs a chat template with "
-                           "`{% generation %}` markers); it ignores `weight`, which is why bad answers are cut, "
-                           "not weighted. Without that flag it trains every token, passages and questions too"),
+        ("TRL SFTTrainer", "`assistant_only_loss=True` trains assistant messages only (the chat template needs "
+                           "`{% generation %}` markers; TRL supplies a marked copy for the model families it "
+                           "knows); it ignores `weight`, which is why bad answers are cut, not weighted. Without "
+                           "that flag it trains every token, passages and questions too"),
         ("Axolotl", "`type: chat_template`, `field_messages: messages`, `roles_to_train: [assistant]`; "
                     "`message_field_training: weight` reads the per-message weight"),
     ],

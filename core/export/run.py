@@ -171,7 +171,8 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
                 continue
             if split is not None:
                 conv.side = groups.side(conv.core if options.split_group == "answers" else conv.documents)
-                withheld += _withhold(conv, lambda doc: groups.side_of_document(doc, split, options.seed))
+                withheld += _withhold(conv, lambda doc: groups.side_of_document(doc, split, options.seed),
+                                      shows_passages=options.context != "none")
                 unseen += sum(1 for t in conv.turns if t.get("unseen"))
             conversations_per_side[conv.side] += 1
             if conv.side == "validation":
@@ -361,7 +362,7 @@ def _document_of(passage: dict[str, Any]) -> str:
     return passage.get("document_id") or f"chunk:{passage.get('id')}"
 
 
-def _withhold(conv: Conversation, side_of: Callable[[str], str]) -> int:
+def _withhold(conv: Conversation, side_of: Callable[[str], str], shows_passages: bool = True) -> int:
     """Drop from each answer's passages those of documents on the other side of the split; returns how many.
 
     Passages an answer clearly draws on are never dropped (their documents are in the conversation's group).
@@ -376,7 +377,7 @@ def _withhold(conv: Conversation, side_of: Callable[[str], str]) -> int:
             t["withheld"] = [p.get("id", "") for p in t["retrieval"] if side_of(_document_of(p)) != conv.side]
             n += len(t["retrieval"]) - len(kept)
             t["retrieval"] = kept
-            t["unseen"] = not kept  # SFT rows stop before it (rows.cut_before_bad)
+            t["unseen"] = shows_passages and not kept  # SFT rows stop before it (rows.cut_before_bad)
     conv.documents = {d for d in conv.documents if side_of(d) == conv.side}
     return n
 

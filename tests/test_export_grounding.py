@@ -14,9 +14,9 @@ from core.export.raft import oracle_ids
 from core.export.split import DocumentGroups, QuestionOverlap
 from core.engine import format_passages
 from core.corpus import Passage
-from core.review import ReviewFilter, ReviewStore
+from core.review import ReviewStore
 from tests.test_export import ANY, cli, reviewed, rows_of, run_export  # noqa: F401
-from tests.test_review import fake, generate, insert_synthetic  # noqa: F401
+from tests.test_review import fake, insert_synthetic  # noqa: F401
 
 _PASSAGE_ID = re.compile(r"^\[\d+\] id=(\S+) \|", re.MULTILINE)
 

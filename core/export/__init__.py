@@ -37,7 +37,8 @@ from core.export.writer import default_out_dir, zip_export
 
 __all__ = [
     "CHAT_FORMATS", "CONTEXTS", "CONTEXT_HELP", "DEFAULT_CONTEXT", "FORMATS", "FORMAT_HELP", "NO_CONTEXT_WARNING",
-    "PLACEMENT", "PROFILES", "PROFILE_HELP", "RAFT_REFUSAL", "SPLIT_GROUPS", "REASON_LABELS", "RETRIEVE_TOOL", "TRAINERS",
+    "PLACEMENT", "PROFILES", "PROFILE_HELP", "RAFT_REFUSAL", "SPLIT_GROUPS", "REASON_LABELS", "RETRIEVE_TOOL",
+    "TRAINERS",
     "ExportOptions", "ExportResult", "RowBuilder", "TokenCounter", "default_out_dir", "export", "judge_rejects",
     "label_for_discard", "load_tokenizer", "passages_text", "reason_table", "row_tokens", "split_of", "zip_export",
 ]

@@ -65,7 +65,8 @@ def render_card(manifest: dict[str, Any]) -> str:
             f"({manifest['selection']['description']}).", "", "## Files", "",
             "| format | split | rows | file | what it is |", "|---|---|---|---|---|"]
     for name, info in sorted(files.items(), key=lambda kv: (kv[1]["format"], kv[1]["split"])):
-        body.append(f"| {info['format']} | {info['split']} | {info['rows']} | `{name}` | {FORMAT_HELP[info['format']]} |")
+        what = FORMAT_HELP[info["format"]]
+        body.append(f"| {info['format']} | {info['split']} | {info['rows']} | `{name}` | {what} |")
     body += ["", "## How it was made", ""]
     models = ", ".join(f"{m} ({n} conversations)" for m, n in manifest["models"].items()) or "unknown"
     body.append(f"- **Model**: {models}")

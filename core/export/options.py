@@ -33,7 +33,7 @@ CONTEXT_HELP = {
     "none": "no passages in the rows: answers will cite sources the model cannot see",
 }
 PLACEMENT = {  # what the manifest and the dataset card say about where passages sit
-    "user": "per turn: each assistant answer's passages (new and carried over) in a <context> block at the start "
+    "user": "per turn: each assistant answer's passages (new and carried over) in a `<context>` block at the start "
             "of the user message it answers; never a later turn's",
     "tool": "per turn: a retrieve tool call and its result (the answer's passages, new and carried over) just "
             "before each assistant answer; never a later turn's",

@@ -219,12 +219,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     options = ExportOptions(
-        formats=args.format or ["openai"], context=args.context,
+        formats=args.format or ["openai"], context=args.context, profile=args.profile,
+        raft_distractors=args.raft_distractors, raft_no_oracle_share=args.raft_no_oracle_share,
         filter=ReviewFilter(status=args.status, run_id=args.run or "", min_rating=args.min_rating, tag=args.tag or ""),
-        split=args.split, seed=args.seed, with_system_prompt=args.with_system_prompt,
+        split=None if args.no_split else args.split, seed=args.seed, split_group=args.split_group,
+        with_system_prompt=args.with_system_prompt,
         tokenizer=args.tokenizer or "", max_tokens=args.max_tokens,
-        drop_near_duplicates=args.drop_near_duplicates)
+        drop_near_duplicates=args.drop_near_duplicates, license=args.license)
     options.validate()  # bad options are reported before the database is opened
+    for warning in options.warnings():  # before the work, so a wrong choice can be stopped early
+        print(f"warning: {warning}", file=sys.stderr)
     if not settings.db_path.exists():
         raise GroundworkError(f"No workbench database at {settings.db_path}: pass --data-dir (or set "
                               "GROUNDWORK_DATA_DIR) to the data dir you generated into.")
@@ -238,8 +242,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"manifest: {result.manifest_path}")
     for line in result.summary_lines():
         print(line)
+    already = set(options.warnings())
     for warning in result.manifest["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+        if warning not in already:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -362,19 +368,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("export", help="export reviewed conversations as training JSONL (+ manifest.json)")
     p.add_argument("--data-dir", help="data dir (env GROUNDWORK_DATA_DIR, default ./data)")
-    p.add_argument("--format", action="append", choices=["openai", "sharegpt", "alpaca", "raw", "dpo", "kto"],
+    p.add_argument("--format", action="append",
+                   choices=["openai", "sharegpt", "alpaca", "completion", "raw", "dpo", "kto"],
                    help="output format; repeat for several (default: openai)")
-    p.add_argument("--context", choices=["none", "system", "user", "tool"], default="none",
-                   help="where retrieved passages go: none, system (single-turn rows only), user (a context "
-                        "block in each user turn), tool (a retrieve tool call before each answer)")
+    p.add_argument("--context", choices=["user", "tool", "system", "none"], default="user",
+                   help="where each answer's passages go: user (default: a context block in the user message it "
+                        "answers), tool (a retrieve tool call before each answer), system (single-turn rows only), "
+                        "none (no passages: answers cite sources the model cannot see)")
+    p.add_argument("--profile", choices=["standard", "raft"], default="standard",
+                   help="raft: oracle passages plus k distractors, shuffled, and a share of distractor-only rows "
+                        "whose answer says the passages do not cover it (Zhang et al., 2024)")
+    p.add_argument("--raft-distractors", type=int, default=3, metavar="K", help="RAFT distractors per answer (3)")
+    p.add_argument("--raft-no-oracle-share", type=float, default=0.2, metavar="P",
+                   help="share of RAFT rows with distractors only (0.2)")
     p.add_argument("--status", choices=["approved", "new", "discarded", "any"], default="approved",
                    help="review status to export (default approved)")
     p.add_argument("--run", metavar="RUN_ID", help="only this generation run")
     p.add_argument("--min-rating", type=int, metavar="N", help="only conversations rated N or more (1-5)")
     p.add_argument("--tag", metavar="T", help="only conversations tagged T")
     p.add_argument("--split", type=float, default=0.9,
-                   help="share of source documents in train, between 0 and 1 (default 0.9)")
+                   help="share of document groups in train, between 0 and 1 (default 0.9); a group is every "
+                        "document whose text reaches a row, so no validation document reaches a training row")
+    p.add_argument("--no-split", action="store_true", help="one file per format, no validation side")
+    p.add_argument("--split-group", choices=["answers", "passages"], default="answers",
+                   help="documents that tie rows together: answers (default: briefing + the passages answers draw "
+                        "on; other passages from the other side are withheld) or passages (every document shown; "
+                        "nothing withheld, but one group may hold every document)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/validation assignment")
+    p.add_argument("--license", default="other", help="license id for the dataset card (default: other)")
     p.add_argument("--with-system-prompt", action="store_true",
                    help="start each row with the respondent prompt the conversation was generated with")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer for token lengths: a .gguf file or a Hugging "

@@ -1,4 +1,4 @@
-"""Export: the reviewed selection as training JSONL (several formats), split by document, with a manifest."""
+"""Export: the reviewed selection as training JSONL (several formats), split without leaks, manifest and card."""
 
 from pathlib import Path
 
@@ -7,7 +7,8 @@ import streamlit as st
 
 from core import ui_cache
 from core.errors import GroundworkError
-from core.export import CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, ExportOptions, default_out_dir, export, zip_export
+from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
+                         SPLIT_GROUPS, TRAINERS, ExportOptions, default_out_dir, export, reason_table, zip_export)
 from core.review import STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 ss = st.session_state
@@ -46,14 +47,27 @@ c1, c2 = st.columns(2)
 formats = c1.multiselect("Formats", FORMATS, default=["openai"], key="export.formats",
                          help="\n".join(f"- **{k}**: {v}" for k, v in FORMAT_HELP.items()))
 context = c2.selectbox("Retrieved passages go", CONTEXTS, key="export.context",
-                       format_func=lambda c: f"{c}: {CONTEXT_HELP[c]}")
+                       format_func=lambda c: f"{c}: {CONTEXT_HELP[c]}",
+                       help="per turn: each answer's passages come before it, never a later turn's")
+if context == "none":
+    st.warning(NO_CONTEXT_WARNING)
+c1, c2, c3 = st.columns(3)
+profile = c1.selectbox("Profile", PROFILES, key="export.profile", format_func=lambda p: f"{p}: {PROFILE_HELP[p]}")
+k = c2.number_input("RAFT distractors per answer (k)", 1, 20, 3, key="export.raft_k", disabled=profile != "raft")
+no_oracle = c3.number_input("RAFT share of distractor-only rows", 0.0, 0.95, 0.2, 0.05, key="export.raft_share",
+                            disabled=profile != "raft")
 c1, c2, c3, c4 = st.columns(4)
 with_system = c1.checkbox("Start rows with the respondent prompt", key="export.with_system",
                           help="the system prompt (pinned version) each conversation was generated with")
 do_split = c2.checkbox("Train/validation split", value=True, key="export.do_split",
-                       help="grouped by source document: no document on both sides; stable as the data grows")
+                       help="grouped by every document whose text reaches a row (briefing and passages): no validation "
+                            "document in a training row; stable as the data grows")
 ratio = c3.number_input("Train share", 0.01, 0.99, 0.9, 0.05, key="export.ratio", disabled=not do_split)
 seed = c4.number_input("Split seed", 0, 2**31 - 1, 0, key="export.seed", disabled=not do_split)
+split_group = st.radio("Group the split by", SPLIT_GROUPS, key="export.split_group", horizontal=True,
+                       disabled=not do_split, help="answers: briefing + the passages each answer draws on (other "
+                       "passages from the other side are withheld); passages: every document shown (may leave "
+                       "validation empty on a small corpus)")
 c1, c2, c3 = st.columns(3)
 tokenizer = c1.text_input("Tokenizer", key="export.tokenizer", placeholder="offline model's (default)",
                           help="a .gguf file or a Hugging Face tokenizer folder; empty: the offline model's")
@@ -61,12 +75,20 @@ max_tokens = c2.number_input("Max tokens per row (0: no limit)", 0, 10_000_000, 
 dedupe = c3.checkbox("Remove exact duplicates", value=True, key="export.dedupe")
 drop_near = c3.checkbox("Keep only the best-rated of each near-duplicate cluster", key="export.drop_near",
                         help="clusters come from Dashboard → Score grounding and find near-duplicates")
+with st.expander("Which trainer reads what, and how answers marked bad stay untrained"):
+    st.dataframe(pd.DataFrame([{"format": f, "trainer": t, "reads": what} for f in (formats or FORMATS)
+                               for t, what in TRAINERS[f]]), hide_index=True, width="stretch")
+with st.expander("KTO labels: review reasons → label"):
+    st.caption("Only reasons about the answer give a label; a duplicate or off-topic conversation gives no row.")
+    st.dataframe(pd.DataFrame(reason_table()), hide_index=True, width="stretch")
 out_dir = st.text_input("Output folder", key="export.out", help="created if needed; files of the same names are "
                                                                 "replaced")
 
 if st.button("Export", type="primary", key="export.run"):
     options = ExportOptions(formats=list(formats), context=context, filter=selection,
-                            split=float(ratio) if do_split else None, seed=int(seed), with_system_prompt=with_system,
+                            profile=profile, raft_distractors=int(k), raft_no_oracle_share=float(no_oracle),
+                            split=float(ratio) if do_split else None, seed=int(seed), split_group=split_group,
+                            with_system_prompt=with_system,
                             dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
                             drop_near_duplicates=drop_near)
     try:
@@ -82,7 +104,8 @@ if st.button("Export", type="primary", key="export.run"):
 done = ss.get("export.result")
 if done:
     manifest = done["manifest"]
-    st.success(f"Exported to `{done['dir']}` — manifest.json lists the files, counts and checksums.")
+    st.success(f"Exported to `{done['dir']}` — manifest.json lists the files, counts and checksums; README.md is "
+               "the dataset card.")
     table = []
     for fmt, counts in manifest["counts"].items():
         table.append({"format": fmt, **{k: v for k, v in counts.items() if isinstance(v, int)},

@@ -76,7 +76,8 @@ def format_passages(passages: Sequence[Passage], carried: Sequence[Passage] = ()
         return "(no passages were retrieved)"
     blocks = []
     for i, p in enumerate([*passages, *carried], 1):
-        status = f"carried from turn {p.from_turn}" if p.carried else "new"
+        status = ("new" if not p.carried else
+                  f"carried from turn {p.from_turn}" if p.from_turn is not None else "carried")
         blocks.append(f'<passage n="{i}" id="{_attr(p.id)}" source="{_attr(p.source_path)}" '
                       f'chunk="{p.position}" title="{_attr(p.title)}" status="{status}">\n{_body(p.text)}\n</passage>')
     return DATA_NOTICE + "\n<passages>\n" + "\n".join(blocks) + "\n</passages>"

@@ -18,7 +18,7 @@ from core.review import ReviewStore
 from tests.test_export import ANY, cli, reviewed, rows_of, run_export  # noqa: F401
 from tests.test_review import fake, insert_synthetic  # noqa: F401
 
-_PASSAGE_ID = re.compile(r"^\[\d+\] id=(\S+) \|", re.MULTILINE)
+_PASSAGE_ID = re.compile(r'^<passage n="\d+" id="([^"]+)"', re.MULTILINE)
 
 
 def chat_with_context(row, fmt):
@@ -97,7 +97,7 @@ def test_carried_passages_are_shown_and_labelled_and_old_rows_still_work(reviewe
         m["content"] == wb.db.scalar("SELECT content FROM turns WHERE conversation_id=? AND idx=3", [cid])
         for m in r["messages"]))
     users = [m["content"] for m in row["messages"] if m["role"] == "user"]
-    assert "carried over from turn 1" in users[1] and "carried over" not in users[0]
+    assert 'status="carried from turn 1"' in users[1] and 'status="carried' not in users[0]
     assert len(_PASSAGE_ID.findall(users[1])) == len({p["id"] for p in second + carried})
     # Passages without the new keys print exactly as the respondent saw them.
     plain = [{"id": "a", "score": 0.5, "text": "Rent is due.", "document_id": "d", "title": "T",
@@ -216,7 +216,7 @@ def document_sides(wb, result, fmt):
         if info["format"] != fmt:
             continue
         for line in (result.out_dir / name).read_text().splitlines():
-            for cid in re.findall(r"id=([0-9a-f-]{36})", line):
+            for cid in re.findall(r'id="?([0-9a-f-]{36})', line):
                 out[info["split"]].add(chunk_doc[cid])
     return out
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import prompts as prompt_lib
+from core.corpus import Passage
 from core.db import loads
 from core.export.labels import label_for_discard
 from core.export.options import ExportOptions
+from core.turn_context import format_passages
 
 _CONTEXT_NOTES = {  # what {context} in a respondent prompt becomes when the passages are elsewhere
     "none": "(no passages are given here)",
@@ -68,19 +70,11 @@ def turn_passages(turn: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def passages_text(passages: list[dict[str, Any]]) -> str:
-    """Passages as the respondent saw them (same ids, order and header as ``core.engine.format_passages``, so
-    citations hold); a passage carried over from an earlier turn says so."""
-    if not passages:
-        return "(no passages were retrieved)"
-    blocks = []
-    for i, p in enumerate(passages, 1):
-        header = (f"[{i}] id={p.get('id', '')} | {p.get('title') or ''} | {p.get('source_path') or ''} "
-                  f"(chunk {p.get('position') or 0})")
-        if p.get("carried"):
-            turn = p.get("from_turn")
-            header += f" | carried over from turn {turn}" if turn is not None else " | carried over"
-        blocks.append(f"{header}\n{(p.get('text') or '').strip()}")
-    return "\n\n".join(blocks)
+    """Passages exactly as the respondent saw them (``core.turn_context.format_passages``: same ids, order,
+    delimiters and data notice, so citations hold and the model trains on the prompt shape it will get); a
+    passage carried over from an earlier turn says so."""
+    shown = [Passage.from_dict(p) for p in passages]
+    return format_passages([p for p in shown if not p.carried], [p for p in shown if p.carried])
 
 
 def cut_before_bad(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:

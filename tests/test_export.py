@@ -331,7 +331,7 @@ def test_preference_pairs_from_an_edit_an_ab_pick_and_the_judge(indexed_wb, fake
     assert ab["rejected"][0]["content"] == turns[pairs[0]["A"]][1]["content"]
     # Changed on purpose (issue #14): the default context puts the answer's passages before the question.
     assert len(ab["prompt"]) == 1 and ab["prompt"][0]["role"] == "user"
-    assert ab["prompt"][0]["content"].startswith("<context>\n[1] id=")
+    assert ab["prompt"][0]["content"].startswith("<context>\nThe passages below are quoted")
     assert ab["prompt"][0]["content"].endswith("</context>\n\n" + turns[pairs[0]["B"]][0]["content"])
     edit = next(r for r in rows if r["chosen"][0]["content"].startswith("Edited answer"))
     assert edit["rejected"][0]["content"] == turns[pairs[1]["A"]][1]["content"]

@@ -229,3 +229,21 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     at.session_state["review.current"] = ids[1]
     at.run()
     assert "grounding stale" in texts(at)  # an edit that bypassed the page is marked, not shown as current
+
+
+def test_each_answer_shows_its_search_query_and_which_passages_are_new_or_carried(review_env):
+    data_dir, ids = review_env
+    db = db_of(data_dir)
+    cid = next(c for c in ids if db.scalar("SELECT num_turns FROM conversations WHERE id=?", [c]) == 2)
+    query = db.scalar("SELECT query FROM turns WHERE conversation_id=? AND idx=3", [cid])
+    db.close()
+    at = new_app("pages/review.py")
+    at.session_state["review.current"] = cid
+    at.run()
+    assert not at.exception
+    shown = texts(at)
+    assert f"Searched with: “{query}”" in shown  # the follow-up's standalone query, as stored
+    assert "carried from earlier turns" in shown
+    labels = [e.label.replace("\\", "") for e in at.expander]  # labels are markdown-escaped
+    assert any("carried from turn 1" in label for label in labels)
+    assert any("dense #" in label or "lexical #" in label for label in labels), labels

@@ -63,14 +63,22 @@ class Raft:
         self.refusal = refusal
         self.seed = seed
         self._side_of = side_of_document or (lambda doc: "train")
+        self._decided: dict[str, bool] = {}  # conversation id -> distractor-only last answer or not
         self._has_fts = bool(db.one("SELECT name FROM sqlite_master WHERE name='chunks_fts'"))
         self.counts = {"answers": 0, "rows": 0, "no_oracle_rows": 0, "distractors_from_retrieval": 0,
                        "distractors_from_bm25": 0, "answers_short_of_k": 0}
 
     def no_oracle(self, conversation_id: str) -> bool:
-        """Whether this conversation's row gets a distractor-only last answer (a stable hash, like the split)."""
-        rng = random.Random(f"raft:{self.seed}:{conversation_id}")
-        return rng.random() < self.share
+        """Whether this conversation's row gets a distractor-only last answer.
+
+        Decided in the order rows are first seen so that exactly ``share`` of them get one (every
+        1/share-th row, the first after 1/share rows): a coin flip per row would give a small export
+        none at all as often as not. The order is the export's, so the same export decides the same way.
+        """
+        if conversation_id not in self._decided:
+            seen = len(self._decided)
+            self._decided[conversation_id] = int((seen + 1) * self.share) > int(seen * self.share)
+        return self._decided[conversation_id]
 
     def apply(self, conversation_id: str, turns: list[dict[str, Any]], side: str) -> list[dict[str, Any]]:
         """The turns with each answer's passages replaced by oracle + distractors (shuffled).

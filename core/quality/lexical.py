@@ -77,9 +77,8 @@ _FOLD_WORDS = {w: i for i, w in enumerate("two three four five six seven eight n
 _FOLD = re.compile(r"\b(" + "|".join(_FOLD_WORDS) + r")[- ]?fold\b", re.IGNORECASE)
 
 
-def _numbers(text: str) -> set[str]:
-    """Every number in ``text`` as a normalised string ("forty-eight" → "48", "$1.1 million" → "1100000")."""
-    values: set[str] = set()
+def _digit_numbers(text: str):
+    """(value, match) for every number written in digits ("$1.1 million" → 1100000)."""
     for m in _NUMBER.finditer(text):
         try:
             value = Decimal(m.group("int").replace(",", "") + (m.group("dec") or ""))
@@ -87,7 +86,12 @@ def _numbers(text: str) -> set[str]:
             continue
         if m.group("mult"):
             value *= _MULTIPLIERS[m.group("mult").lower()]
-        values.add(_decimal_key(value))
+        yield value, m
+
+
+def _numbers(text: str) -> set[str]:
+    """Every number in ``text`` as a normalised string ("forty-eight" → "48", "$1.1 million" → "1100000")."""
+    values = {_decimal_key(value) for value, _ in _digit_numbers(text)}
     for m in _FOLD.finditer(text):  # "tenfold", "a twofold change": a factor the reader checks like a number
         values.add(str(_FOLD_WORDS[m.group(1).lower()]))
     for m in _NUMBER_WORD.finditer(text):
@@ -164,15 +168,7 @@ def derivable(value: Decimal, money: bool, pool: Iterable[tuple[Decimal, bool]],
 
 def typed_numbers(text: str) -> list[tuple[Decimal, bool]]:
     """Every number in ``text`` with whether it is an amount of money."""
-    out = []
-    for m in _NUMBER.finditer(text):
-        try:
-            value = Decimal(m.group("int").replace(",", "") + (m.group("dec") or ""))
-        except InvalidOperation:
-            continue
-        if m.group("mult"):
-            value *= _MULTIPLIERS[m.group("mult").lower()]
-        out.append((value, m.group(0).lstrip().startswith("$")))
+    out = [(value, m.group(0).lstrip().startswith("$")) for value, m in _digit_numbers(text)]
     out += [(Decimal(n), False) for n in _numbers(_NUMBER.sub(" ", text))]  # number words, "-fold"
     return out
 

@@ -167,3 +167,16 @@ def add_turn_queries_and_chunker(db: Database) -> None:
     """
     db["turns"].add_column("query", str)
     db["documents"].add_column("chunker", str)
+
+
+@migrations()
+def add_run_leases(db: Database) -> None:
+    """Run ownership as a lease: one owner token and its expiry per run, and the token on each reserved item.
+
+    A process takes the lease in the same transaction that checks it (so two resumes started at once cannot
+    both win), renews it with its heartbeat, reserves work items under its token and saves only items that
+    still carry it. A resume reclaims in-flight items only once their owner's lease has lapsed.
+    """
+    db["runs"].add_column("owner_token", str)
+    db["runs"].add_column("lease_expires_at", str)
+    db["work_items"].add_column("owner", str)

@@ -97,3 +97,76 @@ def test_prompt_injection_in_a_passage_changes_nothing_but_generated_text(wb, tm
     assert wb.db.scalar("SELECT COUNT(*) FROM conversations") == 4
     assert wb.db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") == 0
     assert wb.corpus.stats()["documents"] == 2
+
+
+# ---- run ownership: a lease taken in one transaction ----------------------------------------------------
+
+def _gemini_factory(settings):
+    return lambda g: GeminiProvider(settings, gate=g, backoff_base=0.01, max_backoff=0.05, max_retry_wait=1.0)
+
+
+def test_two_resumes_released_at_the_same_instant_exactly_one_runs_20_times(indexed_wb):
+    from core.errors import GroundworkError
+
+    n = 3
+    with FakeGemini(latency=0.0) as fake:
+        settings = indexed_wb.settings.replace(gemini_api_key=SECRET_ENV_KEY, gemini_base_url=fake.base_url)
+        for attempt in range(20):
+            run_id = GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, _gemini_factory(settings),
+                                   config=RunConfig(num_dialogs=n, max_turns=1, max_concurrency=2,
+                                                    seed=attempt)).run_id
+            # Two "processes": each its own connections to the file, as two CLI resumes would have.
+            dbs = [Database(indexed_wb.settings.db_path) for _ in range(2)]
+            runs = [GenerationRun(settings, db, indexed_wb.corpus, _gemini_factory(settings), run_id=run_id)
+                    for db in dbs]
+            barrier = threading.Barrier(2)
+            outcomes: list[str] = ["", ""]
+
+            def resume(k: int) -> None:
+                barrier.wait()
+                try:
+                    outcomes[k] = runs[k].run().status
+                except GroundworkError as e:
+                    outcomes[k] = f"refused: {e}"
+
+            threads = [threading.Thread(target=resume, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            for db in dbs:
+                db.close()
+            assert sorted(outcomes)[0] == "completed", (attempt, outcomes)
+            refused = sorted(outcomes)[1]
+            assert refused.startswith(f"refused: Run {run_id} is being generated right now by process "), refused
+            assert "\n" not in refused
+            assert indexed_wb.db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id]) == n
+            assert indexed_wb.db.scalar("SELECT COUNT(*) FROM work_items WHERE run_id=? AND status='done'",
+                                        [run_id]) == n
+            assert indexed_wb.db.one("SELECT status, saved FROM runs WHERE id=?", [run_id]) == {
+                "status": "completed", "saved": n}
+
+
+def test_a_resume_leaves_items_of_a_live_lease_alone_and_takes_over_a_lapsed_one(indexed_wb):
+    from core.engine import RunOwnedError
+
+    with FakeGemini(latency=0.0) as fake:
+        settings = indexed_wb.settings.replace(gemini_api_key=SECRET_ENV_KEY, gemini_base_url=fake.base_url)
+        first = GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, _gemini_factory(settings),
+                              config=RunConfig(num_dialogs=3, max_turns=1))
+        first._claim()  # the first owner holds the lease and has an item in flight
+        item = first._reserve()
+        with pytest.raises(RunOwnedError, match="being generated right now"):
+            GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, _gemini_factory(settings), run_id=first.run_id)
+        assert indexed_wb.db.scalar("SELECT status FROM work_items WHERE id=?", [item["id"]]) == "in_flight"
+        # The owner stops renewing (another host's process: only the expiry can tell it is gone).
+        with indexed_wb.db.write() as w:
+            w.execute("UPDATE runs SET owner_token='elsewhere:1:abc', lease_expires_at='2020-01-01T00:00:00+00:00' "
+                      "WHERE id=?", [first.run_id])
+        second = GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, _gemini_factory(settings),
+                               run_id=first.run_id)
+        assert second.run().status == "completed"
+        # The old owner's late save is refused: its token no longer holds the item or the run.
+        assert indexed_wb.db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [first.run_id]) == 3
+        first._save(item, Question("late?", {}, [], ""), {"turns": [], "calls": []}, 1)
+        assert indexed_wb.db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [first.run_id]) == 3

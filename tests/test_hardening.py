@@ -170,3 +170,79 @@ def test_a_resume_leaves_items_of_a_live_lease_alone_and_takes_over_a_lapsed_one
         assert indexed_wb.db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [first.run_id]) == 3
         first._save(item, Question("late?", {}, [], ""), {"turns": [], "calls": []}, 1)
         assert indexed_wb.db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [first.run_id]) == 3
+
+
+# ---- the database going away mid-run ------------------------------------------------------------------
+
+def _start_cli_run(wb, fake, out, n=40):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "GROUNDWORK_DATA_DIR": str(wb.settings.data_path), "GEMINI_API_KEY": SECRET_ENV_KEY,
+           "GOOGLE_GEMINI_BASE_URL": fake.base_url, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "core.cli", "generate", "--num-dialogs", str(n), "--max-turns", "2",
+           "--max-concurrency", "2", "--provider", "gemini", "--output", str(out), "--quiet"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_saves(out, count, proc, timeout=180):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and len(out.read_text(encoding="utf-8").splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} conversations saved: {proc.poll()} {proc.stderr.read() if proc.poll() else ''}")
+
+
+def _jsonl_ids(out):
+    ids = [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()]  # every line whole
+    assert len(ids) == len(set(ids))
+    return ids
+
+
+@pytest.mark.parametrize("fault", ["deleted", "read-only"])
+def test_the_database_going_away_mid_run_stops_the_workers_with_one_line(indexed_wb, fault):
+    import os
+    import re
+    import time
+
+    db_path = indexed_wb.settings.db_path
+    out = indexed_wb.settings.data_path.parent / "run.jsonl"
+    indexed_wb.close()
+    with FakeGemini(latency=0.2) as fake:
+        proc = _start_cli_run(indexed_wb, fake, out)
+        _wait_for_saves(out, 2, proc)
+        if fault == "deleted":
+            db_path.unlink()
+        else:
+            db_path.chmod(0o444)
+        t0 = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        stopped_after = time.monotonic() - t0
+        calls_at_exit = len(fake.requests)
+        time.sleep(1.0)
+        assert len(fake.requests) == calls_at_exit  # no worker left calling the LLM
+    assert stopped_after < 10, stopped_after
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr and "Exception in thread" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    word = "was deleted" if fault == "deleted" else "became read-only"
+    assert re.match(rf"error: The database {re.escape(str(db_path))} {word} while open: .* Run \w+ stopped: "
+                    rf"(\d+) conversation\(s\) were saved by this session before that; each one is in ", last), last
+    saved = int(re.search(r"stopped: (\d+) conversation", last).group(1))
+    ids = _jsonl_ids(out)
+    assert len(ids) == saved >= 2
+    if fault == "read-only":  # what was committed stays, and the JSONL holds exactly that
+        db_path.chmod(0o644)
+        db = Database(db_path)
+        assert sorted(r["id"] for r in db.rows("SELECT id FROM conversations WHERE run_id IN "
+                                               "(SELECT id FROM runs WHERE kind='generate')")) == sorted(ids)
+        db.close()
+    else:
+        assert not db_path.exists()  # nothing recreated an empty database at the path
+    print(f"{fault}: stopped {stopped_after:.2f} s after the fault, {saved} saved")

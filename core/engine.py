@@ -269,8 +269,9 @@ class GenerationRun:
 
     def _should_stop(self) -> bool:
         if self.gate.stalled:
-            self._stop(f"the provider kept answering 429 (quota exhausted) and no call succeeded for "
-                       f"{self.config.stall_timeout_s:.0f} s; resume the run when the quota is back")
+            self._stop(f"every call was answered 429 for {self.config.stall_timeout_s:.0f} s although the run had cut "
+                       f"its calls in flight to one and paced them to the quota: the quota is not coming back "
+                       f"soon; resume the run later")
         if self.config.token_budget:
             snap = self.monitor
             used = snap.prompt_tokens + snap.completion_tokens + snap.thinking_tokens

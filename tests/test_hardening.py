@@ -250,30 +250,28 @@ def test_the_database_going_away_mid_run_stops_the_workers_with_one_line(indexed
 
 def test_runs_lists_a_run_whose_lease_lapsed_as_interrupted_with_the_resume_command(indexed_wb):
     import os
+    import socket
     import subprocess
     import sys
 
-    from core.engine import owner_token
     from tests.conftest import ROOT
 
     settings = indexed_wb.settings.replace(gemini_api_key=SECRET_ENV_KEY)
-    runs = {}
-    for name in ("live", "stale"):
-        run = GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, _gemini_factory(settings),
-                            config=RunConfig(num_dialogs=2))
-        run._claim()
-        runs[name] = run.run_id
-    # "stale": owned by a process on another host that stopped renewing a minute ago (a SIGKILL, a crash).
+    runs = {name: GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, _gemini_factory(settings),
+                                config=RunConfig(num_dialogs=2)).run_id for name in ("live", "stale")}
     with indexed_wb.db.write() as w:
-        w.execute("UPDATE runs SET owner_token='other-host:4242:ff', lease_expires_at='2020-01-01T00:00:00+00:00', "
-                  "heartbeat_at='2020-01-01T00:00:00+00:00' WHERE id=?", [runs["stale"]])
-        # "live": renewed by its heartbeat; pushed ahead here so a slow CLI start cannot outlast it.
-        w.execute("UPDATE runs SET lease_expires_at='2999-01-01T00:00:00+00:00' WHERE id=?", [runs["live"]])
-    assert owner_token() != indexed_wb.db.scalar("SELECT owner_token FROM runs WHERE id=?", [runs["live"]])
+        # "live": this process owns it and renews it (pushed far ahead so a slow CLI start cannot outlast it).
+        w.execute("UPDATE runs SET status='running', owner_pid=?, owner_token=?, heartbeat_at=?, "
+                  "lease_expires_at='2999-01-01T00:00:00+00:00' WHERE id=?",
+                  [os.getpid(), f"{socket.gethostname()}:{os.getpid()}:t", "2999-01-01T00:00:00+00:00", runs["live"]])
+        # "stale": owned by a process on another host that stopped renewing long ago (SIGKILL, a crash).
+        w.execute("UPDATE runs SET status='running', owner_pid=4242, owner_token='other-host:4242:ff', "
+                  "lease_expires_at='2020-01-01T00:00:00+00:00', heartbeat_at='2020-01-01T00:00:00+00:00' "
+                  "WHERE id=?", [runs["stale"]])
     out = subprocess.run([sys.executable, "-m", "core.cli", "runs"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120, env={**os.environ, "GROUNDWORK_DATA_DIR": str(indexed_wb.settings.data_path)})
     assert out.returncode == 0, out.stderr
     lines = {line.split()[0]: line for line in out.stdout.splitlines()}
-    assert " running " in lines[runs["live"]]  # this process holds that lease and renews it
-    assert " interrupted " in lines[runs["stale"]]
+    assert " running " in lines[runs["live"]]
+    assert " interrupted " in lines[runs["stale"]], lines[runs["stale"]]
     assert f"resume with: groundwork generate --resume {runs['stale']}" in lines[runs["stale"]]

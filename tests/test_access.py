@@ -141,3 +141,26 @@ def test_the_app_binds_to_localhost_unless_configured():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "127.0.0.1"
     assert "--server.address" not in (ROOT / "scripts" / "start.sh").read_text()
+
+
+def test_with_oidc_login_configured_nothing_shows_until_signed_in_and_settings_names_the_user(app_env):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.secrets["auth"] = {"redirect_uri": "http://127.0.0.1:8501/oauth2callback", "cookie_secret": "x" * 32,
+                          "client_id": "groundwork", "client_secret": "s",
+                          "server_metadata_url": "https://id.example.org/.well-known/openid-configuration"}
+    at.user = {"is_logged_in": False}
+    at.run()
+    assert not at.exception
+    assert [b.label for b in at.button] == ["Log in"] and not at.sidebar.caption
+    at.user = {"is_logged_in": True, "email": "ana@example.org", "name": "Ana"}
+    at.run()
+    at.switch_page("pages/settings.py").run()
+    assert not at.exception, at.exception
+    assert any(c.value == "Signed in as **ana@example\\.org**" for c in at.caption), [c.value for c in at.caption]
+
+
+def test_without_auth_settings_names_nobody(app_env):
+    at = new_app("pages/settings.py")
+    assert not any("Signed in as" in c.value for c in at.caption)

@@ -269,3 +269,4 @@ def test_generate_with_the_offline_model_in_the_browser(app, page):
     assert row["provider"] == "local" and row["model"].endswith(".gguf")
     answer = db.scalar("SELECT content FROM turns WHERE role='assistant' ORDER BY id DESC LIMIT 1")
     assert len(answer.split()) >= 3  # the offline model really wrote text
+

@@ -17,6 +17,11 @@ pages = [
     st.Page("pages/dashboard.py", title="Dashboard", icon="📊"),
     st.Page("pages/settings.py", title="Settings", icon="🔑"),
 ]
+# With Streamlit's OIDC login configured ([auth] in .streamlit/secrets.toml), nothing shows until signed in.
+if ui_cache.auth_configured() and not st.user.is_logged_in:
+    st.title("Groundwork")
+    st.button("Log in", on_click=st.login, type="primary")
+    st.stop()
 page = st.navigation(pages)
 ui_cache.sidebar()
 page.run()

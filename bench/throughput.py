@@ -206,8 +206,8 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
         gate = run.gate
         cls = type(gate)
 
-        def on_429(retry_after):
-            cls.record_rate_limited(gate, retry_after)
+        def on_429(retry_after, kind="rate_limited"):
+            cls.record_rate_limited(gate, retry_after, kind)
             events.append((time.monotonic(), "429", gate.limit, retry_after or 0.0))
 
         def on_ok():

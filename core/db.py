@@ -7,6 +7,7 @@ CLI batch share one data dir; a busy timeout absorbs the other process's short w
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -15,9 +16,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
+from core.errors import GroundworkError, NotFoundError
 from core.schema import migrations
 
 BUSY_TIMEOUT_S = 30.0
@@ -47,8 +50,16 @@ def fts_query(text: str) -> str:
     return " ".join(f'"{w}"' for w in words if w)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+class DatabaseGoneError(GroundworkError):
+    """The SQLite file was deleted, replaced or made read-only while open: nothing more can be saved to it."""
+
+
+def _connect(path: Path, create: bool = True) -> sqlite3.Connection:
+    # Without create, a missing file is an error instead of a new empty database (sqlite3.connect's default):
+    # a reader on a deleted data dir, or a read-only command on a mistyped one, must not make one.
+    target = str(path) if create else f"file:{quote(path.resolve().as_posix())}?mode=rw"
+    conn = sqlite3.connect(target, check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                           uri=not create)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -57,41 +68,103 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+_STORAGE_ERRORS = ("readonly", "read-only", "disk i/o", "unable to open", "disk is full")
+
+
+def _raise_if_storage(exc: sqlite3.OperationalError, path: Path) -> None:
+    """SQLite errors that mean the file itself is gone or unwritable become one DatabaseGoneError."""
+    if any(word in str(exc).lower() for word in _STORAGE_ERRORS):
+        raise DatabaseGoneError(f"The database {path} cannot be written ({exc}): check that the file and its "
+                                "folder still exist and are writable, then resume.") from None
+
+
 class Database:
     """The workbench's SQLite file. Use :meth:`write` for every change and :meth:`rows`/:meth:`one` to read."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, create: bool = True):
+        """Args:
+            create: make the folder and the file if missing; False (read-only commands): raise NotFoundError.
+        """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_conn = _connect(self.path)
+        if not create and not self.path.is_file():
+            raise NotFoundError(f"No workbench database at {self.path}: pass --data-dir (or set "
+                                "GROUNDWORK_DATA_DIR) to the data dir you indexed or generated into.")
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_conn = _connect(self.path, create)
         self._write_lock = threading.RLock()
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._writer = sqlite_utils.Database(self._write_conn)
         with self._write_lock:
             migrations.apply(self._writer)
+        stat = self.path.stat()
+        self._identity = (stat.st_dev, stat.st_ino)
+
+    def check_writable(self) -> None:
+        """Raise DatabaseGoneError if the file was deleted, replaced or made read-only since it was opened.
+
+        SQLite does not notice by itself: an open connection goes on writing into a deleted file (or,
+        as root, into a chmod 444 one), so a run would report saves that land nowhere anyone can read.
+        """
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            raise DatabaseGoneError(f"The database {self.path} was deleted while open: nothing more can be "
+                                    "saved; restore the file (or start over) and run again.") from None
+        except OSError as exc:
+            raise DatabaseGoneError(f"The database {self.path} cannot be reached ({exc.strerror}).") from None
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            raise DatabaseGoneError(f"The database {self.path} was replaced by another file while open: "
+                                    "stopped so nothing is written to the old one.")
+        # os.access alone says yes to root; the mode bits say what the owner meant.
+        if not os.access(self.path, os.W_OK) or not stat.st_mode & 0o222:
+            raise DatabaseGoneError(f"The database {self.path} became read-only while open: make it writable "
+                                    "again (chmod u+w) and resume; what was saved is kept.")
 
     @contextmanager
     def write(self) -> Iterator[sqlite_utils.Database]:
-        """One serialized write transaction; commits on exit, rolls back on error."""
+        """One serialized write transaction; commits on exit, rolls back on error.
+
+        Raises:
+            DatabaseGoneError: the file was deleted, replaced or made read-only (checked before each write).
+        """
         with self._write_lock:
             db = self._writer
             if self._write_conn.in_transaction:  # nested: the outer block commits
                 yield db
                 return
-            self._write_conn.execute("BEGIN IMMEDIATE")
+            self.check_writable()
+            try:
+                self._write_conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                _raise_if_storage(exc, self.path)
+                raise
             try:
                 yield db
-            except BaseException:
-                self._write_conn.execute("ROLLBACK")
+            except BaseException as exc:
+                if self._write_conn.in_transaction:
+                    self._write_conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    _raise_if_storage(exc, self.path)
                 raise
             else:
-                self._write_conn.execute("COMMIT")
+                try:
+                    self._write_conn.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    if self._write_conn.in_transaction:
+                        self._write_conn.execute("ROLLBACK")
+                    _raise_if_storage(exc, self.path)
+                    raise
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            try:
+                conn = _connect(self.path, create=False)
+            except sqlite3.OperationalError:
+                self.check_writable()  # deleted: say so, rather than "unable to open database file"
+                raise
             self._local.conn = conn
             self._read_conns.append(conn)
         return conn

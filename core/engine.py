@@ -16,7 +16,10 @@ import hashlib
 import json
 import os
 import random
+import socket
+import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from core.briefing import BriefingSampler
 from core.config import Settings
 from core.conversation_store import conversation_record, store_call, store_conversation
 from core.corpus import Corpus
-from core.db import Database, dumps, loads, new_id, now
+from core.db import Database, DatabaseGoneError, dumps, loads, new_id, now
 from core.errors import GroundworkError, NotFoundError, RunStopped, ValidationError
 from core.gate import AdaptiveGate
 from core.judge import Attempt, Judge, JudgeRecord, judge_available, with_feedback
@@ -45,6 +48,32 @@ __all__ = ["AdaptiveGate", "BriefingSampler", "CallRecord", "GenerationRun", "Qu
            "QuestionPool", "Retriever", "RunConfig", "RunProgress", "RunStopped", "Simulator",
            "conversation_record", "format_passages", "item_rng", "list_runs", "run_errors", "store_call",
            "store_conversation", "turns_for", "worker_count"]
+
+
+# A run's owner renews its lease with every heartbeat (every 2 s); a lease not renewed for this long means
+# the owner is gone (killed, its machine asleep) and a resume may take the run over.
+LEASE_S = 15.0
+HEARTBEAT_S = 2.0
+
+
+def owner_token() -> str:
+    """A fresh owner token: host and pid (so a dead owner on this host is recognised at once) and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def lease_lapsed(token: str | None, expires_at: str | None) -> bool:
+    """Whether a run's lease is free to take: no owner, expired, or owned by a dead process on this host."""
+    if not token:
+        return True
+    if not expires_at or _age_s(expires_at) >= 0:
+        return True
+    host, pid, _nonce = (token.rsplit(":", 2) + ["", ""])[:3]
+    # Another host's process cannot be checked from here: only its lease's expiry frees the run.
+    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+
+
+class RunOwnedError(ValidationError):
+    """Another process holds the run's lease."""
 
 
 def item_rng(seed: int, max_turns: int) -> tuple[random.Random, int]:
@@ -112,6 +141,8 @@ class GenerationRun:
         self._lock = threading.Lock()
         self._jsonl_lock = threading.Lock()
         self.status = "pending"
+        self.token = owner_token()
+        self._storage_error: DatabaseGoneError | None = None
         if run_id:
             row = db.one("SELECT * FROM runs WHERE id=?", [run_id])
             if not row:
@@ -187,12 +218,32 @@ class GenerationRun:
                 "attempts": 0, "seed": seed, "turns": turns_for(seed, self.config.max_turns), "updated_at": now()}
 
     def _check_not_owned(self, row: dict[str, Any]) -> None:
-        pid, beat = row.get("owner_pid"), row.get("heartbeat_at")
+        """Refuse a run that is complete or leased to a live owner (checked again, atomically, by _claim)."""
         if row["status"] == "completed":
             raise ValidationError(f"Run {self.run_id} is already complete ({row['saved']} conversations).")
-        if pid and pid != os.getpid() and _pid_alive(pid) and beat and _age_s(beat) < 15:
-            raise ValidationError(f"Run {self.run_id} is being generated right now by process {pid}; "
-                                  "wait for it or cancel it there.")
+        token = row.get("owner_token")
+        if token and token != self.token and not lease_lapsed(token, row.get("lease_expires_at")):
+            host, pid, _nonce = (token.rsplit(":", 2) + ["", ""])[:3]
+            raise RunOwnedError(f"Run {self.run_id} is being generated right now by process {pid} on {host}; "
+                                f"wait for it or cancel it there (if that process is gone, its lease lapses "
+                                f"{LEASE_S:.0f} s after its last heartbeat and the resume can go ahead).")
+
+    def _claim(self) -> None:
+        """Take the run's lease and reclaim the in-flight items of a lapsed owner, in one write transaction.
+
+        The check and the claim are one transaction (BEGIN IMMEDIATE: no other writer in between), so of two
+        resumes started at the same instant exactly one wins; the other gets RunOwnedError.
+        """
+        with self.db.write() as w:
+            row = w.execute("SELECT * FROM runs WHERE id=?", [self.run_id]).fetchone()
+            self._check_not_owned(dict(row))
+            w.execute("UPDATE runs SET status='running', reason='', owner_token=?, lease_expires_at=?, owner_pid=?, "
+                      "heartbeat_at=?, started_at=COALESCE(started_at, ?) WHERE id=?",
+                      [self.token, _in_s(LEASE_S), os.getpid(), now(), now(), self.run_id])
+            # There is one lease per run and it is ours now, so every other owner's lease has lapsed: items it
+            # left in flight (killed mid-conversation) go back to the queue. Never items under a live lease.
+            w.execute("UPDATE work_items SET status='pending', owner=NULL WHERE run_id=? AND status='in_flight'",
+                      [self.run_id])
 
     # ---- helpers ------------------------------------------------------------------------------
     def _count(self, status: str) -> int:
@@ -200,7 +251,14 @@ class GenerationRun:
                                   [self.run_id, status]) or 0)
 
     def progress(self) -> RunProgress:
-        row = self.db.one("SELECT status, saved, failed, reason FROM runs WHERE id=?", [self.run_id])
+        try:
+            row = self.db.one("SELECT status, saved, failed, reason FROM runs WHERE id=?", [self.run_id])
+        except (DatabaseGoneError, sqlite3.Error):
+            row = None
+        if row is None:  # the database went away: report what this process knows
+            snap = self.monitor.snapshot()
+            return RunProgress(self.run_id, self.status, snap["saved"], self.config.num_dialogs,
+                               self.monitor.failed_final, self._stop_reason, snap)
         return RunProgress(self.run_id, row["status"], row["saved"], self.config.num_dialogs, row["failed"],
                            row["reason"] or "", self.monitor.snapshot())
 
@@ -215,8 +273,9 @@ class GenerationRun:
 
     def _should_stop(self) -> bool:
         if self.gate.stalled:
-            self._stop(f"the provider kept answering 429 (quota exhausted) and no call succeeded for "
-                       f"{self.config.stall_timeout_s:.0f} s; resume the run when the quota is back")
+            self._stop(f"every call was answered 429 for {self.config.stall_timeout_s:.0f} s although the run had cut "
+                       f"its calls in flight to one and paced them to the quota: the quota is not coming back "
+                       f"soon; resume the run later")
         if self.config.token_budget:
             snap = self.monitor
             used = snap.prompt_tokens + snap.completion_tokens + snap.thinking_tokens
@@ -231,16 +290,34 @@ class GenerationRun:
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> RunProgress:
-        """Generate until num_dialogs are saved or the run stops; returns the final progress."""
-        with self.db.write() as w:
-            # Items a crashed or killed process left in flight go back to the queue.
-            w.execute("UPDATE work_items SET status='pending' WHERE run_id=? AND status='in_flight'", [self.run_id])
-            w.execute("UPDATE runs SET status='running', reason='', owner_pid=?, heartbeat_at=?, "
-                      "started_at=COALESCE(started_at, ?) WHERE id=?", [os.getpid(), now(), now(), self.run_id])
+        """Generate until num_dialogs are saved or the run stops; returns the final progress.
+
+        Raises:
+            RunOwnedError: another process holds the run's lease (nothing was changed).
+            DatabaseGoneError: the SQLite file was deleted or made read-only; the workers were stopped.
+        """
+        self._claim()
         self.status = "running"
-        self._top_up_items()
-        self._sync_jsonl()
         self._heartbeat_stop = threading.Event()
+        try:
+            self._top_up_items()
+            self._sync_jsonl()
+            return self._run_claimed()
+        except DatabaseGoneError as e:
+            self._storage_error = self._storage_error or e
+        finally:
+            self._heartbeat_stop.set()
+        return self._gone()
+
+    def _gone(self) -> RunProgress:
+        """The database went away mid-run: the workers are stopped; say so in one line, keep what was saved."""
+        self.status = "incomplete"
+        saved = self.monitor.saved
+        where = f"; each one is in {self.config.output}" if self.config.output and saved else ""
+        raise DatabaseGoneError(f"{self._storage_error} Run {self.run_id} stopped: {saved} conversation(s) "
+                                f"were saved by this session before that{where}.")
+
+    def _run_claimed(self) -> RunProgress:
         holds = ExitStack()
         retriever: Retriever | None = None
         heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
@@ -293,8 +370,13 @@ class GenerationRun:
                 for t in workers:
                     t.join()
             finally:
-                self._park_questions(pool.close())
+                left = pool.close()
+                if not self._storage_error:
+                    self._park_questions(left)
             retriever.check()
+        except DatabaseGoneError as e:
+            self._storage_error = self._storage_error or e
+            self._stop(str(e))
         except RunStopped as e:
             self._stop(str(e))
         except GroundworkError as e:
@@ -310,6 +392,8 @@ class GenerationRun:
             if retriever is not None:
                 retriever.close()  # a background load may still be using the store: never past the hold below
             holds.close()
+        if self._storage_error:
+            raise self._storage_error
         return self._finish()
 
     def _context_tokens(self) -> int:
@@ -330,7 +414,8 @@ class GenerationRun:
 
     def _finish(self) -> RunProgress:
         with self.db.write() as w:
-            w.execute("UPDATE work_items SET status='pending' WHERE run_id=? AND status='in_flight'", [self.run_id])
+            w.execute("UPDATE work_items SET status='pending', owner=NULL WHERE run_id=? AND status='in_flight' "
+                      "AND owner=?", [self.run_id, self.token])
         saved = self._count("done")
         failed = self._count("failed")
         if saved >= self.config.num_dialogs:
@@ -343,9 +428,11 @@ class GenerationRun:
         self.monitor.check_alerts()
         self.monitor.write_log()
         with self.db.write() as w:
+            # Only while the lease is ours: a process that lost it must not overwrite its successor's state.
             w.execute("UPDATE runs SET status=?, reason=?, saved=?, failed=?, finished_at=?, metrics=?, "
-                      "owner_pid=NULL WHERE id=?",
-                      [status, reason, saved, failed, now(), dumps(self.monitor.snapshot()), self.run_id])
+                      "owner_pid=NULL, owner_token=NULL, lease_expires_at=NULL WHERE id=? AND owner_token=?",
+                      [status, reason, saved, failed, now(), dumps(self.monitor.snapshot()), self.run_id,
+                       self.token])
         return self.progress()
 
     def _top_up_items(self) -> None:
@@ -366,33 +453,59 @@ class GenerationRun:
         return True
 
     def _heartbeat(self) -> None:
-        while not self._heartbeat_stop.wait(2.0):
-            self._beat()
+        while not self._heartbeat_stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+            except DatabaseGoneError as e:
+                # Checked every beat even when no conversation is being saved: the workers stop now, not
+                # after their next LLM call.
+                self._storage_error = self._storage_error or e
+                self._stop(str(e))
+                return
+            except OSError as e:  # the log file's folder went away with the data dir
+                self._stop(f"cannot write the run's log ({e.strerror}: {e.filename})")
+                return
 
     def _beat(self) -> None:
+        self.db.check_writable()
         self.monitor.check_alerts()
         self.monitor.write_log()
         snap = self.monitor.snapshot()
         with self.db.write() as w:
-            w.execute("UPDATE runs SET heartbeat_at=?, metrics=?, saved=?, failed=? WHERE id=?",
-                      [now(), dumps(snap), snap["saved"],
-                       w.execute("SELECT COUNT(*) FROM work_items WHERE run_id=? AND status='failed'",
-                                 [self.run_id]).fetchone()[0], self.run_id])
+            renewed = w.execute("UPDATE runs SET heartbeat_at=?, lease_expires_at=?, metrics=?, saved=?, failed=? "
+                                "WHERE id=? AND owner_token=?",
+                                [now(), _in_s(LEASE_S), dumps(snap), snap["saved"],
+                                 w.execute("SELECT COUNT(*) FROM work_items WHERE run_id=? AND status='failed'",
+                                           [self.run_id]).fetchone()[0], self.run_id, self.token]).rowcount
+        if not renewed:
+            self._stop(f"another process took over run {self.run_id} (this one missed its heartbeats for "
+                       f"{LEASE_S:.0f} s); nothing more is saved here")
 
     def _reserve(self) -> dict[str, Any] | None:
         with self.db.write() as w:
             # Longest conversations first: the run's tail is then short ones filling the gaps.
+            if w.execute("SELECT owner_token FROM runs WHERE id=?", [self.run_id]).fetchone()[0] != self.token:
+                self._stop(f"another process took over run {self.run_id}; nothing more is saved here")
+                return None
             row = w.execute("SELECT * FROM work_items WHERE run_id=? AND status='pending' "
                             "ORDER BY turns DESC, slot LIMIT 1", [self.run_id]).fetchone()
             if row is None:
                 return None
-            w.execute("UPDATE work_items SET status='in_flight', attempts=attempts+1, reserved_at=?, updated_at=? "
-                      "WHERE id=?", [now(), now(), row["id"]])
+            w.execute("UPDATE work_items SET status='in_flight', owner=?, attempts=attempts+1, reserved_at=?, "
+                      "updated_at=? WHERE id=?", [self.token, now(), now(), row["id"]])
             item = dict(row)
             item["attempts"] += 1
             return item
 
     def _worker(self, simulator: Simulator, pool: QuestionPool) -> None:
+        try:
+            self._work(simulator, pool)
+        except DatabaseGoneError as e:
+            # Nothing can be saved any more: every worker stops (no more LLM calls paid for nothing).
+            self._storage_error = self._storage_error or e
+            self._stop(str(e))
+
+    def _work(self, simulator: Simulator, pool: QuestionPool) -> None:
         while not self._should_stop():
             item = self._reserve()
             if item is None:
@@ -404,6 +517,8 @@ class GenerationRun:
                 if str(e) != "cancelled":
                     self._stop(str(e))
                 return
+            except DatabaseGoneError:
+                raise
             except QuotaExhaustedError as e:
                 self._release(item)
                 if e.kind == "quota_day" or not self.gate.success_count:
@@ -417,8 +532,8 @@ class GenerationRun:
 
     def _release(self, item: dict[str, Any]) -> None:
         with self.db.write() as w:
-            w.execute("UPDATE work_items SET status='pending', attempts=MAX(attempts-1,0), updated_at=? WHERE id=?",
-                      [now(), item["id"]])
+            w.execute("UPDATE work_items SET status='pending', owner=NULL, attempts=MAX(attempts-1,0), updated_at=? "
+                      "WHERE id=? AND owner=?", [now(), item["id"], self.token])
 
     def _fail(self, item: dict[str, Any], error: Exception) -> None:
         message = f"{type(error).__name__}: {error}"[:1000]
@@ -429,11 +544,12 @@ class GenerationRun:
         with self.db.write() as w:
             if not final:
                 # The retry writes a new question: the same question and seeds would replay the failure.
-                w.execute("UPDATE work_items SET status='pending', error=?, question=NULL, briefing_ids=NULL, "
-                          "updated_at=? WHERE id=?", [message, now(), item["id"]])
+                w.execute("UPDATE work_items SET status='pending', owner=NULL, error=?, question=NULL, "
+                          "briefing_ids=NULL, updated_at=? WHERE id=? AND owner=?",
+                          [message, now(), item["id"], self.token])
             else:
-                w.execute("UPDATE work_items SET status='failed', error=?, updated_at=? WHERE id=?",
-                          [message, now(), item["id"]])
+                w.execute("UPDATE work_items SET status='failed', error=?, updated_at=? WHERE id=? AND owner=?",
+                          [message, now(), item["id"], self.token])
                 if not fatal:
                     self._add_replacement(w)
             w["events"].insert({"ts": now(), "actor": "engine", "kind": "conversation_failed", "run_id": self.run_id,
@@ -468,8 +584,9 @@ class GenerationRun:
         else:
             question = pool.take(self._open_items, self._should_stop)
             with self.db.write() as w:
-                w.execute("UPDATE work_items SET question=?, briefing_ids=? WHERE id=?",
-                          [question.text, dumps({"ids": question.briefing_ids, "meta": question.meta}), item["id"]])
+                w.execute("UPDATE work_items SET question=?, briefing_ids=? WHERE id=? AND owner=?",
+                          [question.text, dumps({"ids": question.briefing_ids, "meta": question.meta}), item["id"],
+                           self.token])
         rng, turns = item_rng(item["seed"], self.config.max_turns)
         if item["attempts"] > 1:
             # A retry is not a replay: new seeds for every call (and, see _fail, a new question).
@@ -531,9 +648,11 @@ class GenerationRun:
               judged: JudgeRecord | None = None, verdicts: list[Any] | None = None) -> None:
         provider, model = self._provider_identity()
         with self.db.write() as w:
-            current = w.execute("SELECT status FROM work_items WHERE id=?", [item["id"]]).fetchone()
-            if current is None or current["status"] != "in_flight":
-                return  # released by a cancel in the meantime: never save twice
+            current = w.execute("SELECT status, owner FROM work_items WHERE id=?", [item["id"]]).fetchone()
+            if current is None or current["status"] != "in_flight" or current["owner"] != self.token:
+                return  # released by a cancel, or reclaimed by a process that took the lease: never save twice
+            if w.execute("SELECT owner_token FROM runs WHERE id=?", [self.run_id]).fetchone()[0] != self.token:
+                return
             conversation_id = store_conversation(
                 w, run_id=self.run_id, work_item_id=item["id"], provider=provider, model=model,
                 prompt_versions=self.config.prompt_versions, question=question, result=result, turns=turns,
@@ -593,6 +712,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _in_s(seconds: float) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+
+
 def _age_s(iso: str) -> float:
     from datetime import datetime, timezone
 
@@ -603,9 +728,21 @@ def _age_s(iso: str) -> float:
 
 
 def list_runs(db: Database, limit: int = 50) -> list[dict[str, Any]]:
-    """Newest runs first, with their counts and stop reasons (no recipes: those are large)."""
-    return db.rows("SELECT id, kind, status, reason, num_dialogs, saved, failed, provider, model, created_at, "
-                   "finished_at FROM runs ORDER BY created_at DESC LIMIT ?", [limit])
+    """Newest runs first, with their counts and stop reasons (no recipes: those are large).
+
+    A run still marked ``running`` whose owner stopped renewing its lease (killed, its machine gone) is
+    listed as ``interrupted``: nothing is generating it, and ``generate --resume`` takes it over.
+    """
+    rows = db.rows("SELECT id, kind, status, reason, num_dialogs, saved, failed, provider, model, created_at, "
+                   "finished_at, owner_token, lease_expires_at, heartbeat_at FROM runs ORDER BY created_at DESC "
+                   "LIMIT ?", [limit])
+    for row in rows:
+        token, expires, beat = row.pop("owner_token"), row.pop("lease_expires_at"), row.pop("heartbeat_at")
+        # Runs from before leases have only a heartbeat: stale after LEASE_S like a lease.
+        if row["status"] == "running" and (lease_lapsed(token, expires) if token
+                                           else not beat or _age_s(beat) > LEASE_S):
+            row["status"] = "interrupted"
+    return rows
 
 
 def run_errors(db: Database, run_id: str, limit: int = 20) -> list[dict[str, Any]]:

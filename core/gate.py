@@ -81,10 +81,10 @@ class AdaptiveGate(CallGate):
                 self._publish()
                 self._cond.notify_all()
 
-    def record_rate_limited(self, retry_after: float | None) -> None:
-        super().record_rate_limited(retry_after)
+    def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited") -> None:
+        super().record_rate_limited(retry_after, kind)
         if self.monitor:
-            self.monitor.record_rate_limited()
+            self.monitor.record_rate_limited(kind)
         with self._cond:
             t = time.monotonic()
             self._last_429 = t

@@ -609,9 +609,12 @@ def _records_to_documents(records: list[tuple[int, dict[str, Any]]], name: str, 
             missing.append(number)
             continue
         value = record[text_field]
-        if isinstance(value, (dict, list)):
-            notes.append(f"{name} line {number}: \"{text_field}\" is {_json_type(value)}, not text; "
-                         f"{_FIELD_HINT} that holds plain text.")
+        # Only a string is text. A number or true/false (an id column picked by mistake, a stray 12345) would
+        # otherwise be indexed as a one-word document that ranks first for queries it shares nothing with.
+        if value is not None and not isinstance(value, str):
+            shown = f" ({json.dumps(value)[:40]})" if not isinstance(value, (dict, list)) else ""
+            notes.append(f"{name} line {number}: \"{text_field}\" is {_json_type(value)}{shown}, not text; "
+                         f"skipped: {_FIELD_HINT} that holds plain text.")
             continue
         text = _clean("" if value is None else str(value))
         if not text:

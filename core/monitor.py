@@ -50,6 +50,7 @@ class RunMonitor:
         self.calls = 0
         self.call_errors: Counter[str] = Counter()
         self.rate_limited = 0
+        self.quota_day_hit = False  # a daily quota ran out: per-minute advice would be wrong
         self.rejections: Counter[str] = Counter()
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -77,9 +78,10 @@ class RunMonitor:
         with self._lock:
             self.call_errors[kind] += 1
 
-    def record_rate_limited(self) -> None:
+    def record_rate_limited(self, kind: str = "rate_limited") -> None:
         with self._lock:
             self.rate_limited += 1
+            self.quota_day_hit = self.quota_day_hit or kind == "quota_day"
 
     def record_saved(self, turns: int) -> None:
         with self._lock:
@@ -131,9 +133,14 @@ class RunMonitor:
         if attempts >= t.min_samples and (snap["error_rate"] or 0) > t.max_error_rate:
             new.append(Alert("error_rate", f"{snap['error_rate']:.0%} of conversation attempts failed "
                                            f"(threshold {t.max_error_rate:.0%}); see the run's errors."))
-        if self.calls >= t.min_samples and self.rate_limited / max(self.calls, 1) > t.max_rate_limited_share:
-            new.append(Alert("rate_limited", f"{self.rate_limited} of {self.calls} calls were answered 429: "
-                                             "lower concurrency or set a requests-per-minute limit."))
+        # A daily quota's 429s stop the run with a reason that says when it resets; this alert is about a
+        # per-minute quota, which the run copes with by itself.
+        if (self.calls >= t.min_samples and not self.quota_day_hit
+                and self.rate_limited / max(self.calls, 1) > t.max_rate_limited_share):
+            new.append(Alert("rate_limited", f"{self.rate_limited} of {self.calls} calls were answered 429 (a "
+                                             "per-minute quota): the run halves its calls in flight on each 429 and "
+                                             "paces them to the quota it learns, so it goes on at the quota's "
+                                             "speed; set GROUNDWORK_RPM_LIMIT to the quota to avoid the 429s."))
         if (snap["mean_call_latency_s"] or 0) > t.max_mean_call_latency_s:
             new.append(Alert("latency", f"mean LLM call latency {snap['mean_call_latency_s']} s exceeds "
                                         f"{t.max_mean_call_latency_s} s."))

@@ -152,7 +152,8 @@ class ReviewFilter:
         return ", ".join(parts)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+# ":" too: "https\://…" and "www\.…" are not auto-linked, so a bare URL in the text cannot navigate either.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 
 
 def escape_markdown(text: str) -> str:

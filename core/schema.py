@@ -174,3 +174,16 @@ def add_verifier_cache(db: Database) -> None:
     """LLM verifier results by content hash (core.quality.verify), shared by runs, ``grade`` and review."""
     db["verifier_cache"].create({"key": str, "method": str, "value": str, "created_at": str}, pk="key",
                                 if_not_exists=True)
+
+
+@migrations()
+def add_run_leases(db: Database) -> None:
+    """Run ownership as a lease: one owner token and its expiry per run, and the token on each reserved item.
+
+    A process takes the lease in the same transaction that checks it (so two resumes started at once cannot
+    both win), renews it with its heartbeat, reserves work items under its token and saves only items that
+    still carry it. A resume reclaims in-flight items only once their owner's lease has lapsed.
+    """
+    db["runs"].add_column("owner_token", str)
+    db["runs"].add_column("lease_expires_at", str)
+    db["work_items"].add_column("owner", str)

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.config import Settings
 from core.embeddings import Embedder
-from core.errors import GroundworkError
+from core.errors import GroundworkError, ValidationError
 from core.workbench import Workbench
 
 
@@ -101,11 +101,20 @@ _SESSION_OVERRIDES = {"provider": "settings.provider", "gemini_model": "settings
 
 
 def session_settings() -> Settings:
-    """Settings with this browser session's provider choices applied."""
-    base = settings()
-    changes = {field: st.session_state[key] for field, key in _SESSION_OVERRIDES.items()
-               if st.session_state.get(key) not in (None, "")}
-    return base.replace(**changes) if changes else base
+    """Settings with this browser session's provider choices applied, keys scoped (see core.access).
+
+    A GGUF path typed outside the allowed folders is not used; ``settings.path_error`` says why.
+    """
+    from core.access import session_settings as scoped
+
+    choices = {field: st.session_state.get(key) for field, key in _SESSION_OVERRIDES.items()}
+    typed_key = st.session_state.get("settings.openai_key") or None
+    try:
+        st.session_state.pop("settings.path_error", None)
+        return scoped(settings(), choices, typed_key)
+    except ValidationError as e:  # every page calls this: the Settings page shows why the path was not used
+        st.session_state["settings.path_error"] = str(e)
+        return scoped(settings(), {**choices, "local_model_path": None}, typed_key)
 
 
 def session_api_key() -> str | None:
@@ -141,3 +150,30 @@ def provider_factory():
     s = session_settings()
     key = session_api_key()
     return lambda gate: make_provider(s, gate=gate, api_key=key), s
+
+
+# Who is signed in, when the app runs behind authentication (README: "Behind authentication").
+_PROXY_USER_HEADERS = ("X-Forwarded-Email", "X-Forwarded-User", "X-Auth-Request-Email", "X-Auth-Request-User")
+
+
+def auth_configured() -> bool:
+    """Streamlit's own OIDC login (st.login) is set up in .streamlit/secrets.toml ([auth])."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all
+        return False
+
+
+def signed_in_user() -> str:
+    """The signed-in user's e-mail or name: from st.login when configured, else from an auth proxy's header."""
+    if auth_configured():
+        try:
+            if st.user.is_logged_in:
+                return str(st.user.get("email") or st.user.get("name") or "signed in")
+        except Exception:
+            return ""
+    try:
+        headers = st.context.headers
+    except Exception:  # outside a browser session
+        return ""
+    return next((headers[h] for h in _PROXY_USER_HEADERS if headers.get(h)), "")

@@ -10,6 +10,7 @@ from core.errors import GroundworkError
 from core.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
 from core.retrieval import found_by_label
 from core.retrieval import search as hybrid_search
+from core.access import confine_path
 from core.review import escape_markdown
 
 PAGE_SIZE = 25
@@ -120,7 +121,7 @@ with browse:
         rows = event.selection.rows if event else []
         if rows:
             doc = corpus.document(docs[rows[0]]["id"])
-            st.subheader(doc["title"])
+            st.subheader(escape_markdown(doc["title"]))  # corpus text: inert, no links or images
             st.caption(f"{doc['source_path']} · {doc['n_chars']:,} characters · {doc['n_chunks']} chunks · "
                        f"id {doc['id']}")
             if doc["metadata"]:
@@ -157,7 +158,9 @@ with ingest:
     folder = st.text_input("Folder or file on the server", value="sample_data/corpus", key="corpus.folder")
     if st.button("Ingest folder", key="corpus.ingest_folder"):
         try:
-            _show_report(corpus.ingest_path(Path(folder), text_field=text_field, progress=_progress_bar()))
+            # A path typed in the browser: only under the data dir, sample_data/ or GROUNDWORK_ALLOWED_ROOTS.
+            path = confine_path(folder, wb.settings, "ingest folder")
+            _show_report(corpus.ingest_path(path, text_field=text_field, progress=_progress_bar()))
         except Exception as e:
             ui_cache.show_error(e)
     uploads = st.file_uploader("Or upload files", accept_multiple_files=True, key="corpus.uploads")

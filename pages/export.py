@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_cache
+from core.access import confine_path
 from core.errors import GroundworkError
 from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
                          SPLIT_GROUPS, TRAINERS, ExportOptions, default_out_dir, export, reason_table, zip_export)
@@ -92,8 +93,12 @@ if st.button("Export", type="primary", key="export.run"):
                             dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
                             drop_near_duplicates=drop_near)
     try:
+        # Paths typed in the browser: only under the data dir, sample_data/ or GROUNDWORK_ALLOWED_ROOTS.
+        if options.tokenizer:
+            options.tokenizer = str(confine_path(options.tokenizer, wb.settings, "tokenizer path"))
+        target = confine_path(out_dir, wb.settings, "export folder") if out_dir.strip() else default_out_dir(wb.settings)
         with st.spinner(f"Exporting {selected:,} conversations…"):
-            result = export(wb.db, options, out_dir.strip() or default_out_dir(wb.settings), settings=wb.settings)
+            result = export(wb.db, options, target, settings=wb.settings)
         ss["export.result"] = {"dir": str(result.out_dir), "manifest": result.manifest}
         ss["export.fresh_out"] = True  # the next export gets its own folder
     except GroundworkError as e:

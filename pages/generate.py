@@ -144,7 +144,7 @@ if not runs:
     st.caption("No runs yet.")
 else:
     st.dataframe(pd.DataFrame(runs), hide_index=True, width="stretch")
-    resumable = [r["id"] for r in runs if r["status"] in ("incomplete", "running", "pending")
+    resumable = [r["id"] for r in runs if r["status"] in ("incomplete", "interrupted", "running", "pending")
                  and r["id"] not in manager.active()]
     if resumable:
         c1, c2 = st.columns([3, 1])

@@ -5,9 +5,16 @@ import streamlit as st
 from core import ui_cache
 from core.config import describe_settings
 from core.providers.registry import provider_info, test_connection
+from core.review import escape_markdown
 
 st.title("Settings")
 base = ui_cache.settings()
+signed_in = ui_cache.signed_in_user()
+if signed_in:
+    c1, c2 = st.columns([4, 1])
+    c1.caption(f"Signed in as **{escape_markdown(signed_in)}**")
+    if ui_cache.auth_configured() and c2.button("Log out", key="settings.logout"):
+        st.logout()
 
 st.subheader("LLM provider")
 choices = ["gemini", "openai", "local"]
@@ -31,12 +38,18 @@ elif provider == "openai":
                   key="settings.openai_base_url")
     st.text_input("Model", value=st.session_state.get("settings.openai_model") or base.openai_model,
                   key="settings.openai_model")
+    # The server's OPENAI_API_KEY goes only to the server's OPENAI_BASE_URL: another URL gets this key or none.
+    st.text_input("API key for this server (kept in this browser session only, never saved)", type="password",
+                  key="settings.openai_key",
+                  help=f"Without one, the server's key is sent only to {base.openai_base_url}; any other URL gets none.")
 else:
     st.text_input("GGUF model file (empty: the packaged SmolLM2-135M)",
                   value=st.session_state.get("settings.local_model_path") or base.local_model_path,
                   key="settings.local_model_path")
 
 settings = ui_cache.session_settings()
+if st.session_state.get("settings.path_error"):
+    st.error(st.session_state["settings.path_error"])
 try:
     info = provider_info(settings, api_key=ui_cache.session_api_key())
     st.caption(f"Active: **{info.name}** · model `{info.model}`")

@@ -132,7 +132,7 @@ with ab:
     if comparison:
         st.caption(f"Comparison `{comparison}`")
         for pair in workshop.comparison_pairs(comparison):
-            st.markdown(f"**Question:** {pair['question']}")
+            st.markdown(f"**Question:** {escape_markdown(pair['question'])}")  # LLM text: inert
             cols = st.columns(2)
             for col, arm in zip(cols, ("A", "B")):
                 with col:

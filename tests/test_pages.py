@@ -29,7 +29,7 @@ def test_corpus_page_browse_and_search(indexed_app_env):
 
 def test_corpus_page_ingest_reports_bad_folder(indexed_app_env):
     at = new_app("pages/corpus.py")
-    at.text_input(key="corpus.folder").set_value("/no/such/place")
+    at.text_input(key="corpus.folder").set_value("sample_data/no/such/place")
     at.button(key="corpus.ingest_folder").click().run()
     assert not at.exception
     assert "does not exist" in at.error[0].value

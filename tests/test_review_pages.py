@@ -173,7 +173,7 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
     at = new_app("pages/export.py")
     assert at.selectbox(key="export.status").value == "approved"
     assert "4 conversations" in at.info[0].value
-    out = tmp_path / "page-export"
+    out = data_dir / "exports" / "page-export"  # a folder typed in the browser must be under an allowed root
     at.multiselect(key="export.formats").set_value(["openai", "raw"]).run()
     at.text_input(key="export.out").set_value(str(out)).run()
     at.button(key="export.run").click().run()
@@ -188,7 +188,7 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
     at.switch_page("pages/export.py").run()
     assert not at.exception
     assert at.selectbox(key="export.status").value == "any" and "2 conversations" in at.info[0].value
-    out2 = tmp_path / "filtered"
+    out2 = data_dir / "exports" / "filtered"
     at.text_input(key="export.out").set_value(str(out2)).run()
     at.multiselect(key="export.formats").set_value(["raw"]).run()
     at.button(key="export.run").click().run()

@@ -126,7 +126,8 @@ class CallGate:
                 wait = self.window - (t - self._sent[0])
             time.sleep(min(max(wait, 0.01), 1.0))
 
-    def record_rate_limited(self, retry_after: float | None) -> None:
+    def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited") -> None:
+        """A 429; ``kind`` is rate_limited (a per-minute quota) or quota_day (gone until it resets)."""
         with self._lock:
             self.rate_limited_count += 1
 
@@ -195,7 +196,7 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
                 result = attempt()
         except LLMError as error:
             if error.kind in ("rate_limited", "quota_day"):
-                gate.record_rate_limited(error.retry_after)
+                gate.record_rate_limited(error.retry_after, kind=error.kind)
             if not error.retryable:
                 raise
             if retries >= policy.max_retries:
@@ -219,8 +220,24 @@ def _gave_up(error: LLMError, retries: int, label: str) -> LLMError:
     tries = f"{retries + 1} attempt{'s' if retries else ''}"
     if error.kind == "rate_limited":
         return QuotaExhaustedError(
-            f"{label} kept answering 429 (rate limited) for {tries}: the per-minute quota is smaller than this run "
-            f"needs. Use fewer workers or set GROUNDWORK_RPM_LIMIT to the quota, then resume.",
+            f"{label} kept answering 429 (a per-minute rate limit) for {tries}, waiting as asked each time. The run "
+            f"already halves its calls in flight on every 429 and paces them to the quota it learns; it stops only "
+            f"if no call gets through for a while. Setting GROUNDWORK_RPM_LIMIT to the quota paces it from the start.",
             kind="rate_limited", retryable=True, status=error.status, retry_after=error.retry_after)
     return LLMError(f"{error} (gave up after {tries})", kind=error.kind, retryable=True, status=error.status,
                     retry_after=error.retry_after)
+
+
+def until_pacific_midnight(now: "datetime | None" = None) -> str:
+    """When a daily quota that resets at midnight Pacific time (Gemini's) is back: "in 7 h 5 min, 08:00 UTC"."""
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        pacific = ZoneInfo("America/Los_Angeles")
+    except ZoneInfoNotFoundError:  # no tz database on this machine: the plain rule still holds
+        return "that is 07:00 or 08:00 UTC"
+    now = (now or datetime.now(timezone.utc)).astimezone(pacific)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=pacific)
+    left = int((midnight - now).total_seconds() // 60)
+    return f"in {left // 60} h {left % 60} min, at {midnight.astimezone(timezone.utc):%H:%M} UTC"

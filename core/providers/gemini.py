@@ -16,7 +16,7 @@ from google.genai import types
 
 from core.config import Settings
 from core.providers.base import (CallGate, LLMError, LLMRequest, LLMResult, QuotaExhaustedError, RetryPolicy,
-                                 call_with_retries)
+                                 call_with_retries, until_pacific_midnight)
 from core.providers.registry import redact
 
 NO_KEY_MESSAGE = "No Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) or enter a key in the sidebar."
@@ -202,7 +202,8 @@ class GeminiProvider:
             if re.search(r"per_?day", names, re.IGNORECASE):
                 return QuotaExhaustedError(
                     f"The daily Gemini quota for {self.model} is used up ({quota_id}). It resets at midnight "
-                    f"Pacific time: resume then, use a key with billing enabled, or switch model or provider.",
+                    f"Pacific time ({until_pacific_midnight()}): resume then, use a key with billing enabled, or "
+                    f"switch model or provider.",
                     kind="quota_day", status=429, retry_after=retry_after)
             if str(violation.get("quotaValue")) == "0":
                 return QuotaExhaustedError(

@@ -58,7 +58,9 @@ def app(tmp_path_factory, fake):
     (docs / "hostile.md").write_text(HOSTILE, encoding="utf-8")
     port = free_port()
     env = {**os.environ, "GROUNDWORK_DATA_DIR": str(data), "GEMINI_API_KEY": FAKE_KEY,
-           "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GROUNDWORK_AUTO_INDEX_SAMPLE": "0", "HF_HUB_OFFLINE": "1"}
+           "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GROUNDWORK_AUTO_INDEX_SAMPLE": "0", "HF_HUB_OFFLINE": "1",
+           # Folders outside the data dir that the browser may name: the hostile docs and the export target.
+           "GROUNDWORK_ALLOWED_ROOTS": os.pathsep.join([str(docs), str(data.parent / "export-out")])}
     log = open(data.parent / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],

@@ -232,6 +232,10 @@ def test_cli_index_and_search(tmp_path):
     (["search", "x", "--collection", "missing"], "does not exist yet"),
 ])
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, args, fragment):
+    if args[0] == "search":  # a data dir that exists (a missing one is its own message, tests/test_bad_inputs.py)
+        from core.db import Database
+
+        Database(tmp_path / "data" / "groundwork.db").close()
     out = run_cli(*args, "--data-dir", str(tmp_path / "data"))
     assert out.returncode == 2
     assert fragment in out.stderr

@@ -26,11 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--dev", action="store_true", help="also the development set (tests/data/grounding_dev.json)")
+    parser.add_argument("--dev", action="store_true", help="also the development sets (tests/data/grounding_dev.json, grounding_dev3.json)")
     args = parser.parse_args()
 
     from core.embeddings import Embedder
-    from core.quality.benchmark import DEV, HELD_OUT_2, as_dict, evaluate, format_report, load_held_out, load_in_sample
+    from core.quality.benchmark import DEV, DEV_3, HELD_OUT_2, as_dict, evaluate, format_report, load_held_out, load_in_sample
     from core.quality.grounding import OfflineVerifier
 
     embedder = Embedder()
@@ -41,6 +41,7 @@ def main() -> None:
                evaluate("held-out 2 (new domains)", load_held_out(HELD_OUT_2), verifier)]
     if args.dev:
         reports.append(evaluate("development (tuned on)", load_held_out(DEV), verifier))
+        reports.append(evaluate("development 3 (tuned on)", load_held_out(DEV_3), verifier))
     seconds = time.perf_counter() - started
     if args.json:
         print(json.dumps({"method": verifier.method, "seconds": round(seconds, 2),

@@ -215,7 +215,7 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     at = new_app("pages/review.py")
     assert at.session_state["review.current"] == ids[0]
     page = texts(at)
-    assert "grounding " in page and "windows\\-v2" in page and "grounding stale" not in page
+    assert "grounding " in page and "windows\\-v3" in page and "grounding stale" not in page
     assert any(e.label == "Evidence for each sentence" for e in at.expander)
     at.text_input(key="review.reviewer_input").set_value("ana").run()
     at.text_area(key=f"review.edit.{ids[0]}.1").set_value("The passages do not say.").run()

@@ -1,0 +1,161 @@
+"""Batch mode (`generate --batch`): rounds of Gemini Batch API jobs, through the real google-genai client and
+the fake server's batch endpoints; resumable, never sending a request key twice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from core.batch_run import BatchGenerationRun, generation_run
+from core.cost import estimate_run
+from core.fake_gemini import FakeGemini
+from core.providers.gemini import GeminiProvider
+from core.run_config import RunConfig
+
+from tests.conftest import ROOT
+
+KEY = "AIzaSy-batch-test-key-0000000000000000"
+FAST = {"batch_poll_s": 0.02, "batch_poll_max_s": 0.1}
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini(api_key=KEY) as server:
+        server.batch_pending_s, server.batch_running_s = 0.05, 0.1
+        yield server
+
+
+def batch_run(wb, fake, config=None, run_id=None, **settings_changes):
+    settings = wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url, request_timeout=5.0,
+                                   **{**FAST, **settings_changes})
+    factory = lambda gate: GeminiProvider(settings, gate=gate, backoff_base=0.01, max_backoff=0.05)  # noqa: E731
+    return generation_run(settings, wb.db, wb.corpus, factory, config=config, run_id=run_id)
+
+
+def keys_unique(fake):
+    return len(fake.batch_keys_submitted) == len(set(fake.batch_keys_submitted))
+
+
+def test_batch_rounds_save_exactly_n_grounded_conversations_and_failed_entries_go_into_the_next_round(indexed_wb, fake):
+    failed = []
+
+    def fault(key, request):  # the second round (the first answers) loses two entries, as a real batch can
+        if "-r2-" in key and len(failed) < 2:
+            failed.append(key)
+            return 503
+        return None
+
+    fake.batch_entry_fault = fault
+    run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=5, max_turns=2, seed=3, batch=True))
+    assert isinstance(run, BatchGenerationRun)
+    progress = run.run()
+    assert progress.status == "completed" and progress.saved == 5
+    db = indexed_wb.db
+    conversations = db.rows("SELECT * FROM conversations WHERE run_id=?", [run.run_id])
+    assert len(conversations) == 5
+    for c in conversations:  # stored exactly like a live run's conversation
+        turns = db.rows("SELECT * FROM turns WHERE conversation_id=? ORDER BY idx", [c["id"]])
+        assert [t["role"] for t in turns] == ["user", "assistant"] * c["num_turns"]
+        for t in turns:
+            if t["role"] == "assistant":
+                passages = json.loads(t["retrieval"])
+                assert passages and all(p["text"] and p["document_id"] for p in passages)
+                assert t["query"]
+        purposes = [r["purpose"] for r in db.rows("SELECT purpose FROM calls WHERE conversation_id=? ORDER BY id",
+                                                  [c["id"]])]
+        assert purposes == (["respondent", "correspondent"] * c["num_turns"])[:2 * c["num_turns"] - 1]
+        assert json.loads(c["question_meta"])["instruction_call_id"]
+    # The two failed entries were asked again in a later round, under new keys, and nothing was sent twice.
+    assert len(failed) == 2 and keys_unique(fake)
+    retried = db.rows("SELECT work_item_id FROM batch_requests WHERE key IN (?, ?)", failed)
+    for r in retried:
+        later = db.rows("SELECT key, status FROM batch_requests WHERE work_item_id=? AND key NOT IN (?, ?)",
+                        [r["work_item_id"], *failed])
+        assert any(x["status"] == "accepted" for x in later)
+    assert db.scalar("SELECT COUNT(*) FROM batch_requests WHERE status='failed'") == 2
+    # Every round was one job at Google, polled to its end and applied.
+    jobs = db.rows("SELECT * FROM batch_jobs WHERE run_id=? ORDER BY round", [run.run_id])
+    assert len(jobs) == len(fake.batch_jobs) >= 4 and {j["state"] for j in jobs} == {"applied"}
+    assert all(j["source"] == "inline" for j in jobs)
+
+
+def test_above_the_inline_limit_a_round_goes_as_an_uploaded_file_and_a_failed_job_is_sent_again(indexed_wb, fake):
+    fake.batch_outcomes.extend(["SUCCEEDED", "EXPIRED"])  # the second job expires: its requests go again
+    run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=1, seed=5, batch=True),
+                    batch_inline_bytes=2000)
+    progress = run.run()
+    assert progress.status == "completed" and progress.saved == 3
+    jobs = indexed_wb.db.rows("SELECT * FROM batch_jobs WHERE run_id=? ORDER BY round", [run.run_id])
+    assert all(j["source"].startswith("files/") for j in jobs)
+    assert len(fake.files) == 2 * len(jobs) - 1  # every round uploaded its requests; all but the expired one got results
+    assert "EXPIRED" in jobs[1]["error"] and len(jobs) == 3
+    assert keys_unique(fake)
+    uploads = sum(n for path, n in fake.by_path.items() if path.startswith("/upload/") and path.endswith("/files"))
+    assert uploads == 2 * len(jobs)  # the resumable protocol: a start, then the bytes with "upload, finalize"
+
+
+def test_batch_mode_needs_gemini_and_says_so_in_one_line(tmp_path):
+    env = {**os.environ, "GROUNDWORK_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    for provider in ("local", "openai"):
+        out = subprocess.run([sys.executable, "-m", "core.cli", "generate", "--batch", "--provider", provider],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2
+        assert out.stderr.strip().startswith("error: Batch mode needs Gemini") and len(out.stderr.splitlines()) == 1
+
+
+def test_the_estimate_uses_batch_prices(indexed_wb):
+    texts = {"respondent": "r" * 400, "correspondent": "c" * 400, "instruction": "i" * 400}
+    live = estimate_run(indexed_wb.db, RunConfig(num_dialogs=1000), "gemini-2.5-flash", texts)
+    batch = estimate_run(indexed_wb.db, RunConfig(num_dialogs=1000, batch=True), "gemini-2.5-flash", texts)
+    assert batch.calls == live.calls and batch.cost_usd == pytest.approx(live.cost_usd / 2)
+    assert "batch" in batch.basis
+
+
+def test_sigkill_while_a_job_runs_then_resume_polls_it_and_saves_exactly_n(indexed_wb):
+    with FakeGemini(api_key=KEY) as fake:
+        fake.batch_pending_s, fake.batch_running_s = 0.05, 0.1
+        env = {**os.environ, "GROUNDWORK_DATA_DIR": str(indexed_wb.settings.data_path), "GEMINI_API_KEY": KEY,
+               "GOOGLE_GEMINI_BASE_URL": fake.base_url, "HF_HUB_OFFLINE": "1", "GROUNDWORK_BATCH_POLL_S": "0.05",
+               "GROUNDWORK_BATCH_POLL_MAX_S": "0.2"}
+        indexed_wb.close()
+        out = indexed_wb.settings.data_path / "batch.jsonl"
+        cmd = [sys.executable, "-m", "core.cli", "generate", "--batch", "--num-dialogs", "6", "--max-turns", "2",
+               "--provider", "gemini", "--output", str(out), "--quiet"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        from core.db import Database
+
+        db = Database(indexed_wb.settings.db_path)
+        deadline = time.monotonic() + 120
+        held = None
+        while time.monotonic() < deadline and held is None:
+            # Once the first answers' round is submitted, hold it RUNNING at "Google" and kill the process.
+            if len(fake.batch_jobs) >= 2:
+                fake.batch_running_s = 3600
+                job = list(fake.batch_jobs.values())[1]
+                if db.scalar("SELECT COUNT(*) FROM batch_jobs WHERE name=?", [f"batches/{job['id']}"]):
+                    held = job
+            time.sleep(0.02)
+        assert held is not None, proc.communicate(timeout=5)
+        while fake._state(held) != "RUNNING":
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        run_id = db.scalar("SELECT id FROM runs ORDER BY created_at DESC LIMIT 1")
+        assert db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id]) < 6
+        jobs_before = len(fake.batch_jobs)
+        fake.batch_running_s = 0.1
+        resumed = subprocess.run([sys.executable, "-m", "core.cli", "generate", "--resume", run_id, "--quiet"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "completed — 6/6" in resumed.stdout
+        assert db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id]) == 6
+        # The resume polled the job that was running when the process died instead of sending it again.
+        assert db.scalar("SELECT state FROM batch_jobs WHERE name=?", [f"batches/{held['id']}"]) == "applied"
+        assert len(fake.batch_jobs) > jobs_before and keys_unique(fake)
+        ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+        assert len(ids) == 6 and len(set(ids)) == 6
+        db.close()

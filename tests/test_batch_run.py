@@ -15,6 +15,7 @@ from core.cost import estimate_run
 from core.fake_gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.run_config import RunConfig
+from core.workbench import Workbench
 
 from tests.conftest import ROOT
 
@@ -107,15 +108,15 @@ def test_batch_mode_needs_gemini_and_says_so_in_one_line(tmp_path):
         assert out.stderr.strip().startswith("error: Batch mode needs Gemini") and len(out.stderr.splitlines()) == 1
 
 
-def test_the_estimate_uses_batch_prices(indexed_wb):
+def test_the_estimate_uses_batch_prices(wb):
     texts = {"respondent": "r" * 400, "correspondent": "c" * 400, "instruction": "i" * 400}
-    live = estimate_run(indexed_wb.db, RunConfig(num_dialogs=1000), "gemini-2.5-flash", texts)
-    batch = estimate_run(indexed_wb.db, RunConfig(num_dialogs=1000, batch=True), "gemini-2.5-flash", texts)
+    live = estimate_run(wb.db, RunConfig(num_dialogs=1000), "gemini-2.5-flash", texts)
+    batch = estimate_run(wb.db, RunConfig(num_dialogs=1000, batch=True), "gemini-2.5-flash", texts)
     assert batch.calls == live.calls and batch.cost_usd == pytest.approx(live.cost_usd / 2)
-    assert "batch" in batch.basis
+    assert "Batch API prices" in batch.basis and "Batch" not in live.basis
 
 
-def test_sigkill_while_a_job_runs_then_resume_polls_it_and_saves_exactly_n(indexed_wb):
+def test_sigkill_while_a_job_runs_then_resume_polls_it_and_saves_exactly_n(indexed_wb, embedder):
     with FakeGemini(api_key=KEY) as fake:
         fake.batch_pending_s, fake.batch_running_s = 0.05, 0.1
         env = {**os.environ, "GROUNDWORK_DATA_DIR": str(indexed_wb.settings.data_path), "GEMINI_API_KEY": KEY,
@@ -148,10 +149,16 @@ def test_sigkill_while_a_job_runs_then_resume_polls_it_and_saves_exactly_n(index
         assert db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id]) < 6
         jobs_before = len(fake.batch_jobs)
         fake.batch_running_s = 0.1
-        resumed = subprocess.run([sys.executable, "-m", "core.cli", "generate", "--resume", run_id, "--quiet"],
-                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert resumed.returncode == 0, resumed.stderr
-        assert "completed — 6/6" in resumed.stdout
+        # The resume runs here, in the test's process (a second CLI start-up would only add time): it takes the
+        # dead process's lease like any resume.
+        wb = Workbench(indexed_wb.settings, store_idle_close_s=0, embedder=embedder)
+        try:
+            run = batch_run(wb, fake, run_id=run_id)
+            assert isinstance(run, BatchGenerationRun) and run.config.batch
+            progress = run.run()
+        finally:
+            wb.close()
+        assert progress.status == "completed" and progress.saved == 6
         assert db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=?", [run_id]) == 6
         # The resume polled the job that was running when the process died instead of sending it again.
         assert db.scalar("SELECT state FROM batch_jobs WHERE name=?", [f"batches/{held['id']}"]) == "applied"

@@ -166,3 +166,57 @@ def test_sigkill_while_a_job_runs_then_resume_polls_it_and_saves_exactly_n(index
         ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
         assert len(ids) == 6 and len(set(ids)) == 6
         db.close()
+
+
+def test_a_stop_between_creating_a_job_and_storing_its_name_finds_the_job_instead_of_sending_it_again(indexed_wb,
+                                                                                                     fake):
+    import threading
+
+    fake.batch_running_s = 3600  # the first round stays RUNNING at "Google"
+    run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=1, seed=7, batch=True))
+    worker = threading.Thread(target=run.run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not indexed_wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    run.cancel()
+    worker.join(30)
+    assert run.progress().status == "incomplete"
+    first = list(fake.batch_jobs)[0]
+    # What the database holds when the process dies after Google created the job but before its name was stored.
+    with indexed_wb.db.write() as w:
+        w.execute("UPDATE batch_jobs SET name=NULL, state='preparing', source='submitting' WHERE run_id=?",
+                  [run.run_id])
+    fake.batch_running_s = 0.1
+    progress = batch_run(indexed_wb, fake, run_id=run.run_id).run()
+    assert progress.status == "completed" and progress.saved == 3
+    jobs = indexed_wb.db.rows("SELECT name FROM batch_jobs WHERE run_id=? ORDER BY round", [run.run_id])
+    assert jobs[0]["name"] == f"batches/{first}" and len(fake.batch_jobs) == len(jobs)
+    assert keys_unique(fake)
+
+
+def test_the_generate_page_starts_a_large_run_through_the_batch_api(indexed_app_env, monkeypatch):
+    from tests.conftest import new_app
+
+    with FakeGemini() as fake:
+        fake.batch_pending_s, fake.batch_running_s = 0.05, 0.1
+        for name, value in {"GEMINI_API_KEY": "AIza-page-batch-key", "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+                            "GROUNDWORK_BATCH_POLL_S": "0.05", "GROUNDWORK_BATCH_POLL_MAX_S": "0.2"}.items():
+            monkeypatch.setenv(name, value)
+        at = new_app("pages/generate.py")
+        at.number_input(key="generate.num_dialogs").set_value(3)
+        at.checkbox(key="generate.batch").check().run()
+        assert not at.exception
+        assert "Batch API prices (half)" in " ".join(c.value for c in at.caption)
+        at.button(key="generate.start").click().run()
+        assert not at.exception
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            at.run()
+            if any("Completed" in s.value for s in at.success):
+                break
+            time.sleep(0.3)
+        assert any("Completed: 3 conversations" in s.value for s in at.success)
+        # Every call went through batch jobs: not one interactive generateContent.
+        assert len(fake.batch_jobs) >= 2 and not any(p.endswith(":generateContent") for p in fake.by_path)

@@ -12,7 +12,7 @@ A job is PENDING for ``batch_pending_s``, RUNNING for ``batch_running_s`` (both 
 run, so a test can hold a job RUNNING), then ends in the next state of ``batch_outcomes`` (SUCCEEDED when
 empty). Each request is answered by the same responder as ``generateContent``; ``batch_entry_fault(key,
 request)`` may return an HTTP status to fail that one entry instead (partial failure, as the real API
-reports it: an ``error`` in place of the ``response``).
+reports it: an ``error`` in place of the ``response``); ``batch_create_faults`` fails the next creations.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class GeminiBatchEndpoints:
         self.batch_running_s = 0.5
         self.batch_outcomes: deque[str] = deque()  # terminal states for the next jobs to finish, in order
         self.batch_entry_fault: Callable[[str, dict[str, Any]], int | None] | None = None
+        # HTTP statuses for the next job creations, in order: 429 as the real API sends it when too many batch
+        # tokens are enqueued (no RetryInfo, no quota details), 503 when it is overloaded.
+        self.batch_create_faults: deque[int] = deque()
         self.batch_inline_limit = DEFAULT_INLINE_LIMIT
         self.batch_keys_submitted: list[str] = []  # every request key of every job created, in order
         self.batch_jobs: dict[str, dict[str, Any]] = {}
@@ -158,6 +161,12 @@ class GeminiBatchEndpoints:
             entries = [(str(line.get("key", i)), line.get("request") or {}) for i, line in enumerate(lines)]
         if not entries:
             return self._fail(400, "A batch needs at least one request.")
+        with self._batch_lock:
+            fault = self.batch_create_faults.popleft() if self.batch_create_faults else None
+        if fault == 429:
+            return self._fail(429, "Resource has been exhausted (e.g. check quota).")
+        if fault:
+            return self._fail(fault, "The service is currently unavailable.")
         job_id = uuid.uuid4().hex[:16]
         with self._batch_lock:
             self.batch_keys_submitted.extend(k for k, _ in entries)

@@ -51,6 +51,7 @@ def test_batch_rounds_save_exactly_n_grounded_conversations_and_failed_entries_g
         return None
 
     fake.batch_entry_fault = fault
+    fake.batch_create_faults.extend([429, 503])  # the first creation is refused twice (no details): back off, retry
     run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=5, max_turns=2, seed=3, batch=True))
     assert isinstance(run, BatchGenerationRun)
     progress = run.run()
@@ -81,6 +82,7 @@ def test_batch_rounds_save_exactly_n_grounded_conversations_and_failed_entries_g
     # Every round was one job at Google, polled to its end and applied.
     jobs = db.rows("SELECT * FROM batch_jobs WHERE run_id=? ORDER BY round", [run.run_id])
     assert len(jobs) == len(fake.batch_jobs) >= 4 and {j["state"] for j in jobs} == {"applied"}
+    assert fake.by_status[429] == 1 and fake.by_status[503] == 1 and not fake.batch_create_faults
     assert all(j["source"] == "inline" for j in jobs)
 
 
@@ -220,3 +222,35 @@ def test_the_generate_page_starts_a_large_run_through_the_batch_api(indexed_app_
         assert any("Completed: 3 conversations" in s.value for s in at.success)
         # Every call went through batch jobs: not one interactive generateContent.
         assert len(fake.batch_jobs) >= 2 and not any(p.endswith(":generateContent") for p in fake.by_path)
+
+
+def test_batch_jobs_through_the_real_client_list_cancel_delete_and_map_results_by_key(settings, fake):
+    from core.providers.base import LLMError, LLMRequest, LLMResult, Message
+    from core.providers.gemini_batch import GeminiBatchJobs
+
+    provider = GeminiProvider(settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url))
+    jobs = GeminiBatchJobs(provider)
+    ask = [(f"k{i}", LLMRequest(messages=[Message("user", f"What is a security deposit {i}?")])) for i in range(3)]
+    fake.batch_running_s = 3600
+    name, source = jobs.submit(ask, "held")
+    assert source == "inline" and jobs.find("held") == name and jobs.find("nothing") is None
+    assert jobs.status(name).state in ("PENDING", "RUNNING")
+    jobs.cancel(name)
+    assert jobs.status(name).state == "CANCELLED" and jobs.status(name).results == {}
+    provider._client.batches.delete(name=name)
+    assert jobs.find("held") is None
+    fake.batch_running_s = 0.05
+    fake.batch_entry_fault = lambda key, request: 500 if key == "k1" else None
+    name, _ = jobs.submit(ask, "mixed")
+    deadline = time.monotonic() + 10
+    while not (status := jobs.status(name)).done:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert status.state == "SUCCEEDED" and set(status.results) == {"k0", "k1", "k2"}
+    assert isinstance(status.results["k0"], LLMResult) and status.results["k0"].text
+    assert isinstance(status.results["k1"], LLMError) and status.results["k1"].retryable
+    with pytest.raises(LLMError) as refused:  # a wrong key: the provider's one-line message, the key not in it
+        GeminiBatchJobs(GeminiProvider(settings.replace(gemini_api_key="AIza-wrong", gemini_base_url=fake.base_url))
+                        ).submit(ask, "x")
+    assert refused.value.kind == "auth" and "AIza-wrong" not in str(refused.value)
+    provider.close()

@@ -68,7 +68,7 @@ class BatchGenerationRun(GenerationRun):
     def _run_claimed(self) -> RunProgress:
         import threading
 
-        from core.providers.gemini_batch import GeminiBatchJobs
+        from core.providers.gemini_batch import GeminiBatchJobs  # google-genai is imported only for batch runs
 
         holds = ExitStack()
         retriever: Retriever | None = None
@@ -127,7 +127,7 @@ class BatchGenerationRun(GenerationRun):
             status = self._poll(job)
             if status is None:
                 return  # stopped while the job runs: a resume polls it again
-            if status.state == "SUCCEEDED":
+            if status.state in ("SUCCEEDED", "PARTIALLY_SUCCEEDED"):
                 failed_jobs = 0
                 self._apply(job, status.results)
             else:
@@ -234,12 +234,21 @@ class BatchGenerationRun(GenerationRun):
 
     def _poll(self, job: dict[str, Any]) -> Any:
         """Poll the job with backoff until it ends; None if the run stopped first (the job keeps running)."""
+        from core.providers.gemini_batch import BatchStatus
+
         delay = self.settings.batch_poll_s
         state = job["state"]
         while True:
             if self.cancel_event.wait(delay):
                 return None
-            status = self._with_retries(lambda: self.jobs.status(job["name"]))
+            try:
+                status = self._with_retries(lambda: self.jobs.status(job["name"]))
+            except LLMError as e:
+                if e.kind != "not_found":
+                    raise
+                # Deleted at Google, or past its retention while no process polled it: like a job that failed,
+                # its requests go into the next round (the SDK's 404 message would blame the model name).
+                status = BatchStatus(job["name"], "NOT_FOUND", error="the job no longer exists at Google")
             if status.state != state:
                 state = status.state
                 with self.db.write() as w:

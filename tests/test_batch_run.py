@@ -198,6 +198,30 @@ def test_a_stop_between_creating_a_job_and_storing_its_name_finds_the_job_instea
     assert keys_unique(fake)
 
 
+def test_a_job_deleted_at_google_while_no_process_polled_it_is_sent_again_on_resume(indexed_wb, fake):
+    import threading
+
+    fake.batch_running_s = 3600
+    run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=2, max_turns=1, seed=11, batch=True))
+    worker = threading.Thread(target=run.run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not indexed_wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    run.cancel()
+    worker.join(30)
+    name = indexed_wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id])
+    provider = GeminiProvider(run.settings)
+    provider._client.batches.delete(name=name)  # through the real client: a DELETE
+    provider.close()
+    fake.batch_running_s = 0.1
+    progress = batch_run(indexed_wb, fake, run_id=run.run_id).run()
+    assert progress.status == "completed" and progress.saved == 2
+    first = indexed_wb.db.one("SELECT * FROM batch_jobs WHERE name=?", [name])
+    assert first["state"] == "applied" and "no longer exists" in first["error"] and keys_unique(fake)
+
+
 def test_the_generate_page_starts_a_large_run_through_the_batch_api(indexed_app_env, monkeypatch):
     from tests.conftest import new_app
 

@@ -212,7 +212,17 @@ class BatchGenerationRun(GenerationRun):
             with self.db.write() as w:  # from here a stop may leave a job at Google we do not know the name of
                 self._check_lease(w)
                 w.execute("UPDATE batch_jobs SET source='submitting', updated_at=? WHERE id=?", [now(), job["id"]])
-            name, source = self._with_retries(lambda: self.jobs.submit(entries, job["id"]))
+            tried = []
+
+            def create() -> tuple[str, str]:
+                # A create whose answer was lost (a timeout, a dropped connection) may have made the job all the
+                # same: look for it before sending the same keys again.
+                found = self.jobs.find(job["id"]) if tried else None
+                tried.append(1)
+                return (found, "found by its display name after a lost answer") if found else \
+                    self.jobs.submit(entries, job["id"])
+
+            name, source = self._with_retries(create)
         with self.db.write() as w:
             w.execute("UPDATE batch_jobs SET name=?, source=?, state='PENDING', updated_at=? WHERE id=?",
                       [name, source, now(), job["id"]])

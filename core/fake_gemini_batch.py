@@ -42,9 +42,11 @@ class GeminiBatchEndpoints:
         self.batch_running_s = 0.5
         self.batch_outcomes: deque[str] = deque()  # terminal states for the next jobs to finish, in order
         self.batch_entry_fault: Callable[[str, dict[str, Any]], int | None] | None = None
-        # HTTP statuses for the next job creations, in order: 429 as the real API sends it when too many batch
-        # tokens are enqueued (no RetryInfo, no quota details), 503 when it is overloaded.
-        self.batch_create_faults: deque[int] = deque()
+        # Faults for the next job creations, in order: 429 as the real API sends it when too many batch tokens
+        # are enqueued (no RetryInfo, no quota details), 503 when it is overloaded, or "timeout": the job is
+        # created but the answer comes only after ``batch_timeout_s`` (a client that gave up never learns its name).
+        self.batch_create_faults: deque[int | str] = deque()
+        self.batch_timeout_s = 2.0
         self.batch_inline_limit = DEFAULT_INLINE_LIMIT
         self.batch_keys_submitted: list[str] = []  # every request key of every job created, in order
         self.batch_jobs: dict[str, dict[str, Any]] = {}
@@ -165,8 +167,8 @@ class GeminiBatchEndpoints:
             fault = self.batch_create_faults.popleft() if self.batch_create_faults else None
         if fault == 429:
             return self._fail(429, "Resource has been exhausted (e.g. check quota).")
-        if fault:
-            return self._fail(fault, "The service is currently unavailable.")
+        if fault and fault != "timeout":
+            return self._fail(int(fault), "The service is currently unavailable.")
         job_id = uuid.uuid4().hex[:16]
         with self._batch_lock:
             self.batch_keys_submitted.extend(k for k, _ in entries)
@@ -174,7 +176,10 @@ class GeminiBatchEndpoints:
                    "entries": entries, "file_name": file_name, "created": time.monotonic(),
                    "create_time": _timestamp(), "outcome": None, "result": None, "cancelled": False}
             self.batch_jobs[job_id] = job
-            return self._ok(self._operation(job))
+            reply = self._ok(self._operation(job))
+        if fault == "timeout":
+            time.sleep(self.batch_timeout_s)
+        return reply
 
     def _state(self, job: dict[str, Any]) -> str:
         if job["outcome"]:

@@ -31,8 +31,8 @@ def fake():
 
 
 def batch_run(wb, fake, config=None, run_id=None, **settings_changes):
-    settings = wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url, request_timeout=5.0,
-                                   **{**FAST, **settings_changes})
+    settings = wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url,
+                                   **{"request_timeout": 5.0, **FAST, **settings_changes})
     factory = lambda gate: GeminiProvider(settings, gate=gate, backoff_base=0.01, max_backoff=0.05)  # noqa: E731
     return generation_run(settings, wb.db, wb.corpus, factory, config=config, run_id=run_id)
 
@@ -88,15 +88,18 @@ def test_batch_rounds_save_exactly_n_grounded_conversations_and_failed_entries_g
 
 def test_above_the_inline_limit_a_round_goes_as_an_uploaded_file_and_a_failed_job_is_sent_again(indexed_wb, fake):
     fake.batch_outcomes.extend(["SUCCEEDED", "EXPIRED"])  # the second job expires: its requests go again
+    # The first creation's answer is lost (the client times out) although the job was made: found, not resent.
+    fake.batch_create_faults.append("timeout")
+    fake.batch_timeout_s = 1.5
     run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=1, seed=5, batch=True),
-                    batch_inline_bytes=2000)
+                    batch_inline_bytes=2000, request_timeout=1.0)
     progress = run.run()
     assert progress.status == "completed" and progress.saved == 3
     jobs = indexed_wb.db.rows("SELECT * FROM batch_jobs WHERE run_id=? ORDER BY round", [run.run_id])
-    assert all(j["source"].startswith("files/") for j in jobs)
+    assert all(j["source"].startswith("files/") for j in jobs[1:])
     assert len(fake.files) == 2 * len(jobs) - 1  # every round uploaded its requests; all but the expired one got results
-    assert "EXPIRED" in jobs[1]["error"] and len(jobs) == 3
-    assert keys_unique(fake)
+    assert "EXPIRED" in jobs[1]["error"] and len(jobs) == 3 == len(fake.batch_jobs)
+    assert jobs[0]["source"].startswith("found by its display name") and keys_unique(fake)
     uploads = sum(n for path, n in fake.by_path.items() if path.startswith("/upload/") and path.endswith("/files"))
     assert uploads == 2 * len(jobs)  # the resumable protocol: a start, then the bytes with "upload, finalize"
 

@@ -55,12 +55,22 @@ class GeminiBatchJobs:
         self.model = provider.model
         self.inline_limit = inline_limit
         self._client = provider._client
+        # A provider that writes and reads generateContent's JSON itself (request_body) reads a reply from its
+        # JSON; one that goes through the SDK's types reads a GenerateContentResponse.
+        self._reads_json = hasattr(provider, "request_body")
 
     def _inlined(self, key: str, request: LLMRequest) -> types.InlinedRequest:
+        """One entry as the SDK's type: the same fields the live provider sends for a generateContent call."""
         contents = [types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)])
                     for m in request.messages]
-        return types.InlinedRequest(model=self.model, contents=contents, config=self.provider._config(request),
-                                    metadata={"key": key})
+        budget = self.provider.settings.gemini_thinking_budget
+        config = types.GenerateContentConfig(
+            system_instruction=request.system or None, temperature=request.temperature,
+            max_output_tokens=request.max_tokens, seed=request.seed,
+            response_mime_type="application/json" if request.json_schema else None,
+            response_json_schema=request.json_schema,  # plain JSON Schema, as the live calls send it
+            thinking_config=types.ThinkingConfig(thinking_budget=budget) if budget >= 0 else None)
+        return types.InlinedRequest(model=self.model, contents=contents, config=config, metadata={"key": key})
 
     def encode(self, key: str, request: LLMRequest) -> dict[str, Any]:
         """One request as the API's JSON (what goes inline, and each line of the JSONL file)."""
@@ -120,7 +130,9 @@ class GeminiBatchJobs:
                     for i, entry in enumerate(job.dest.inlined_responses or []):
                         key = str((entry.metadata or {}).get("key", i))
                         error = entry.error.model_dump(exclude_none=True) if entry.error else None
-                        status.results[key] = self._entry(entry.response, error)
+                        response = (entry.response.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                    if entry.response is not None else None)
+                        status.results[key] = self._entry(response, error)
             return status
         except (genai_errors.APIError, *_TRANSPORT_ERRORS, json.JSONDecodeError, pydantic.ValidationError) as exc:
             error = self.provider._error_from(exc)
@@ -134,7 +146,8 @@ class GeminiBatchJobs:
             error = self.provider._error_from(exc)
         raise error
 
-    def _entry(self, response: Any, error: dict[str, Any] | None) -> LLMResult | LLMError:
+    def _entry(self, response: dict[str, Any] | None, error: dict[str, Any] | None) -> LLMResult | LLMError:
+        """One entry's result from its JSON: a reply, or the error Google put in its place."""
         if error:
             code = int(error.get("code") or 0)
             return LLMError(f"Gemini failed this batch entry ({code or ''} {error.get('message') or ''})".replace(
@@ -143,10 +156,9 @@ class GeminiBatchJobs:
         if response is None:
             return LLMError("Gemini returned a batch entry with neither a response nor an error.", kind="empty",
                             retryable=True)
-        if isinstance(response, dict):
-            response = types.GenerateContentResponse.model_validate(response)
-        try:
-            return self.provider._result_from(response)
+        try:  # the live path's reading of a reply: the same finish reasons, safety and empty-text errors
+            return self.provider._result_from(  # type: ignore[arg-type]
+                response if self._reads_json else types.GenerateContentResponse.model_validate(response))
         except LLMError as e:  # safety, recitation, no text: the run treats these like a rejected reply
             return e
 

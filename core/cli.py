@@ -148,7 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            retrieval=args.retrieval, retrieval_mode=args.retrieval_mode,
                            follow_up_queries=args.follow_up_queries, token_budget=args.token_budget,
                            auto_improve=args.auto_improve, max_improve_attempts=args.improve_attempts,
-                           judge_threshold=args.judge_threshold, batch=args.batch,
+                           judge_threshold=args.judge_threshold, verify_grounding=args.verify_grounding,
+                           batch=args.batch,
                            question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
     run = generation_run(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
                          run_id=args.resume,
@@ -386,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "threshold (env AUTO_IMPROVE; costs extra calls)")
     p.add_argument("--improve-attempts", type=int, default=2, help="attempts per conversation with --auto-improve")
     p.add_argument("--judge-threshold", type=float, default=3.5, help="mean rubric score (1-5) to pass")
+    p.add_argument("--verify-grounding", action="store_true",
+                   default=_env("VERIFY_GROUNDING", "") in ("1", "true", "yes"),
+                   help="LLM verifier: one more call per answer checks each sentence against its passages, with a "
+                   "quote that must really be there; stored for Review and counted in the estimate (env "
+                   "VERIFY_GROUNDING; Gemini or OpenAI-compatible)")
     p.add_argument("--batch", action="store_true", default=_env("GROUNDWORK_BATCH", "") in ("1", "true", "yes"),
                    help="a large run through Gemini's Batch API: each round of calls is one batch job (half price; "
                         "minutes to hours per round; resumable while jobs run). Gemini only")

@@ -380,3 +380,47 @@ def test_llm_verifier_on_an_openai_compatible_server():
     [s] = v.sentences
     assert (s.verdict, s.passage_id, s.evidence) == ("contradicted", "kb-refunds", "Monthly plans are not refundable")
     assert v.score == 0.0 and v.flagged and v.method == "llm-verifier-v1:m"
+
+
+# ---- at generation time: `generate --verify-grounding` ----------------------------------------------------
+
+def run_reply(body: dict) -> str:
+    """A model that writes conversations as the fake's default does, and as a verifier quotes the opening
+    words of the first passage for sentence 1 (in the wrong case) and nothing for the rest."""
+    prompt = " ".join(p.get("text", "") for c in body["contents"] for p in c.get("parts", []))
+    if not prompt.startswith("Passages shown to the assistant:"):
+        return FakeGemini.reply_for(body)
+    first = re.search(r"^\[([^\]]+)\] (.+)$", prompt, flags=re.M)
+    quote = " ".join(first.group(2).split()[:8]).upper()
+    rows = [{"n": int(n), "verdict": "unsupported", "passage_id": "", "evidence": ""}
+            for n in re.findall(r"^(\d+)\. ", prompt, flags=re.M)]
+    rows[0] = {"n": 1, "verdict": "supported", "passage_id": first.group(1), "evidence": quote}
+    return json.dumps({"sentences": rows})
+
+
+def test_generate_with_verify_grounding_stores_checked_verdicts_for_every_answer(indexed_wb, monkeypatch, capsys):
+    data_dir = str(indexed_wb.settings.data_path)
+    indexed_wb.close()
+    with FakeGemini(responder=run_reply) as fake:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("GEMINI_API_KEY", "k")
+        assert main(["generate", "--data-dir", data_dir, "--provider", "gemini", "--num-dialogs", "2",
+                     "--max-turns", "2", "--verify-grounding", "--quiet"]) == 0
+        asked = [r for r in fake.requests if "Passages shown to the assistant:" in json.dumps(r.body)]
+    db = Database(indexed_wb.settings.db_path)
+    answers = db.rows("SELECT t.content, t.retrieval, t.grounding FROM turns t JOIN conversations c "
+                      "ON c.id = t.conversation_id WHERE t.role='assistant'")
+    assert len(asked) == len(answers) >= 2  # one verifier call per answer
+    for a in answers:
+        grounding = json.loads(a["grounding"])
+        assert grounding["method"].startswith("llm-verifier-v1:")
+        first = grounding["sentences"][0]
+        passage = {str(p["id"]): p["text"] for p in json.loads(a["retrieval"])}[first["passage_id"]]
+        assert first["verdict"] == "supported" and first["evidence"] in passage  # the real span, as written
+        assert first["evidence"] != first["evidence"].upper()
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE grounding IS NOT NULL") == 2
+    db.close()
+    # The offline demo model cannot verify: one line, no run started.
+    assert main(["generate", "--data-dir", data_dir, "--provider", "local", "--num-dialogs", "1",
+                 "--verify-grounding", "--quiet"]) == 2
+    assert "LLM verifier needs a capable model" in capsys.readouterr().err

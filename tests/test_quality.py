@@ -103,9 +103,11 @@ def test_grounding_detects_unsupported_and_contradicted_sentences(labelled_score
           f"'unsupported or weak' precision {review_p:.3f} recall {review_r:.3f}")
     for name, kinds in by_label.items():
         print(f"  {name:12s} " + ", ".join(f"{k}={kinds.count(k)}" for k in sorted(set(kinds))))
-    # Floors just under what the calibrated thresholds measure (0.97 / 0.82 and 0.88 / 0.92).
-    assert strict_p >= 0.9 and strict_r >= 0.78
-    assert review_p >= 0.85 and review_r >= 0.88
+    # Floors just under what sentence-windows-v3 measures (0.96 / 0.71 and 0.91 / 0.84). v2 measured 0.97 / 0.82
+    # here: v3's credit for paraphrased words costs recall on this legal set for fewer supported answers
+    # flagged in other domains (README, "Measured").
+    assert strict_p >= 0.9 and strict_r >= 0.68
+    assert review_p >= 0.85 and review_r >= 0.8
     # Sentences that make no claim never count against grounding.
     assert all(s.kind in ("abstention", "neutral") for label, s in rows if label["label"] in EXEMPT)
     # Near-verbatim sentences are always supported.
@@ -482,18 +484,38 @@ def test_review_filter_and_export_use_the_quality_flags(indexed_wb, embedder, tm
 
 def test_bench_numbers_match_the_readme(embedder):
     """The numbers the README reports for both label sets are what the frozen method measures today."""
-    from core.quality.benchmark import evaluate, load_held_out, load_in_sample
+    from core.quality.benchmark import HELD_OUT_2, evaluate, load_held_out, load_in_sample
     from core.quality.grounding import OfflineVerifier
 
     verifier = OfflineVerifier(embedder)
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     inside = evaluate("in-sample", load_in_sample(), verifier)
     held = evaluate("held-out", load_held_out(), verifier)
-    assert verifier.method == "sentence-windows-v2" and f"method `{verifier.method}`" in readme
-    for report, units in ((inside, "75 sentences"), (held, "67 answers")):
-        row = next(line for line in readme.splitlines() if units in line and "sentence-windows-v1" not in line)
+    held_2 = evaluate("held-out 2", load_held_out(HELD_OUT_2), verifier)
+    assert verifier.method == "sentence-windows-v3" and f"method `{verifier.method}`" in readme
+    for report, units in ((inside, "75 sentences"), (held, "67 answers"), (held_2, "70 answers")):
+        # Rows of earlier methods name their method; the current method's rows do not.
+        row = next(line for line in readme.splitlines() if units in line and "sentence-windows-v" not in line)
         row = row.replace("**", "")
         assert f"| {report.auroc:.3f} | {report.precision:.3f} | {report.recall:.3f} |" in row, (row, report)
-    reversed_, supported = held.flagged_by_label["reversed"], held.flagged_by_label["supported"]
-    assert f"{reversed_[0]}/{reversed_[1]} ({reversed_[0] / reversed_[1]:.0%})" in readme
-    assert f"{supported[0]}/{supported[1]} ({supported[0] / supported[1]:.0%})" in readme
+        if report is not inside:
+            reversed_, supported = report.flagged_by_label["reversed"], report.flagged_by_label["supported"]
+            assert f"| {reversed_[0]}/{reversed_[1]} ({reversed_[0] / reversed_[1]:.0%}) | " \
+                   f"{supported[0]}/{supported[1]} ({supported[0] / supported[1]:.0%}) |" in row, (row, report)
+
+
+def test_figures_with_units_are_compared_within_their_dimension():
+    from core.quality.quantities import quantities, unsupported_quantities
+
+    passages = ("Economy Standard adds one cabin bag of up to 8 kg; checked bags are 23 kg. A personal item is up to "
+                "40 x 30 x 15 cm. Keep children home until 48 hours after the last episode. Refunds within 14 days.")
+    assert [(q.text, q.dimension) for q in quantities("two full days, a few hours a day, €40, 60 percent")] == \
+        [("two full days", "time"), ("60 percent", "share"), ("€40", "money:EUR")]
+    wrong = unsupported_quantities("The cabin bag may weigh up to 10 kg.", passages)  # 40 − 30 is not a weight
+    assert [(q.text, [k.text for k in said]) for q, said in wrong] == [("10 kg", ["8 kg", "23 kg"])]
+    assert unsupported_quantities("Keep them at home for two full days.", passages) == []  # = 48 hours
+    assert unsupported_quantities("Wait a fortnight.", passages) == []  # = 14 days
+    assert [q.text for q, _ in unsupported_quantities("It takes four weeks.", passages)] == ["four weeks"]
+    # A figure the sentence works out from one of its own: 21 days − 14 days.
+    assert unsupported_quantities("Three weeks is 21 days, so you are 7 days past the window.", passages) == []
+    assert unsupported_quantities("It costs 5 EUR.", passages) == []  # no money in the passages: not judged here

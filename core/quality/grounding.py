@@ -18,6 +18,7 @@ from core.quality.verdicts import SentenceVerdict, TurnVerdict
 from core.quality.sentences import Sentence, sentence_kind, split_sentences
 from core.quality.lexical import (_blank, _compounds, _content_words, _names, _numbers, _stem, _words, acronyms,
                                   derivable, tokens_upper, typed_numbers)
+from core.quality.quantities import quantities, unsupported_quantities
 from core.quality.citations import CitationFlag, IdentifierPool, _citation_flags, _source_texts, extract_identifiers
 from core.quality.contradictions import _contradiction, _contradicts_passages, _negated_and_plain, _polarity_flip
 
@@ -43,6 +44,9 @@ DEFAULT_THRESHOLDS = GroundingThresholds()
 WEAKLY_GROUNDED_BELOW = 0.7  # conversation score under which the review page lists it as weakly grounded
 # 3-sentence windows measured the same precision and recall on the labelled set for a third more encoding.
 WINDOW_SIZES = (1, 2)
+# A word the passages do not use counts towards the overlap by its similarity to the closest passage word
+# when that is at least this ("soak" for "water", "fortnight" for "weeks"): paraphrases keep their support.
+SOFT_WORD = 0.6
 
 
 @dataclass
@@ -176,6 +180,7 @@ class GroundingChecker:
         self.embedder = embedder
         self.thresholds = thresholds
         self.cache = cache if cache is not None else shared_window_cache(embedder.model_name)
+        self._word_cache: dict[str, np.ndarray] = {}  # single words → vectors (a vocabulary: stays small)
 
     def score_answer(self, answer: str, passages: Sequence[dict[str, Any]], context: Sequence[str] = ()
                      ) -> TurnGrounding:
@@ -201,10 +206,20 @@ class GroundingChecker:
                 if cached is None:
                     for w in _windows_of(p.get("text") or ""):
                         to_encode[w] = None
+            # Single words, for the credit a paraphrased word gets (see SOFT_WORD): encoded in the same call.
+            source_text = "\n".join(_source_texts(turn.passages, turn.context))
+            for w in [*(w for c in claims for w in _content_words(c)), *_content_words(source_text)]:
+                if not w.isdigit() and w not in self._word_cache:
+                    to_encode[w] = None
             prepared.append((turn, sentences, kinds, passage_windows, context_windows))
         texts = list(to_encode)
         vectors = self.embedder.encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
         vector_of = {t: vectors[i] for i, t in enumerate(texts)}
+        if len(self._word_cache) > 50_000:  # ~75 MB of vectors: start over rather than grow with every corpus
+            self._word_cache.clear()
+        for t, v in vector_of.items():
+            if " " not in t and t not in self._word_cache:
+                self._word_cache[t] = v
         results = []
         for turn, sentences, kinds, passage_windows, context_windows in prepared:
             windows = _Windows([], [])
@@ -226,6 +241,22 @@ class GroundingChecker:
         return results
 
     # -- internals ---------------------------------------------------------------------------
+    def _soft_credit(self, word: str, source_words: Sequence[str], matrix: list[np.ndarray]) -> float:
+        """Credit for a word the passages do not use: its closest passage word's similarity, if close."""
+        if not source_words or word.isdigit():
+            return 0.0
+        vector = self._word_cache.get(word)
+        if vector is None:
+            return 0.0
+        if not matrix:
+            matrix.append(np.array([self._word_cache[w] for w in source_words if w in self._word_cache],
+                                   dtype=np.float32))
+        if not len(matrix[0]):
+            return 0.0
+        sims = matrix[0] @ vector
+        best = float(np.max(sims))
+        return best if best >= SOFT_WORD else 0.0
+
     def _score_turn(self, turn: TurnInput, sentences: list[Sentence], kinds: list[str], windows: _Windows,
                     context_vectors: np.ndarray | None, vector_of: dict[str, np.ndarray]) -> TurnGrounding:
         t = self.thresholds
@@ -238,6 +269,8 @@ class GroundingChecker:
         tokens = tokens_upper(source_text)
         passages_negated, passages_plain = _negated_and_plain("\n".join(p.get("text") or "" for p in turn.passages))
         passage_text = {p.get("id"): p.get("text") or "" for p in turn.passages}
+        source_words = sorted({w for w in _content_words(source_text) if not w.isdigit()})
+        source_matrix: list[np.ndarray] = []  # their vectors, encoded when a sentence first needs them
         scored: list[SentenceScore] = []
         for sentence, kind in zip(sentences, kinds):
             if kind != "claim":
@@ -250,14 +283,16 @@ class GroundingChecker:
                 sims = windows.vectors @ vec
                 best = int(np.argmax(sims))
                 similarity = float(sims[best])
-            words = [_stem(w) for w in _content_words(sentence.text)]
-            overlap = sum(w in vocabulary for w in words) / len(words) if words else 1.0
+            raw = _content_words(sentence.text)
+            words = [_stem(w) for w in raw]
+            overlap = (sum(1.0 if w in vocabulary else self._soft_credit(r, source_words, source_matrix)
+                           for w, r in zip(words, raw)) / len(words)) if words else 1.0
             support = t.similarity_weight * similarity + (1 - t.similarity_weight) * overlap
             # Figures a sentence computes come from the passage text it draws on, not from anywhere in five
             # passages full of amounts (where some pair adds up to almost any number).
             near = [windows.texts[i] for i in np.argsort(-sims)[:3]] if sims is not None else []
             values = typed_numbers(" ".join(near + list(turn.context)))
-            reasons = _missing_facts(sentence.text, pool, numbers, names, values, tokens)
+            reasons = _missing_facts(sentence.text, pool, numbers, names, values, tokens, source_text)
             contradicted = False
             if turn.passages and not reasons:
                 why = _contradicts_passages(sentence.text, passages_negated, passages_plain)
@@ -329,7 +364,8 @@ def _windows_of(passage: str) -> list[str]:
 
 
 def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names: set[str],
-                   values: Sequence[tuple[Decimal, bool]] = (), tokens: set[str] = frozenset()) -> list[str]:
+                   values: Sequence[tuple[Decimal, bool]] = (), tokens: set[str] = frozenset(),
+                   sources: str = "") -> list[str]:
     """Identifiers, numbers, names and acronyms in a claim that the passages (and the user) never mention.
 
     A figure that is the sum, difference, product, ratio or percentage of two figures of the passages,
@@ -360,11 +396,24 @@ def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names
         if not any(s <= m.start() < e for s, e in spans) and m.group(0).upper() not in pool.dockets:
             reasons.append(f"not in the passages: {m.group(0)}")
     spans += [(m.start(), m.end()) for m in _compounds(sentence)]
+    # A figure with a unit is judged against the passages' figures of its dimension, in a common unit, so
+    # "10 kg" beside "8 kg" is caught although a 10 appears elsewhere, and "two days" matches "48 hours".
+    amount_spans = [(i.start, i.end) for i in idents if i.type == "amount"]
+    if sources:
+        known_dimensions = {q.dimension for q in quantities(sources)}
+        wrong = unsupported_quantities(sentence, sources)
+        for q, said in wrong:
+            if not any(s <= q.start < e for s, e in amount_spans):
+                reasons.append(f"not in the passages: {q.text.strip()} (they say {', '.join(k.text.strip() for k in said[:3])})")
+        spans += [(q.start, q.end) for q in quantities(sentence) if q.dimension in known_dimensions]
     amounts = {i.key for i in idents if i.type == "amount"}
     for n in sorted(_numbers(_blank(sentence, spans)) - numbers - amounts):
         if not computed(n, False):
             reasons.append(f"number not in the passages: {n}")
     for name in sorted(_names(sentence) - names):
+        # "Europe" beside "European cities", "Canada" beside "Canadian": the same name in another form.
+        if len(name) >= 5 and any(w.startswith(name[:len(name) - 1]) for w in names):
+            continue
         reasons.append(f"name not in the passages: {name.title()}")
     if tokens:
         for token in sorted(acronyms(_blank(sentence, spans)) - tokens):

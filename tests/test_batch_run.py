@@ -258,6 +258,12 @@ def test_batch_jobs_through_the_real_client_list_cancel_delete_and_map_results_b
     provider = GeminiProvider(settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url))
     jobs = GeminiBatchJobs(provider)
     ask = [(f"k{i}", LLMRequest(messages=[Message("user", f"What is a security deposit {i}?")])) for i in range(3)]
+    # A batch entry carries exactly what the live call sends for the same request.
+    structured = LLMRequest([Message("user", "And the deadline?")], system="Answer from <passages>.", seed=7,
+                            max_tokens=300, json_schema={"type": "object", "properties": {"a": {"type": "string"}}})
+    provider.generate(structured)
+    live = fake.requests[-1].body
+    assert {k: v for k, v in jobs.encode("q", structured)["request"].items() if k != "model"} == live
     fake.batch_running_s = 3600
     name, source = jobs.submit(ask, "held")
     assert source == "inline" and jobs.find("held") == name and jobs.find("nothing") is None

@@ -14,6 +14,7 @@ prompts, retrieval, carried passages and reply checks (``Simulator``), and the s
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -38,6 +39,7 @@ NEEDS_GEMINI = ("Batch mode needs Gemini: the Batch API is Gemini's. Set GEMINI_
                 "provider, or run without batch mode on the offline or OpenAI-compatible provider.")
 ENTRY_RETRIES = 3  # a conversation whose call failed in this many batches in a row (not rejected: failed) fails
 FAILED_JOBS_IN_A_ROW = 3  # whole jobs failing or expiring this often in a row stop the run
+JOB_LIFETIME_S = 48 * 3600.0  # Google expires a batch job pending or running longer than this
 
 
 def generation_run(settings: Settings, db: Database, corpus: Corpus,
@@ -61,6 +63,8 @@ class BatchGenerationRun(GenerationRun):
 
     def __init__(self, *args: Any, on_note: Callable[[str], None] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # No conversation is saved while a round's job runs at Google (minutes to hours): that is not a stall.
+        self.monitor.thresholds = dataclasses.replace(self.monitor.thresholds, stall_seconds=JOB_LIFETIME_S)
         self.on_note = on_note
         self.jobs: Any = None  # GeminiBatchJobs, built in the run (it needs the provider)
 

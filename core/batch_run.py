@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
@@ -70,8 +71,6 @@ class BatchGenerationRun(GenerationRun):
 
     # ---- the run --------------------------------------------------------------------------------------------
     def _run_claimed(self) -> RunProgress:
-        import threading
-
         from core.providers.gemini_batch import GeminiBatchJobs  # google-genai is imported only for batch runs
 
         holds = ExitStack()
@@ -290,7 +289,7 @@ class BatchGenerationRun(GenerationRun):
         accepted = 0
         for row in rows:
             result = results.get(row["key"]) or LLMError("Gemini's batch results have no entry for this request.",
-                                                         kind="empty", retryable=True)
+                                                         kind="server", retryable=True)
             if isinstance(result, LLMResult):
                 self.monitor.record_call(0.0, result.prompt_tokens, result.completion_tokens, result.thinking_tokens)
             else:

@@ -12,6 +12,7 @@ import pytest
 
 from core.batch_run import BatchGenerationRun, generation_run
 from core.cost import estimate_run
+from core.engine import RunOwnedError
 from core.fake_gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.run_config import RunConfig
@@ -185,6 +186,8 @@ def test_a_stop_between_creating_a_job_and_storing_its_name_finds_the_job_instea
     while not indexed_wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id]):
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    with pytest.raises(RunOwnedError):  # polling holds the run's lease: a second resume is refused
+        batch_run(indexed_wb, fake, run_id=run.run_id)
     run.cancel()
     worker.join(30)
     assert run.progress().status == "incomplete"

@@ -127,15 +127,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from core.engine import GenerationRun
+    from core.batch_run import NEEDS_GEMINI, generation_run
     from core.run_config import QuestionMix, RunConfig
-    from core.providers.registry import make_provider
+    from core.providers.registry import make_provider, provider_name
     from core.workbench import Workbench
 
     overrides = {"gemini_model": args.gemini_model, "gemini_max_retries": args.gemini_max_retries,
                  "provider": args.provider}
     settings = _settings(args).replace(**{k: v for k, v in overrides.items() if v is not None})
     settings.validate()
+    if args.batch and provider_name(settings) != "gemini":
+        raise GroundworkError(NEEDS_GEMINI)
     wb = Workbench(settings, store_idle_close_s=0, wait_for_store_s=args.wait)
     config = None
     if not args.resume:
@@ -147,12 +149,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            follow_up_queries=args.follow_up_queries, token_budget=args.token_budget,
                            auto_improve=args.auto_improve, max_improve_attempts=args.improve_attempts,
                            judge_threshold=args.judge_threshold, verify_grounding=args.verify_grounding,
+                           batch=args.batch,
                            question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
-    run = GenerationRun(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
-                        run_id=args.resume,
-                        on_alert=[lambda a: print(f"alert - {a.name} - {a.message}", file=sys.stderr)])
+    run = generation_run(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
+                         run_id=args.resume,
+                         on_alert=[lambda a: print(f"alert - {a.name} - {a.message}", file=sys.stderr)])
+    if run.config.batch:
+        run.on_note = lambda line: print(f"batch {line}", file=sys.stderr, flush=True)
+    mode = "Gemini Batch API, one job per round" if run.config.batch else f"concurrency {run.config.max_concurrency}"
     print(f"run {run.run_id}: {run.config.num_dialogs} conversations, up to {run.config.max_turns} turns, "
-          f"concurrency {run.config.max_concurrency}, provider {settings.resolved_provider}", file=sys.stderr)
+          f"{mode}, provider {settings.resolved_provider}", file=sys.stderr)
     outcome: dict = {}
 
     def work() -> None:
@@ -386,7 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LLM verifier: one more call per answer checks each sentence against its passages, with a "
                    "quote that must really be there; stored for Review and counted in the estimate (env "
                    "VERIFY_GROUNDING; Gemini or OpenAI-compatible)")
-    p.add_argument("--resume", metavar="RUN_ID", help="finish an incomplete run")
+    p.add_argument("--batch", action="store_true", default=_env("GROUNDWORK_BATCH", "") in ("1", "true", "yes"),
+                   help="a large run through Gemini's Batch API: each round of calls is one batch job (half price; "
+                        "minutes to hours per round; resumable while jobs run). Gemini only")
+    p.add_argument("--resume", metavar="RUN_ID", help="finish an incomplete run (a batch run resumes polling its job)")
     p.add_argument("--wait", type=float, default=30.0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)

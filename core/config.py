@@ -63,6 +63,13 @@ class Settings:
                            "gemini-2.5-flash=0.30/2.50); built-in defaults cover current Gemini models.")
     rpm_limit: int = _setting(0, "GROUNDWORK_RPM_LIMIT",
                               "Requests per minute per provider, shared by all workers. 0: no limit.")
+    batch_poll_s: float = _setting(10.0, "GROUNDWORK_BATCH_POLL_S",
+                                   "Batch mode: seconds before the first poll of a Gemini batch job (then backing off).")
+    batch_poll_max_s: float = _setting(120.0, "GROUNDWORK_BATCH_POLL_MAX_S",
+                                       "Batch mode: the longest wait between two polls of a batch job.")
+    batch_inline_bytes: int = _setting(19 * 1024 * 1024, "GROUNDWORK_BATCH_INLINE_BYTES",
+                                       "Batch mode: a round's requests above this many bytes go as an uploaded "
+                                       "JSONL file instead of inline (Google caps inline requests at 20 MB).")
     openai_base_url: str = _setting("http://127.0.0.1:11434/v1", "OPENAI_BASE_URL",
                                     "OpenAI-compatible server (Ollama, vLLM, LM Studio, llama.cpp server).")
     openai_model: str = _setting("llama3.2", "OPENAI_MODEL", "Model name on the OpenAI-compatible server.")

@@ -21,6 +21,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gemini-2.0-flash": (0.10, 0.40),
 }
 CHARS_PER_TOKEN = 4
+BATCH_PRICE_FACTOR = 0.5  # Gemini's Batch API bills half the interactive price (input and output alike)
 
 
 def parse_prices(text: str) -> dict[str, tuple[float, float]]:
@@ -112,8 +113,12 @@ def estimate_run(db: Database, config: RunConfig, model: str, prompt_texts: dict
         cost = 0.0
     elif price:
         cost = (prompt * price[0] + (completion + thinking) * price[1]) / 1e6
+        if getattr(config, "batch", False):
+            cost *= BATCH_PRICE_FACTOR
     else:
         cost = None
     basis = (f"past calls with these prompt versions ({used_history} calls)" if used_history
              else "a heuristic from prompt and passage lengths (no past runs with these prompt versions)")
+    if getattr(config, "batch", False) and cost:
+        basis += "; at Batch API prices (half)"
     return Estimate(n, calls, prompt, completion, thinking, cost, basis)

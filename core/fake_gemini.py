@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
 
+from core.fake_gemini_batch import GeminiBatchEndpoints
+
 FAULT_KINDS = (
     "rate_minute", "rate_day", "bad_request", "unauthenticated", "permission_denied", "not_found",
     "internal", "bad_gateway", "unavailable", "gateway_timeout", "timeout", "malformed",
@@ -246,6 +248,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.fake._serve(self, "GET")
 
+    def do_DELETE(self) -> None:
+        self.fake._serve(self, "DELETE")
+
     def log_message(self, format: str, *args: Any) -> None:  # the default prints every request to stderr
         pass
 
@@ -416,7 +421,7 @@ def _json_reply(status: int, payload: Any, headers: dict[str, str] | None = None
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class FakeGemini(_FakeServer):
+class FakeGemini(GeminiBatchEndpoints, _FakeServer):
     """A Gemini REST API (``:generateContent``, ``:batchEmbedContents``, ``:embedContent``) on 127.0.0.1.
 
     Args:
@@ -436,6 +441,7 @@ class FakeGemini(_FakeServer):
     def __init__(self, *, bad_key_status: int = 403, thinking_tokens: int = 24, embedding_dims: int = 768,
                  **options: Any):
         super().__init__(**options)
+        self._init_batch()  # the Batch and Files API endpoints (core.fake_gemini_batch)
         self.bad_key_status = bad_key_status
         self.thinking_tokens = thinking_tokens
         self.embedding_dims = embedding_dims

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from core.batch_run import generation_run
 from core.config import Settings
 from core.engine import GenerationRun, RunConfig, RunProgress
 from core.providers.base import CallGate, LLMProvider
@@ -50,8 +51,9 @@ class JobManager:
         with self._lock:
             if run_id and run_id in self._jobs and self._jobs[run_id].alive:
                 return run_id
-            run = GenerationRun(settings or wb.settings, wb.db, wb.corpus, provider_factory, config=config,
-                                run_id=run_id)
+            # A batch run (config.batch, or a resumed run whose recipe says so) goes through the Batch API.
+            run = generation_run(settings or wb.settings, wb.db, wb.corpus, provider_factory, config=config,
+                                 run_id=run_id)
             job = Job(run=run, thread=threading.Thread(target=self._work, args=(run.run_id,),
                                                        name=f"job-{run.run_id}", daemon=True))
             run.monitor.on_alert.append(lambda a: job.alerts.append(a.message))

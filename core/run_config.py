@@ -51,6 +51,7 @@ class RunConfig:
     judge_threshold: float = 3.5  # mean rubric score (1-5) a conversation must reach
     max_improve_attempts: int = 2  # attempts per conversation in all, the first included
     verify_grounding: bool = False  # LLM verifier: one call per answer, verdicts stored with the conversation
+    batch: bool = False  # a large run: each round of calls goes to Gemini's Batch API (half price, minutes to hours)
     prompt_versions: dict[str, int] = field(default_factory=dict)
     kind: str = "generate"
 
@@ -84,6 +85,9 @@ class RunConfig:
             problems.append(f"the judge threshold must be between 1 and 5 (got {self.judge_threshold})")
         if not 0 <= self.question_mix.unanswerable_share <= 1:
             problems.append("the unanswerable share must be between 0 and 1")
+        if self.batch and (self.auto_improve or self.verify_grounding):
+            problems.append("a batch run does not run the judge or the LLM verifier (turn off auto-improve and "
+                            "grounding verification, or run without batch mode)")
         if problems:
             raise ValidationError("Run settings: " + "; ".join(problems) + ".")
 

@@ -187,3 +187,33 @@ def add_run_leases(db: Database) -> None:
     db["runs"].add_column("owner_token", str)
     db["runs"].add_column("lease_expires_at", str)
     db["work_items"].add_column("owner", str)
+
+
+@migrations()
+def add_batch_jobs(db: Database) -> None:
+    """Gemini Batch API jobs of batch runs (core.batch_run), every request's key, and each conversation's progress.
+
+    A round's job row and its request rows are written before the job is created at Google, and the job's name
+    as soon as it exists, so a process stopped at any point resumes polling the same job (or finds it by its
+    display name) and never submits a request key twice. ``work_items.batch_state``: the turns a batch
+    conversation has so far, kept between rounds (a round is minutes to hours).
+    """
+    db["batch_jobs"].create({
+        "id": str,  # the round's own id, also the job's display name at Google
+        "run_id": str, "round": int,
+        "name": str,  # Google's job name (batches/…); NULL until the job exists
+        "state": str,  # preparing | PENDING | RUNNING | SUCCEEDED | FAILED | CANCELLED | EXPIRED | applied
+        "source": str,  # inline, or the uploaded JSONL file's name
+        "requests": int, "error": str, "created_at": str, "updated_at": str,
+    }, pk="id", if_not_exists=True)
+    db["batch_jobs"].create_index(["run_id", "state"], if_not_exists=True)
+    db["batch_requests"].create({
+        "key": str, "run_id": str, "job_id": str,
+        "work_item_id": str,  # NULL for an instruction request (its items are in the payload)
+        "purpose": str,  # instruction | respondent | correspondent
+        "payload": str,  # JSON: the request and what its reply needs (passages, plan, items)
+        "status": str,  # queued | accepted | rejected | failed
+        "error": str, "created_at": str,
+    }, pk="key", if_not_exists=True)
+    db["batch_requests"].create_index(["job_id", "status"], if_not_exists=True)
+    db["work_items"].add_column("batch_state", str)

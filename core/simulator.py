@@ -110,6 +110,27 @@ class TurnPassages:
     carried: list[Passage]
 
 
+@dataclass
+class PreparedCall:
+    """One call built but not sent: what the live run sends at once and the batch run sends in a batch job."""
+
+    purpose: str  # instruction | respondent | correspondent
+    system: str
+    messages: list[Message]
+    json_schema: dict[str, Any] | None
+    check: Callable[[LLMResult], Checked]  # accepts, trims or rejects the reply
+
+
+def questions_from(kept: list[str], plan: list[dict[str, Any]], record: CallRecord,
+                   briefing_passages: list[Passage]) -> list[Question]:
+    """The questions an instruction call wrote, each with its plan entry and briefing."""
+    ids = [p.id for p in briefing_passages]
+    briefing = format_passages(briefing_passages)
+    return [Question(text=t, meta={**plan[i % len(plan)], "instruction_tokens": record.result.total_tokens},
+                     briefing_ids=ids, briefing=briefing, briefing_passages=list(briefing_passages))
+            for i, t in enumerate(kept)]
+
+
 FOLLOW_UP_SCHEMA = {
     "type": "object",
     "properties": {"message": {"type": "string"}, "search_query": {"type": "string"}},
@@ -189,8 +210,12 @@ class Simulator:
             self.monitor.record_rejection(key)
 
     # ---- questions ----------------------------------------------------------------------------------
-    def write_questions(self, briefing_passages: list[Passage], n: int, rng: random.Random
-                        ) -> tuple[list[Question], CallRecord]:
+    def questions_call(self, briefing_passages: list[Passage], n: int, rng: random.Random
+                       ) -> tuple[PreparedCall, list[dict[str, Any]]]:
+        """The instruction call for ``n`` questions on a briefing (not sent), and the plan it follows.
+
+        Its check keeps the questions that pass :func:`check_question` (``Checked.questions``).
+        """
         plan = question_plan(n, self.config.question_mix, rng)
         briefing = format_passages(briefing_passages)
         briefing_text = "\n\n".join(p.text for p in briefing_passages)
@@ -198,16 +223,15 @@ class Simulator:
                                    question_plan=plan_lines(plan))
         user = Message("user", f"Write the {n} questions now, following the plan, as JSON: "
                                '{"questions": ["...", "..."]}.')
-        kept: list[str] = []
 
         def check(result: LLMResult) -> Checked:
             if (result.finish_reason or "").upper() == "MAX_TOKENS":
                 return Checked("", TRUNCATED)
-            data = result.json()
+            data = result.json()  # not JSON: an LLMError (malformed), as from the provider itself
             items = data.get("questions") if isinstance(data, dict) else data
             texts = [q.strip() if isinstance(q, str) else str((q or {}).get("question", "")).strip()
                      for q in (items if isinstance(items, list) else [])]
-            kept.clear()
+            kept: list[str] = []
             last = EMPTY
             for t in texts:
                 checked = check_question(t, briefing_text)
@@ -216,15 +240,24 @@ class Simulator:
                 else:
                     last = checked.reason
                     self._reject("question", checked.reason)
-            return Checked(result.text) if kept else Checked("", last)
+            return _Questions(result.text, questions=kept) if kept else Checked("", last)
+
+        return PreparedCall("instruction", system, [user], questions_schema(n), check), plan
+
+    def write_questions(self, briefing_passages: list[Passage], n: int, rng: random.Random
+                        ) -> tuple[list[Question], CallRecord]:
+        prepared, plan = self.questions_call(briefing_passages, n, rng)
+        kept: list[str] = []
+
+        def check(result: LLMResult) -> Checked:
+            checked = prepared.check(result)
+            kept[:] = getattr(checked, "questions", [])
+            return checked
 
         # Questions unblock whole conversations: they rank above any conversation's next call.
-        record = self.call("instruction", system, [user], json_schema=questions_schema(n), seed=rng.randrange(2**31),
-                           calls_left=2 * self.config.max_turns, check=check)
-        ids = [p.id for p in briefing_passages]
-        return [Question(text=t, meta={**plan[i % len(plan)], "instruction_tokens": record.result.total_tokens},
-                         briefing_ids=ids, briefing=briefing, briefing_passages=list(briefing_passages))
-                for i, t in enumerate(kept[:n])], record
+        record = self.call(prepared.purpose, prepared.system, prepared.messages, json_schema=prepared.json_schema,
+                           seed=rng.randrange(2**31), calls_left=2 * self.config.max_turns, check=check)
+        return questions_from(kept[:n], plan, record, briefing_passages), record
 
     # ---- a conversation, step by step --------------------------------------------------------------
     def start(self, question: Question) -> ConversationState:
@@ -294,28 +327,41 @@ class Simulator:
         state.proposed_query = record.query
         return turn
 
+    def respondent_call(self, history: list[Message], passages: list[Passage],
+                        carried: list[Passage] | None = None) -> PreparedCall:
+        """The respondent's call for the next answer (not sent): its passages in the system prompt."""
+        system = prompt_lib.render(self.prompt_texts["respondent"], context=format_passages(passages, carried or []))
+        return PreparedCall("respondent", system, list(history), None,
+                            lambda r: check_reply(r.text, r.finish_reason, prompt=system))
+
     def respond(self, history: list[Message], passages: list[Passage], carried: list[Passage] | None = None,
                 seed: int | None = None, calls_left: int = 0) -> CallRecord:
-        system = prompt_lib.render(self.prompt_texts["respondent"], context=format_passages(passages, carried or []))
-        return self.call("respondent", system, history, seed=seed, calls_left=calls_left)
+        return self.send(self.respondent_call(history, passages, carried), seed=seed, calls_left=calls_left)
 
-    def follow_up(self, history: list[Message], question: Question, seed: int | None = None,
-                  calls_left: int = 0) -> CallRecord:
+    def follow_up_call(self, history: list[Message], question: Question) -> PreparedCall:
+        """The simulated user's call for its next message (not sent)."""
         system = prompt_lib.render(self.prompt_texts["correspondent"], briefing=question.briefing,
                                    first_question=question.text)
         transcript = "\n\n".join(f"{'You' if m.role == 'user' else 'Assistant'}: {m.content}" for m in history)
         if not self.structured_follow_ups:
             user = Message("user", f"The conversation so far:\n\n{transcript}\n\nWrite your next message to the "
                                    "assistant. Reply with the message only.")
-            return self.call("correspondent", system, [user], seed=seed, calls_left=calls_left,
-                             check=lambda r: check_reply(r.text, r.finish_reason, user_turn=True, prompt=system))
+            return PreparedCall("correspondent", system, [user], None,
+                                lambda r: check_reply(r.text, r.finish_reason, user_turn=True, prompt=system))
         user = Message("user", f"The conversation so far:\n\n{transcript}\n\nWrite your next message to the "
                                "assistant, as JSON: {\"message\": your message, written as you would (it may lean "
                                "on the conversation), \"search_query\": the same request as a standalone search "
                                "query that names what it is about (case, parties, product, topic) without the "
                                "conversation}.")
-        return self.call("correspondent", system, [user], json_schema=FOLLOW_UP_SCHEMA, seed=seed,
-                         calls_left=calls_left, check=lambda r: _check_follow_up(r, system))
+        return PreparedCall("correspondent", system, [user], FOLLOW_UP_SCHEMA, lambda r: _check_follow_up(r, system))
+
+    def follow_up(self, history: list[Message], question: Question, seed: int | None = None,
+                  calls_left: int = 0) -> CallRecord:
+        return self.send(self.follow_up_call(history, question), seed=seed, calls_left=calls_left)
+
+    def send(self, prepared: PreparedCall, seed: int | None = None, calls_left: int = 0) -> CallRecord:
+        return self.call(prepared.purpose, prepared.system, prepared.messages, json_schema=prepared.json_schema,
+                         seed=seed, calls_left=calls_left, check=prepared.check)
 
     def converse(self, question: Question, turns: int, rng: random.Random,
                  should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -335,6 +381,11 @@ class Simulator:
 @dataclass
 class _FollowUp(Checked):
     query: str = ""
+
+
+@dataclass
+class _Questions(Checked):
+    questions: list[str] = field(default_factory=list)
 
 
 def _check_follow_up(result: LLMResult, system: str) -> Checked:

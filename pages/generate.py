@@ -72,12 +72,18 @@ with st.container(border=True):
                          "its passages, checked to be really there; shown on the Review page (in the estimate below)")
     if not judge_ok:
         st.caption(f"Judge off: {judge_reason}")
+    large = st.checkbox("Large run (Gemini Batch API)", key="generate.batch", disabled=info.name != "gemini",
+                        help="each round of calls goes to Gemini as one batch job: half the price, Google's own "
+                        "higher limits, but minutes to hours per round; for thousands of conversations. "
+                        "Not with the judge or the LLM verifier." if info.name == "gemini" else
+                        "needs Gemini: the Batch API is Gemini's")
     config = RunConfig(num_dialogs=int(num_dialogs), max_turns=int(max_turns), max_concurrency=int(concurrency),
                        temperature=float(temperature), top_k=int(top_k), max_tokens=int(max_tokens),
                        instructions_per_sample=int(per_sample), seed=int(seed), retrieval=retrieval,
                        token_budget=int(token_budget), prompt_versions=versions,
                        auto_improve=bool(auto_improve and judge_ok), max_improve_attempts=int(attempts),
                        judge_threshold=float(threshold), verify_grounding=bool(verify and judge_ok),
+                       batch=bool(large and info.name == "gemini"),
                        question_mix=QuestionMix(unanswerable_share=float(unanswerable)))
     try:
         texts = {kind: library.get(vid)["text"] for kind, vid in versions.items()}

@@ -213,7 +213,7 @@ class GeminiProvider:
         which = f" ({', '.join(q for q in quota_ids if q)})" if any(quota_ids) else ""
         hint = f"; Gemini asks to wait {retry_after:g} s" if retry_after is not None else ""
         return LLMError(f"Gemini rate limit hit{which}{hint}.", kind="rate_limited", retryable=True, status=429,
-                        retry_after=retry_after)
+                        retry_after=retry_after, quota_metric=_quota_metric(violations))
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -231,6 +231,15 @@ def _enum_name(value: Any) -> str:
 
 def _error_reason(details: list[dict[str, Any]]) -> str:
     return next((str(d.get("reason")) for d in details if d.get("@type") == ERROR_INFO), "")
+
+
+def _quota_metric(violations: list[dict[str, Any]]) -> str | None:
+    """Which per-minute quota a 429 hit: "tokens" (e.g. GenerateContentInputTokensPerModelPerMinute), "requests"
+    (GenerateRequestsPerMinutePerProjectPerModel), or None when the body does not say (bare 429s happen)."""
+    names = " ".join(f"{v.get('quotaId', '')} {v.get('quotaMetric', '')}" for v in violations).lower()
+    if "token" in names:
+        return "tokens"
+    return "requests" if "request" in names else None
 
 
 def _retry_delay(details: list[dict[str, Any]], message: str) -> float | None:

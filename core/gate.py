@@ -104,6 +104,8 @@ class AdaptiveGate(CallGate):
         self.quota_window: float = 60.0  # learned from the first cluster (the base gate's window is the rpm limit's)
         self._window_known = False
         self.paces: dict[str, Pace] = {}
+        self._learned_at = 0.0
+        self._local = threading.local()  # when this thread's latest attempt passed the pace
         self.cancelled = threading.Event()
 
     @property
@@ -119,6 +121,7 @@ class AdaptiveGate(CallGate):
         long conversations are not starved into the run's tail by short ones."""
         self._wait_for_rpm()
         self._wait_for_pace()
+        self._local.started = time.monotonic()  # passed the pace: a 429 for a call from before it relearned is stale
         with self._cond:
             ticket = (-priority, next(self._arrivals))
             heapq.heappush(self._queue, ticket)
@@ -176,6 +179,8 @@ class AdaptiveGate(CallGate):
         with self._cond:
             t = time.monotonic()
             self._last_429 = t
+            if getattr(self._local, "started", t) < self._learned_at:
+                return  # sent before the pace was (re)learned: the answer says nothing about the new pace
             self._recent.append(True)
             for pace in self.paces.values():
                 if pace.limit > pace.good_limit:  # a probe above the pace that held: back to it at once
@@ -229,6 +234,7 @@ class AdaptiveGate(CallGate):
                 fresh.sent.append((s, units))
                 fresh.in_window += units
         self.paces[metric] = fresh
+        self._learned_at = t
 
     def _pace_needs(self) -> float:
         """Calls in flight a learned requests pace needs to be met at the current latency (with room)."""

@@ -222,12 +222,12 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
         gate = run.gate
         cls = type(gate)
 
-        def on_429(retry_after, kind="rate_limited"):
-            cls.record_rate_limited(gate, retry_after, kind)
+        def on_429(retry_after, kind="rate_limited", metric=None):
+            cls.record_rate_limited(gate, retry_after, kind, metric)
             events.append((time.monotonic(), "429", gate.limit, retry_after or 0.0))
 
-        def on_ok():
-            cls.record_success(gate)
+        def on_ok(tokens=0):
+            cls.record_success(gate, tokens)
             events.append((time.monotonic(), "ok", gate.limit, 0.0))
 
         gate.record_rate_limited, gate.record_success = on_429, on_ok
@@ -432,8 +432,8 @@ def quota_cases(env: Env, args, log, ai_ready: bool, corpus_json: Path) -> None:
         (f"rpm {q}->{q // 2}->{q * 3 // 2}/{w:g}s", {"rpm_quota": q, "rpm_window": w},
          [(3 * w, q // 2, None), (6 * w, q * 3 // 2, None)]),
     ]
-    selected = [c for c in cases if c[0].split()[0] in args.quota_cases.split(",") or
-                ("change" in args.quota_cases.split(",") and "->" in c[0])]
+    wanted = args.quota_cases.split(",")
+    selected = [c for c, key in zip(cases, ("rpm", "tpm", "change")) if key in wanted]
     log("")
     log(f"quota cases: windows of {w:g} s (Gemini's per-minute window scaled down {60 / w:g}x), latency "
         f"{args.quota_latency:g} s, concurrency 32, cold start, {args.quota_dialogs} dialogs, GeminiProvider with "
@@ -548,7 +548,7 @@ def main() -> int:
         ai_note = ""
         ai_ready = False
         corpus_json = tmp / "chunks.json"
-        if not args.skip_afterimage and not args.only_quota:
+        if not args.skip_afterimage:
             ok, why = ensure_afterimage(log)
             ai_ready = ok
             if not ok:

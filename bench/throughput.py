@@ -323,7 +323,7 @@ def run_afterimage(env: Env, label: str, latency: float, concurrency: int, dialo
     res.saved, res.wall_s, res.status = min(data["saved"], dialogs), data["wall_s"], "completed"
     # Its generate() starts after its own setup; the first generateContent answer marks it well enough.
     answers = list(fake.answers)
-    first = min((a for a, _ in answers), default=time.monotonic()) - latency
+    first = min((a[0] for a in answers), default=time.monotonic()) - latency
     data.update(t0=first, answers=answers, samples=[], events=[])
     res.setup_s = total_s - data["generate_s"]
     res.mean_in_flight = res.calls * latency / res.wall_s if latency else 0.0

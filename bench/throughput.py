@@ -2,11 +2,14 @@
 
 Cases (100 dialogs, max_turns 3 unless told otherwise):
   1. latency 0.5 s, concurrency 8       -> efficiency target >= 0.9
-  2. latency 0.5 s, concurrency 32      -> efficiency target >= 0.8
+  2. latency 0.5 s, concurrency 32      -> efficiency target >= 0.75
   3. latency 0 s,   concurrency 32      -> conversations/min (CPU bound: everything shares 2 cores)
-  4. AfterImage 0.18.1 on cases 2 and 3 (own venv, subprocess) -> ours/theirs >= 2.5x and >= 3x
-  5. rpm quota: FakeGemini(rpm_quota=Q, rpm_window=W), concurrency 32, cold start
-     -> goodput >= 0.9 of the quota, 429 share <= 10%
+  4. AfterImage 0.18.1 on cases 2 and 3 (own venv, subprocess) -> ours/theirs at 0 s >= 2.5x
+  5. quotas, ours and AfterImage on the same fake, concurrency 32, cold start, windows of W s:
+     requests per window, tokens per window, requests per window cut to half and raised to 1.5x mid-run
+     -> >= 0.95 of the quota used, <= 10% of calls answered 429, conversations/min vs AfterImage's
+  6. one call in 7 answered 429 (QuotaFailure + RetryInfo, no quota behind it) vs one in 7 answered 503
+     -> the 429 run within 1.5x of the 503 run's wall time
 
 efficiency = (LLM calls x latency / concurrency) / wall time: the share of the time the run kept
 ``concurrency`` calls in flight. Only ``run.run()`` is timed; setup (copying the indexed data dir, opening
@@ -613,16 +616,18 @@ def main() -> int:
             log("")
             for r in results:
                 if r.label.startswith("groundwork") and r.efficiency is not None:
-                    target = 0.9 if r.concurrency <= 8 else 0.8
+                    target = 0.9 if r.concurrency <= 8 else 0.75
                     log(f"target: {r.label.strip()} efficiency {r.efficiency:.3f} >= {target} -> "
                         f"{'MET' if r.efficiency >= target else 'MISSED'}")
             ours = {(r.latency, r.concurrency): r for r in results if r.label.startswith("groundwork")}
-            for key, target in (((args.latency, 32), 2.5), ((0.0, 32), 3.0)):
+            for key, target in (((args.latency, 32), None), ((0.0, 32), 2.5)):
                 if key in ai_results and key in ours and ai_results[key].conv_per_min:
                     ratio = ours[key].conv_per_min / ai_results[key].conv_per_min
-                    log(f"target: ours/theirs conversations/min at latency {key[0]:g} s, c={key[1]}: "
-                        f"{ours[key].conv_per_min:.1f} / {ai_results[key].conv_per_min:.1f} = {ratio:.2f}x "
-                        f">= {target}x -> {'MET' if ratio >= target else 'MISSED'}")
+                    verdict = (f">= {target}x -> {'MET' if ratio >= target else 'MISSED'}" if target
+                               else "(no target)")
+                    log(f"{'target: ' if target else ''}ours/theirs conversations/min at latency {key[0]:g} s, "
+                        f"c={key[1]}: {ours[key].conv_per_min:.1f} / {ai_results[key].conv_per_min:.1f} = "
+                        f"{ratio:.2f}x {verdict}")
             if ai_results:
                 g = next(iter(ai_results.values())).extra.get("grounding")
                 log(f"  AfterImage wiring: ContextualInstructionGeneratorCallback(InMemoryDocumentProvider(same "

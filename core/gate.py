@@ -101,6 +101,7 @@ class AdaptiveGate(CallGate):
         self._successes: deque[tuple[float, int]] = deque()  # (time, tokens) of successes in the last MAX_WINDOW_S
         self._streak_start: float | None = None  # first success since the last quota evidence
         self._pending: tuple[str, float] | None = None  # evidence without RetryInfo: (metric, streak start)
+        self._window_guess: float | None = None  # from the run's first 429 with RetryInfo (see record_rate_limited)
         self.quota_window: float = 60.0  # learned from the first cluster (the base gate's window is the rpm limit's)
         self._window_known = False
         self.paces: dict[str, Pace] = {}
@@ -179,6 +180,12 @@ class AdaptiveGate(CallGate):
         with self._cond:
             t = time.monotonic()
             self._last_429 = t
+            if retry_after and self._window_guess is None and self._successes:
+                # The first 429 of a run comes when the quota's first window fills, and RetryInfo says when
+                # the window's oldest call (about the run's first success) leaves it. Later 429s cannot tell
+                # where their window began: a tokens quota, met by calls of mixed sizes, answers 429s here
+                # and there long before a cluster.
+                self._window_guess = t + retry_after - self._successes[0][0]
             if getattr(self._local, "started", t) < self._learned_at:
                 return  # sent before the pace was (re)learned: the answer says nothing about the new pace
             self._recent.append(True)
@@ -198,9 +205,9 @@ class AdaptiveGate(CallGate):
             self._streak_start = None
             if self._window_known:
                 self._learn(metric, t, retry_after)
-            elif retry_after and start is not None:
+            elif retry_after and (self._window_guess or start is not None):
                 # RetryInfo says when the window frees again: the window began with the first success counted.
-                self._set_window(t + retry_after - start)
+                self._set_window(self._window_guess or t + retry_after - start)
                 self._learn(metric, t, retry_after)
             elif start is not None:
                 self._pending = (metric, start)  # the window is known once calls succeed again

@@ -114,8 +114,9 @@ def test_a_quota_cut_and_raised_mid_run_is_relearned():
 def test_stray_429s_without_a_quota_cost_no_more_than_503s():
     timings = {}
     for kind in ("rate_minute", "unavailable"):
-        # Every 7th call fails; a 429 carries QuotaFailure and RetryInfo (0.3 s) like a real per-minute one.
-        with FakeGemini(latency=0.05, fault_for=lambda n, body: Fault(kind, retry_delay=0.3) if n % 7 == 0
+        # Every 7th call fails; a 429 carries QuotaFailure and RetryInfo like a real per-minute one, its delay
+        # about the 503's backoff here (drive's backoff_base), so only what the gate does differs.
+        with FakeGemini(latency=0.05, fault_for=lambda n, body: Fault(kind, retry_delay=0.05) if n % 7 == 0
                         else None) as fake:
             gate = AdaptiveGate(max_concurrency=8)
             started = time.monotonic()

@@ -20,7 +20,7 @@ from core.providers.base import CallGate
 # calls; a full quota window answers every call 429 and reaches it at once.
 EVIDENCE_429S, EVIDENCE_OF = 6, 8
 PACE_SHARE = 0.97  # pace just under the quota learned: a bit of slack for the server's clock and ours
-PROBE_FIRST = 0.05  # after a quiet window at the pace, probe 5% higher, then 10%, 20%, ... (a raised quota)
+PROBE_FIRST = 0.1  # after a quiet window at the pace, probe 10% higher, then 20%, 40%, ... (a raised quota)
 MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 300.0
 
 
@@ -276,7 +276,7 @@ class AdaptiveGate(CallGate):
     def _probe(self, pace: Pace, t: float) -> None:
         """A whole window at the pace without a 429 cluster: the quota may have grown, so try a bit more.
 
-        Each quiet window doubles the step (5%, 10%, 20%, ...), so a doubled quota is found in a few
+        Each quiet window doubles the step (10%, 20%, 40%, ...), so a doubled quota is found in four
         windows; a 429 during a probe goes back to the last limit that held (a spread-out pace meets a
         quota it overshoots with single 429s, not clusters). A pace that did not hold any call back
         during the window is not raised: it was not what limited the run.

@@ -190,8 +190,10 @@ class AdaptiveGate(CallGate):
                 return  # sent before the pace was (re)learned: the answer says nothing about the new pace
             self._recent.append(True)
             for pace in self.paces.values():
-                if pace.limit > pace.good_limit:  # a probe above the pace that held: back to it at once
-                    pace.limit, pace.probe, pace.probed_at = pace.good_limit, max(PROBE_FIRST, pace.probe / 4), t
+                if pace.limit > pace.good_limit:
+                    # A probe above the pace that held: back to it at once, and next time try halfway between.
+                    pace.probe = max(PROBE_FIRST, (pace.limit / pace.good_limit - 1) / 2)
+                    pace.limit, pace.probed_at = pace.good_limit, t
             if kind != "rate_limited" or sum(self._recent) < EVIDENCE_429S:
                 return  # a stray 429 (or a daily quota, which pacing cannot help): the retry waits as asked
             metric = metric if metric in ("requests", "tokens") else "requests"

@@ -209,7 +209,9 @@ class AdaptiveGate(CallGate):
                 self._learn(metric, t, retry_after)
             elif retry_after and (self._window_guess or start is not None):
                 # RetryInfo says when the window frees again: the window began with the first success counted.
-                self._set_window(self._window_guess or t + retry_after - start)
+                # A guess shorter than this wait came from a stray 429, not from a window filling.
+                guess = self._window_guess if (self._window_guess or 0) >= retry_after else None
+                self._set_window(guess or t + retry_after - (start if start is not None else t))
                 self._learn(metric, t, retry_after)
             elif start is not None:
                 self._pending = (metric, start)  # the window is known once calls succeed again

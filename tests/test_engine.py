@@ -263,13 +263,13 @@ def test_gate_learns_a_rate_quota_from_the_first_cluster_of_429s_and_paces_under
     assert requests == 19 and 1.0 <= window < 2.0  # 97% of the 20 that went through; windows of 1 s at least
     # Paced from now on: no more than 19 attempts start within any one window, spread evenly.
     starts = []
-    for _ in range(25):  # (a window later the pace is probed 5% higher: see tests/test_gate.py)
+    for _ in range(20):  # (a window later the pace is probed 10% higher: see tests/test_gate.py)
         with gate.attempt():
             starts.append(time.monotonic())
         gate.record_success()
     assert starts[0] - learned_at >= 0.8 * window  # held back until the window frees
-    assert all(b - a >= window * 0.9 for a, b in zip(starts, starts[19:]))
-    assert all(b - a >= window / 21 for a, b in zip(starts, starts[1:]))
+    assert starts[19] - starts[0] >= window * 0.9
+    assert all(b - a >= window / 20 for a, b in zip(starts, starts[1:]))
 
 
 def test_query_embeddings_from_many_threads_match_single_encodes(embedder):

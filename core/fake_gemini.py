@@ -40,6 +40,7 @@ _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISS
                   429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
                   504: "DEADLINE_EXCEEDED"}
 PER_MINUTE_QUOTA_ID = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+TOKENS_PER_MINUTE_QUOTA_ID = "GenerateContentInputTokensPerModelPerMinute-FreeTier"
 PER_DAY_QUOTA_ID = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
 
 
@@ -50,6 +51,7 @@ class Fault:
     kind: str
     retry_delay: float = 1.0  # seconds, sent as google.rpc.RetryInfo (Gemini) or Retry-After (OpenAI) on 429
     sleep: float = 5.0  # seconds the server stalls before answering, for kind "timeout"
+    details: bool = True  # False: a 429 with no details at all (no QuotaFailure, no RetryInfo), as Gemini sometimes sends
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -262,14 +264,17 @@ class _FakeServer:
                  fault_for: Callable[[int, Any], FaultSpec] | None = None,
                  responder: Callable[[Any], str] | None = None, api_key: str | None = None,
                  models: Collection[str] | None = None, rpm_quota: int = 0, rpm_window: float = 60.0,
-                 log_size: int = 1000, port: int = 0):
+                 tpm_quota: int = 0, quota_details: bool = True, log_size: int = 1000, port: int = 0):
         self.latency = latency  # seconds before each answer; may be changed while running
         self.fault_for = fault_for  # called with (n, request body) for the n-th (1-based) generate request
         self.responder = responder  # request body -> reply text; default: derived from the request
         self.api_key = api_key  # when set, requests must carry exactly this key
         self.models = set(models) if models is not None else None  # None: every model name exists
         self.rpm_quota = rpm_quota  # >0: at most this many generate requests per rpm_window, then 429
-        self.rpm_window = rpm_window
+        self.rpm_window = rpm_window  # the window of both quotas, in seconds
+        self.tpm_quota = tpm_quota  # >0: at most this many tokens (as usage reports them) per rpm_window, then 429
+        self.quota_details = quota_details  # False: quota 429s come bare (no QuotaFailure, no RetryInfo)
+        self._accepted_tokens: deque[tuple[float, int]] = deque()
         self._faults: deque[Fault | None] = deque(as_fault(f) for f in faults)
         self._lock = threading.Lock()
         self._accepted: deque[float] = deque()
@@ -346,18 +351,48 @@ class _FakeServer:
             return queued
         return as_fault(self.fault_for(n, body)) if self.fault_for else None
 
-    def _take_quota_slot(self) -> float | None:
-        """None when the request fits the rpm quota, else seconds until a slot frees up."""
-        if self.rpm_quota <= 0:
+    def set_quota(self, rpm: int | None = None, tpm: int | None = None) -> None:
+        """Change the quotas while running (a provider raising or cutting a limit mid-run); None keeps one.
+
+        What was accepted in the current window still counts against the new limit, as with a real quota."""
+        with self._lock:
+            if rpm is not None:
+                self.rpm_quota = rpm
+            if tpm is not None:
+                self.tpm_quota = tpm
+
+    def _take_quota_slot(self, tokens: int = 0) -> float | None:
+        """None when the request fits the quotas, else seconds until it would fit (see :meth:`_take_quota`)."""
+        hit = self._take_quota(tokens)
+        return hit[1] if hit else None
+
+    def _take_quota(self, tokens: int = 0) -> tuple[str, float] | None:
+        """None when a request of ``tokens`` fits the rpm and tpm quotas (and is counted), else which quota it
+        broke ("requests" or "tokens") and the seconds until enough of the window frees up."""
+        if self.rpm_quota <= 0 and self.tpm_quota <= 0:
             return None
         with self._lock:
             now = time.monotonic()
             while self._accepted and now - self._accepted[0] >= self.rpm_window:
                 self._accepted.popleft()
-            if len(self._accepted) < self.rpm_quota:
-                self._accepted.append(now)
-                return None
-            return max(self.rpm_window - (now - self._accepted[0]), 0.001)
+            while self._accepted_tokens and now - self._accepted_tokens[0][0] >= self.rpm_window:
+                self._accepted_tokens.popleft()
+            if 0 < self.rpm_quota <= len(self._accepted):
+                # The slot frees when enough old requests leave for the count to drop under the quota.
+                oldest = self._accepted[len(self._accepted) - self.rpm_quota]
+                return "requests", max(self.rpm_window - (now - oldest), 0.001)
+            used = sum(n for _, n in self._accepted_tokens)
+            if self.tpm_quota > 0 and used + tokens > self.tpm_quota:
+                over, freed = used + tokens - self.tpm_quota, 0
+                for at, n in self._accepted_tokens:
+                    freed += n
+                    if freed >= over:
+                        return "tokens", max(self.rpm_window - (now - at), 0.001)
+                return "tokens", self.rpm_window  # bigger than the whole quota: never fits
+            self._accepted.append(now)
+            if self.tpm_quota > 0:
+                self._accepted_tokens.append((now, tokens))
+            return None
 
     # request handling --------------------------------------------------------------------------------------------
 
@@ -434,6 +469,10 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
         models: model names that exist; others get 404 NOT_FOUND. None: every name exists.
         rpm_quota: more than this many generate requests within ``rpm_window`` seconds get a per-minute 429
             whose RetryInfo says when the oldest request leaves the window.
+        tpm_quota: more than this many tokens (``totalTokenCount`` of the replies) within ``rpm_window`` seconds
+            get a tokens-per-minute 429 (quotaId GenerateContentInputTokensPerModelPerMinute-FreeTier).
+            Change either quota while running with :meth:`set_quota`.
+        quota_details: False answers quota 429s bare, without QuotaFailure or RetryInfo (real ones sometimes are).
         thinking_tokens: ``thoughtsTokenCount`` reported per reply (0 when the request turns thinking off).
         embedding_dims: embedding size when the request gives no ``outputDimensionality``.
     """
@@ -488,10 +527,16 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
         fault = self._next_fault(body)
         if fault is not None:
             return self._faulty(fault, model, body)
-        wait = self._take_quota_slot()
-        if wait is not None:
-            return self._rate_limited(PER_MINUTE_QUOTA_ID, model, wait)
-        return _json_reply(200, self._generate(model, body))
+        # A tokens quota counts the reply's tokens, so the reply is written first (and dropped on a 429).
+        response = self._generate(model, body) if self.tpm_quota > 0 else None
+        hit = self._take_quota(response["usageMetadata"]["totalTokenCount"] if response else 0)
+        if hit is not None:
+            which, wait = hit
+            if not self.quota_details:
+                return self._rate_limited("", model, wait, details=False)
+            return self._rate_limited(TOKENS_PER_MINUTE_QUOTA_ID if which == "tokens" else PER_MINUTE_QUOTA_ID,
+                                      model, wait, quota_value=self.tpm_quota if which == "tokens" else self.rpm_quota)
+        return _json_reply(200, response or self._generate(model, body))
 
     def _auth_failure(self, key: str) -> _Reply:
         if not key:
@@ -507,13 +552,19 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
                                     "token, login cookie or other valid authentication credential.")
         return self._error(403, "The caller does not have permission")
 
-    def _rate_limited(self, quota_id: str, model: str, retry_delay: float) -> _Reply:
+    def _rate_limited(self, quota_id: str, model: str, retry_delay: float, details: bool = True,
+                      quota_value: int = 0) -> _Reply:
+        if not details:
+            # What Gemini sometimes answers under load or a quota alike: no QuotaFailure, no RetryInfo.
+            return self._error(429, "Resource has been exhausted (e.g. check quota).")
         per_day = "PerDay" in quota_id
+        metric = ("generate_content_free_tier_input_token_count" if "Tokens" in quota_id
+                  else "generate_content_free_tier_requests")
         details = [
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaMetric": f"generativelanguage.googleapis.com/{metric}",
                 "quotaId": quota_id, "quotaDimensions": {"location": "global", "model": model},
-                "quotaValue": "250" if per_day else "10"}]},
+                "quotaValue": str(quota_value or (250 if per_day else 10))}]},
             {"@type": "type.googleapis.com/google.rpc.Help", "links": [
                 {"description": "Learn more about Gemini API quotas",
                  "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
@@ -527,7 +578,7 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
         kind = fault.kind
         if kind in ("rate_minute", "rate_day"):
             return self._rate_limited(PER_DAY_QUOTA_ID if kind == "rate_day" else PER_MINUTE_QUOTA_ID, model,
-                                      fault.retry_delay)
+                                      fault.retry_delay, details=fault.details)
         if kind == "timeout":
             time.sleep(fault.sleep)
             return _json_reply(200, self._generate(model, body))

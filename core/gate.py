@@ -1,4 +1,4 @@
-"""The run's call gate: calls in flight bounded, shrunk on 429s, paced to a learned quota, served by priority."""
+"""The run's call gate: calls in flight bounded, paced to the rate quotas it meets, served by priority."""
 
 from __future__ import annotations
 
@@ -9,18 +9,74 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from core.errors import RunStopped
 from core.monitor import RunMonitor
 from core.providers.base import CallGate
 
+# A 429 is evidence of a quota only in a cluster: at least this many of the last EVIDENCE_OF outcomes.
+# One stray 429 in seven calls (an overloaded shard, a flaky proxy) reaches 6 of 8 about once per 5,000
+# calls; a full quota window answers every call 429 and reaches it at once.
+EVIDENCE_429S, EVIDENCE_OF = 6, 8
+PACE_SHARE = 0.97  # pace just under the quota learned: a bit of slack for the server's clock and ours
+PROBE_FIRST = 0.1  # after a quiet window at the pace, probe 10% higher, then 20%, 40%, ... (a raised quota)
+MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 300.0
+
+
+@dataclass
+class Pace:
+    """A learned quota on one metric (requests or tokens): at most ``limit`` units sent per ``window`` seconds."""
+
+    metric: str
+    limit: float
+    window: float
+    sent: deque[tuple[float, float]] = field(default_factory=deque)  # (send time, units)
+    in_window: float = 0.0
+    learned_at: float = 0.0
+    probed_at: float = 0.0
+    probe: float = PROBE_FIRST
+    good_limit: float = 0.0  # the highest limit that ran a whole window without a 429 (set when learned)
+    waited_at: float = 0.0  # last time a call had to wait for this pace (it binds)
+
+    def expire(self, t: float) -> None:
+        while self.sent and t - self.sent[0][0] >= self.window:
+            self.in_window -= self.sent.popleft()[1]
+        if not self.sent:
+            self.in_window = 0.0
+
+    def wait_for(self, units: float, t: float) -> float:
+        """Seconds until ``units`` more fit in the window and the spacing (0: they fit now).
+
+        Sends are also spread evenly (one call's share of the window apart): the server counts a call a
+        little later than we send it, and a burst released at the instant our window frees would meet a
+        server window that has not quite freed yet, a cluster of 429s; spread out, such a call is one 429.
+        """
+        self.expire(t)
+        if not self.sent:
+            return 0.0
+        spaced = self.sent[-1][0] + self.sent[-1][1] * self.window / self.limit - t
+        if self.in_window + units <= self.limit:
+            return max(spaced, 0.0)
+        over, freed = self.in_window + units - self.limit, 0.0
+        for sent_at, amount in self.sent:
+            freed += amount
+            if freed >= over:
+                return max(sent_at + self.window - t, spaced, 0.001)
+        return max(self.sent[-1][0] + self.window - t, 0.001)
+
 
 class AdaptiveGate(CallGate):
-    """Bounds LLM calls in flight; halves the bound on 429s, grows it by ~1 per round trip on success.
+    """Bounds LLM calls in flight and paces them to the rate quotas (requests and tokens per window) it meets.
 
-    Shared by every worker of a run, so the whole run backs off together instead of each worker
-    hammering the quota on its own. After a 429 that says when to come back (RetryInfo), every
-    worker waits until then. ``stalled`` turns true when 429s continue and nothing has succeeded for
+    Shared by every worker of a run, so the whole run backs off together instead of each worker hammering
+    the quota on its own. A 429 on its own teaches nothing (the provider's retry waits as asked): a stray
+    429 costs that one call a few seconds. A cluster of 429s (see EVIDENCE_429S) means a quota: the gate
+    learns its window (from RetryInfo, or from when calls succeed again) and its size (what succeeded in
+    that window, or the tokens it carried for a tokens-per-minute quota) and paces calls just under it.
+    The learned pace is a hypothesis: a window at the pace without 429s probes it higher (the quota may
+    have been raised), a new cluster lowers it again (the quota may have been cut), so it tracks a quota
+    that changes mid-run. ``stalled`` turns true when 429s continue and nothing has succeeded for
     ``stall_timeout_s``: the quota is really gone and the run should stop rather than spin.
     """
 
@@ -35,14 +91,29 @@ class AdaptiveGate(CallGate):
         self._cond = threading.Condition()
         self._queue: list[tuple[float, int]] = []  # calls waiting for a slot: (-priority, arrival)
         self._arrivals = itertools.count()
-        self._paused_until = 0.0
+        self._paused_until = 0.0  # kept for dashboards: until when the pace holds every call back
         self._last_decrease = 0.0
         self._latency_ewma = 1.0
+        self._tokens_ewma = 0.0  # tokens per successful call: what a call will likely count against a TPM quota
         self._last_success = time.monotonic()
         self._last_429 = 0.0
-        self._streak: deque[float] = deque()  # success times since the last pause
-        self.learned_quota: tuple[int, float] | None = None  # (requests, window seconds)
+        self._recent: deque[bool] = deque(maxlen=EVIDENCE_OF)  # last outcomes, True = 429
+        self._successes: deque[tuple[float, int]] = deque()  # (time, tokens) of successes in the last MAX_WINDOW_S
+        self._streak_start: float | None = None  # first success since the last quota evidence
+        self._pending: tuple[str, float] | None = None  # evidence without RetryInfo: (metric, streak start)
+        self._window_guess: float | None = None  # from the run's first 429 with RetryInfo (see record_rate_limited)
+        self.quota_window: float = 60.0  # learned from the first cluster (the base gate's window is the rpm limit's)
+        self._window_known = False
+        self.paces: dict[str, Pace] = {}
+        self._learned_at = 0.0
+        self._local = threading.local()  # when this thread's latest attempt passed the pace
         self.cancelled = threading.Event()
+
+    @property
+    def learned_quota(self) -> tuple[int, float] | None:
+        """The learned requests quota as (requests, window seconds), or None (kept for callers and tests)."""
+        pace = self.paces.get("requests")
+        return (int(pace.limit), pace.window) if pace else None
 
     @contextmanager
     def attempt(self, priority: float = 0.0) -> Iterator[None]:
@@ -50,6 +121,8 @@ class AdaptiveGate(CallGate):
         in arrival order: the engine ranks a conversation's calls by the calls it still has to make, so
         long conversations are not starved into the run's tail by short ones."""
         self._wait_for_rpm()
+        self._wait_for_pace()
+        self._local.started = time.monotonic()  # passed the pace: a 429 for a call from before it relearned is stale
         with self._cond:
             ticket = (-priority, next(self._arrivals))
             heapq.heappush(self._queue, ticket)
@@ -57,10 +130,9 @@ class AdaptiveGate(CallGate):
                 while True:
                     if self.cancelled.is_set():
                         raise RunStopped("cancelled")
-                    wait = self._paused_until - time.monotonic()
-                    if wait <= 0 and self.in_flight < max(1, int(self.limit)) and self._queue[0] == ticket:
+                    if self.in_flight < max(1, int(self.limit)) and self._queue[0] == ticket:
                         break
-                    self._cond.wait(timeout=min(max(wait, 0.05), 0.5))
+                    self._cond.wait(timeout=0.5)
             finally:
                 if self._queue[0] == ticket:
                     heapq.heappop(self._queue)
@@ -81,51 +153,145 @@ class AdaptiveGate(CallGate):
                 self._publish()
                 self._cond.notify_all()
 
-    def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited") -> None:
-        super().record_rate_limited(retry_after, kind)
+    def _wait_for_pace(self) -> None:
+        """Block until this call fits every learned pace, then count it against them."""
+        while self.paces:
+            if self.cancelled.is_set():
+                raise RunStopped("cancelled")
+            with self._cond:
+                t = time.monotonic()
+                units = {"requests": 1.0, "tokens": max(self._tokens_ewma, 1.0)}
+                wait = max(p.wait_for(units[m], t) for m, p in self.paces.items())
+                if wait <= 0:
+                    for m, p in self.paces.items():
+                        p.sent.append((t, units[m]))
+                        p.in_window += units[m]
+                    return
+                for p in self.paces.values():
+                    p.waited_at = t
+                self._paused_until = t + wait
+            time.sleep(min(wait, 0.25))
+
+    def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited",
+                            metric: str | None = None) -> None:
+        super().record_rate_limited(retry_after, kind, metric)
         if self.monitor:
             self.monitor.record_rate_limited(kind)
         with self._cond:
             t = time.monotonic()
             self._last_429 = t
-            # One burst of 429s is one congestion signal: decrease at most once per round trip.
+            if retry_after and self._window_guess is None and self._successes:
+                # The first 429 of a run comes when the quota's first window fills, and RetryInfo says when
+                # the window's oldest call (about the run's first success) leaves it. Later 429s cannot tell
+                # where their window began: a tokens quota, met by calls of mixed sizes, answers 429s here
+                # and there long before a cluster.
+                self._window_guess = t + retry_after - self._successes[0][0]
+            if getattr(self._local, "started", t) < self._learned_at:
+                return  # sent before the pace was (re)learned: the answer says nothing about the new pace
+            self._recent.append(True)
+            for pace in self.paces.values():
+                if pace.limit > pace.good_limit:
+                    # A probe above the pace that held: back to it at once, and next time try halfway between.
+                    pace.probe = max(PROBE_FIRST, (pace.limit / pace.good_limit - 1) / 2)
+                    pace.limit, pace.probed_at = pace.good_limit, t
+            if kind != "rate_limited" or sum(self._recent) < EVIDENCE_429S:
+                return  # a stray 429 (or a daily quota, which pacing cannot help): the retry waits as asked
+            metric = metric if metric in ("requests", "tokens") else "requests"
+            self._recent.clear()  # one cluster is one piece of evidence
+            # A cluster is also congestion: fewer calls in flight, but never fewer than a learned pace needs.
             if t - self._last_decrease >= max(self._latency_ewma, 0.2):
-                self.limit = max(1.0, self.limit / 2)
+                self.limit = max(1.0, self._pace_needs(), self.limit / 2)
                 self._last_decrease = t
-            if retry_after:
-                resume_at = t + min(retry_after, 60.0)
-                self._learn_quota(resume_at)
-                self._paused_until = max(self._paused_until, resume_at)
+            start = self._streak_start if self._streak_start is not None else (
+                self._successes[0][0] if self._successes else None)
+            self._streak_start = None
+            if self._window_known:
+                self._learn(metric, t, retry_after)
+            elif retry_after and (self._window_guess or start is not None):
+                # RetryInfo says when the window frees again: the window began with the first success counted.
+                # A guess shorter than this wait came from a stray 429, not from a window filling.
+                guess = self._window_guess if (self._window_guess or 0) >= retry_after else None
+                self._set_window(guess or t + retry_after - (start if start is not None else t))
+                self._learn(metric, t, retry_after)
+            elif start is not None:
+                self._pending = (metric, start)  # the window is known once calls succeed again
             self._publish()
 
-    def _learn_quota(self, resume_at: float) -> None:
-        """A rate quota (N requests per window) is what a 429 with RetryInfo usually means.
+    def _set_window(self, seconds: float) -> None:
+        self.quota_window = min(max(seconds, MIN_WINDOW_S), MAX_WINDOW_S)
+        self._window_known = True
 
-        Halving calls in flight cannot prevent it: whatever is in flight when the window fills gets a
-        429. So the first such 429 after a run of successes teaches the gate the quota (the successes
-        since the last pause, over the time until the server said to come back) and from then on
-        attempts are paced just under it, through the base gate's requests-per-window limiter.
-        """
-        if self.learned_quota is not None or len(self._streak) < 5 or resume_at <= self._streak[0]:
-            return
-        requests, window = len(self._streak), resume_at - self._streak[0]
-        self.learned_quota = (requests, window)
-        with self._lock:  # the base gate's limiter state
-            self.window = window
-            self.rpm_limit = max(1, int(requests * 0.95))
-            self._sent = deque(list(self._streak)[-self.rpm_limit:])
+    def _learn(self, metric: str, t: float, retry_after: float | None) -> None:
+        """Pace ``metric`` to what the quota let through in its window, just under it (caller holds the lock)."""
+        window = self.quota_window
+        # With RetryInfo the window's oldest call still counted leaves at t + retry_after: what succeeded
+        # after t + retry_after - window is what the quota holds now (right after a cut too).
+        since = t - window + (min(retry_after, window) if retry_after else 0.0)
+        counted = [(s, n) for s, n in self._successes if s > since]
+        amount = float(len(counted) if metric == "requests" else sum(n for _, n in counted))
+        pace = self.paces.get(metric)
+        if pace is not None and amount >= pace.limit:
+            # 429s while paced although as much went through as the pace allows: the quota was cut and the
+            # window still holds calls from before the cut. Lower the pace; the next cluster refines it.
+            target = pace.limit * 0.8
+        else:
+            target = amount * PACE_SHARE
+        target = max(target, 1.0 if metric == "requests" else max(self._tokens_ewma, 1.0))
+        fresh = Pace(metric, target, window, learned_at=t, probed_at=t, waited_at=t, good_limit=target)
+        # What already went out in the window counts: the pace holds calls back until the window frees.
+        for s, n in self._successes:
+            if s > t - window:
+                units = 1.0 if metric == "requests" else float(n)
+                fresh.sent.append((s, units))
+                fresh.in_window += units
+        self.paces[metric] = fresh
+        self._learned_at = t
 
-    def record_success(self) -> None:
-        super().record_success()
+    def _pace_needs(self) -> float:
+        """Calls in flight a learned requests pace needs to be met at the current latency (with room)."""
+        pace = self.paces.get("requests")
+        return pace.limit / pace.window * self._latency_ewma * 2 if pace else 0.0
+
+    def record_success(self, tokens: int = 0) -> None:
+        super().record_success(tokens)
         with self._cond:
-            self._last_success = time.monotonic()
-            if self._paused_until and self._last_success >= self._paused_until:
-                self._streak.clear()  # a new window of successes starts after a pause
-                self._paused_until = 0.0
-            self._streak.append(self._last_success)
+            t = time.monotonic()
+            self._last_success = t
+            self._recent.append(False)
+            self._successes.append((t, tokens))
+            while self._successes and t - self._successes[0][0] > MAX_WINDOW_S:
+                self._successes.popleft()
+            if tokens:
+                self._tokens_ewma = tokens if not self._tokens_ewma else 0.9 * self._tokens_ewma + 0.1 * tokens
+            if self._streak_start is None:
+                self._streak_start = t
+            if self._pending is not None:
+                # 429s without RetryInfo until now: the quota's window reopened about now.
+                metric, start = self._pending
+                self._pending = None
+                self._set_window(t - start)
+                self._learn(metric, t, None)
+            for pace in self.paces.values():
+                self._probe(pace, t)
             self.limit = min(float(self.max_concurrency), self.limit + 1.0 / max(self.limit, 1.0))
             self._publish()
             self._cond.notify_all()
+
+    def _probe(self, pace: Pace, t: float) -> None:
+        """A whole window at the pace without a 429 cluster: the quota may have grown, so try a bit more.
+
+        Each quiet window doubles the step (10%, 20%, 40%, ...), so a doubled quota is found in four
+        windows; a 429 during a probe goes back to the last limit that held (a spread-out pace meets a
+        quota it overshoots with single 429s, not clusters). A pace that did not hold any call back
+        during the window is not raised: it was not what limited the run.
+        """
+        if t - pace.probed_at < pace.window:
+            return
+        if self._last_429 < pace.probed_at and t - pace.waited_at < pace.window:
+            pace.good_limit = pace.limit
+            pace.limit *= 1 + pace.probe
+            pace.probe = min(pace.probe * 2, 1.0)
+        pace.probed_at = t
 
     @property
     def stalled(self) -> bool:
@@ -136,4 +302,3 @@ class AdaptiveGate(CallGate):
         if self.monitor:
             self.monitor.concurrency_limit = self.limit
             self.monitor.in_flight = self.in_flight
-

@@ -35,6 +35,9 @@ class Retriever:
         self._payloads: list[dict[str, Any]] = []
         self._index: dict[str, int] = {}  # chunk id -> row of the snapshot
         self._by_document: dict[str, list[int]] = {}  # document id -> rows of the snapshot
+        # Chunk rows by id: each lexical search reads ~20 (one SQLite query each), mostly the same ones turn
+        # after turn; a chunk's id is its content, so a row read once stays right for the run.
+        self._chunks: dict[str, dict[str, Any] | None] = {}
         self.snapshot = snapshot
         self._ready = threading.Event()
         self._error: GroundworkError | None = None
@@ -170,7 +173,11 @@ class Retriever:
         return [p for p in (self._passage_by_id(cid, 1.0) for cid in ids) if p is not None]
 
     def _passage_by_id(self, chunk_id: str, score: float) -> Passage | None:
-        c = self.corpus.chunk(chunk_id)
+        c = self._chunks.get(chunk_id)
+        if c is None:
+            c = self.corpus.chunk(chunk_id)
+            if c is not None and len(self._chunks) < CHUNK_CACHE:
+                self._chunks[chunk_id] = c
         if not c:
             return None
         return Passage(id=c["id"], score=score, text=c["text"], document_id=c["document_id"], title=c["title"],
@@ -198,6 +205,7 @@ def conversation_documents(earlier: Sequence[Sequence[Passage]], briefing_docume
     return list(docs)[:limit]
 
 
+CHUNK_CACHE = 50_000  # chunk rows a retriever keeps (the text of ~50k chunks: tens of MB at most)
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: ranks past ~60 add almost nothing
 CANDIDATES = 20  # how deep each side is read before fusing
 

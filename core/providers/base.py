@@ -71,12 +71,13 @@ class LLMError(GroundworkError):
     """
 
     def __init__(self, message: str, kind: str, retryable: bool = False, status: int | None = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, quota_metric: str | None = None):
         super().__init__(message)
         self.kind = kind
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.quota_metric = quota_metric  # on a 429: "requests" or "tokens" when the server said which quota
 
 
 class QuotaExhaustedError(LLMError):
@@ -126,12 +127,15 @@ class CallGate:
                 wait = self.window - (t - self._sent[0])
             time.sleep(min(max(wait, 0.01), 1.0))
 
-    def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited") -> None:
-        """A 429; ``kind`` is rate_limited (a per-minute quota) or quota_day (gone until it resets)."""
+    def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited",
+                            metric: str | None = None) -> None:
+        """A 429; ``kind`` is rate_limited (a per-minute quota) or quota_day (gone until it resets); ``metric``
+        says which quota when the server told ("requests" or "tokens"), else None."""
         with self._lock:
             self.rate_limited_count += 1
 
-    def record_success(self) -> None:
+    def record_success(self, tokens: int = 0) -> None:
+        """A call succeeded; ``tokens`` it used (prompt, output and thinking) count against a tokens quota."""
         with self._lock:
             self.success_count += 1
 
@@ -196,7 +200,7 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
                 result = attempt()
         except LLMError as error:
             if error.kind in ("rate_limited", "quota_day"):
-                gate.record_rate_limited(error.retry_after, kind=error.kind)
+                gate.record_rate_limited(error.retry_after, kind=error.kind, metric=error.quota_metric)
             if not error.retryable:
                 raise
             if retries >= policy.max_retries:
@@ -210,7 +214,8 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
                        policy.max_retries, wait)
             time.sleep(wait)
             continue
-        gate.record_success()
+        gate.record_success(result.total_tokens or result.prompt_tokens + result.completion_tokens
+                            + result.thinking_tokens)
         result.attempts = retries + 1
         result.latency_ms = int((time.monotonic() - started) * 1000)
         return result
@@ -221,7 +226,7 @@ def _gave_up(error: LLMError, retries: int, label: str) -> LLMError:
     if error.kind == "rate_limited":
         return QuotaExhaustedError(
             f"{label} kept answering 429 (a per-minute rate limit) for {tries}, waiting as asked each time. The run "
-            f"already halves its calls in flight on every 429 and paces them to the quota it learns; it stops only "
+            f"already cuts its calls in flight on bursts of 429s and paces them to the quota it learns; it stops only "
             f"if no call gets through for a while. Setting GROUNDWORK_RPM_LIMIT to the quota paces it from the start.",
             kind="rate_limited", retryable=True, status=error.status, retry_after=error.retry_after)
     return LLMError(f"{error} (gave up after {tries})", kind=error.kind, retryable=True, status=error.status,

@@ -1,0 +1,129 @@
+"""The call gate under quotas that behave like Gemini's: requests and tokens per window, with and without
+RetryInfo, limits that change mid-run, and stray 429s with no quota behind them. Real google-genai client
+against the fake Gemini server; windows of 2 s so each case takes seconds."""
+
+import threading
+import time
+
+from core.config import Settings
+from core.fake_gemini import Fault, FakeGemini
+from core.gate import AdaptiveGate
+from core.providers.base import LLMRequest, Message
+from core.providers.gemini import GeminiProvider
+
+KEY = "AIzaSy-gate-test-key-00000000000000000"
+
+
+def drive(fake, gate, seconds, workers=8, changes=()):
+    """``workers`` threads call the provider until ``seconds`` pass; returns success times (from the start).
+
+    ``changes``: (at seconds, callable) applied on the way, e.g. a quota raised or cut mid-run.
+    """
+    settings = Settings(gemini_api_key=KEY, gemini_base_url=fake.base_url, gemini_max_retries=50,
+                        request_timeout=5.0)
+    provider = GeminiProvider(settings, gate=gate, backoff_base=0.05, max_backoff=0.4, max_retry_wait=3.0)
+    start = time.monotonic()
+    deadline = start + seconds
+    done, lock = [], threading.Lock()
+
+    def work(i):
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            provider.generate(LLMRequest([Message("user", f"worker {i} question {n} about tenancy deposits")]))
+            with lock:
+                done.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    pending = sorted(changes, key=lambda c: c[0])
+    for at, change in pending:
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        change()
+    for t in threads:
+        t.join(30)
+    provider.close()
+    return sorted(done)
+
+
+def in_range(times, lo, hi):
+    return sum(1 for t in times if lo <= t < hi)
+
+
+def test_a_stray_429_teaches_nothing_and_a_cluster_halves_calls_in_flight():
+    gate = AdaptiveGate(max_concurrency=32)
+    gate.record_rate_limited(1.0, metric="requests")  # alone: no pace, no cut, no pause
+    assert gate.limit == 32 and not gate.paces
+    for _ in range(5):
+        gate.record_rate_limited(None)
+    assert gate.limit == 16  # six of the last eight answers were 429: congestion, halved once
+    for _ in range(200):
+        gate.record_success()
+    assert 20 < gate.limit <= 32
+
+
+def test_rpm_quota_with_retry_info_is_learned_and_met():
+    with FakeGemini(rpm_quota=20, rpm_window=2.0) as fake:
+        gate = AdaptiveGate(max_concurrency=8)
+        ok = drive(fake, gate, 8.0)
+        pace = gate.paces["requests"]
+        assert 1.5 <= pace.window <= 3.0 and 15 <= pace.limit <= 24, (pace.limit, pace.window)  # probes: a step over
+        assert "tokens" not in gate.paces
+        # After the first window: close to the quota, and few calls answered 429.
+        assert in_range(ok, 2.0, 8.0) >= 0.85 * 20 * 3
+        assert fake.by_status[429] <= 0.2 * fake.by_status[200]
+
+
+def test_rpm_quota_answered_with_bare_429s_is_learned_too():
+    with FakeGemini(rpm_quota=20, rpm_window=2.0, quota_details=False) as fake:
+        gate = AdaptiveGate(max_concurrency=8)
+        at_4s = {}
+        ok = drive(fake, gate, 9.0, changes=[(4.0, lambda: at_4s.update(fake.by_status))])
+        pace = gate.paces["requests"]
+        assert 1.5 <= pace.window <= 4.0 and 10 <= pace.limit <= 24, (pace.limit, pace.window)
+        assert in_range(ok, 4.0, 9.0) >= 0.7 * 20 * 2.5
+        # The first window, with no hint when to come back, costs 429s; once learned, few.
+        assert fake.by_status[429] - at_4s[429] <= 0.15 * (fake.by_status[200] - at_4s[200])
+
+
+def test_tokens_per_minute_quota_is_learned_as_tokens():
+    with FakeGemini(tpm_quota=20 * 60, rpm_window=2.0) as fake:  # ~60 tokens a call here: ~20 calls a window
+        gate = AdaptiveGate(max_concurrency=8)
+        drive(fake, gate, 8.0)
+        assert set(gate.paces) == {"tokens"}
+        pace = gate.paces["tokens"]
+        assert 0.6 * 1200 <= pace.limit <= 1.2 * 1200 and 1.5 <= pace.window <= 3.0, (pace.limit, pace.window)
+        assert fake.by_status[429] <= 0.25 * fake.by_status[200]
+
+
+def test_a_quota_cut_and_raised_mid_run_is_relearned():
+    with FakeGemini(rpm_quota=20, rpm_window=2.0) as fake:
+        gate = AdaptiveGate(max_concurrency=8)
+        seen = {}
+        changes = [(5.0, lambda: (seen.update(before=gate.paces["requests"].limit), fake.set_quota(rpm=10))),
+                   (10.0, lambda: (seen.update(cut=gate.paces["requests"].limit), fake.set_quota(rpm=30)))]
+        ok = drive(fake, gate, 24.0, changes=changes)
+        assert 15 <= seen["before"] <= 24
+        assert seen["cut"] <= 12, seen  # relearned down within two and a half windows of the cut
+        # and probed up after the raise: +10%, +20%, +40%, ... a window each (a 429 halves the step)
+        assert gate.paces["requests"].limit > 22, gate.paces["requests"].limit
+        assert in_range(ok, 7.0, 10.0) >= 0.75 * 10 * 1.5
+        assert in_range(ok, 20.0, 24.0) >= 0.75 * 22 * 2
+
+
+def test_stray_429s_without_a_quota_cost_no_more_than_503s():
+    timings = {}
+    for kind in ("rate_minute", "unavailable"):
+        # Every 7th call fails; a 429 carries QuotaFailure and RetryInfo like a real per-minute one, its delay
+        # about the 503's backoff here (drive's backoff_base), so only what the gate does differs.
+        with FakeGemini(latency=0.05, fault_for=lambda n, body: Fault(kind, retry_delay=0.05) if n % 7 == 0
+                        else None) as fake:
+            gate = AdaptiveGate(max_concurrency=8)
+            started = time.monotonic()
+            ok = drive(fake, gate, 4.0)
+            timings[kind] = (len(ok), time.monotonic() - started)
+            if kind == "rate_minute":
+                assert fake.by_status[429] >= 20
+                assert not gate.paces and gate.limit >= 7  # nothing learned, nothing cut
+    assert timings["rate_minute"][0] >= 0.7 * timings["unavailable"][0], timings

@@ -138,9 +138,10 @@ class RunMonitor:
         if (self.calls >= t.min_samples and not self.quota_day_hit
                 and self.rate_limited / max(self.calls, 1) > t.max_rate_limited_share):
             new.append(Alert("rate_limited", f"{self.rate_limited} of {self.calls} calls were answered 429 (a "
-                                             "per-minute quota): the run halves its calls in flight on each 429 and "
-                                             "paces them to the quota it learns, so it goes on at the quota's "
-                                             "speed; set GROUNDWORK_RPM_LIMIT to the quota to avoid the 429s."))
+                                             "rate quota): the run waits as each 429 asks, learns the quota (requests "
+                                             "or tokens per window) from a cluster of them and paces its calls under "
+                                             "it, so it goes on at the quota's speed; set GROUNDWORK_RPM_LIMIT to "
+                                             "the quota to avoid the 429s."))
         if (snap["mean_call_latency_s"] or 0) > t.max_mean_call_latency_s:
             new.append(Alert("latency", f"mean LLM call latency {snap['mean_call_latency_s']} s exceeds "
                                         f"{t.max_mean_call_latency_s} s."))

@@ -510,5 +510,5 @@ def test_per_minute_quota_advice_says_what_the_run_does_about_it():
         monitor.record_call(0.1, 10, 10, 0)
         monitor.record_rate_limited("rate_limited")
     (alert,) = [a for a in monitor.check_alerts() if a.name == "rate_limited"]
-    assert "the run halves its calls in flight on each 429 and paces them to the quota it learns" in alert.message
+    assert "learns the quota (requests or tokens per window) from a cluster of them and paces its calls" in alert.message
     assert "GROUNDWORK_RPM_LIMIT" in alert.message

@@ -10,6 +10,7 @@ from core.access import confine_path
 from core.errors import GroundworkError
 from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
                          SPLIT_GROUPS, TRAINERS, ExportOptions, default_out_dir, export, reason_table, zip_export)
+from core.export.preview import preview_export
 from core.review import STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 ss = st.session_state
@@ -85,13 +86,62 @@ with st.expander("KTO labels: review reasons → label"):
 out_dir = st.text_input("Output folder", key="export.out", help="created if needed; files of the same names are "
                                                                 "replaced")
 
-if st.button("Export", type="primary", key="export.run"):
-    options = ExportOptions(formats=list(formats), context=context, filter=selection,
-                            profile=profile, raft_distractors=int(k), raft_no_oracle_share=float(no_oracle),
-                            split=float(ratio) if do_split else None, seed=int(seed), split_group=split_group,
-                            with_system_prompt=with_system,
-                            dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
-                            drop_near_duplicates=drop_near)
+options = ExportOptions(formats=list(formats), context=context, filter=selection,
+                        profile=profile, raft_distractors=int(k), raft_no_oracle_share=float(no_oracle),
+                        split=float(ratio) if do_split else None, seed=int(seed), split_group=split_group,
+                        with_system_prompt=with_system,
+                        dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
+                        drop_near_duplicates=drop_near)
+flagged = store.flagged_count(selection) if selected else 0
+if flagged:
+    st.warning(f"**{flagged:,}** of the {selected:,} selected conversations are flagged by the grounding checks "
+               "(weakly grounded, or identifiers none of their passages contain). Open them on the Review page "
+               "with the Quality flag filter, or export them anyway.", icon=":material/warning:")
+
+with st.container(horizontal=True):
+    preview_clicked = st.button("Preview first rows", key="export.preview", icon=":material/preview:",
+                                help="runs the export into a scratch folder and shows the first rows of each file")
+    export_clicked = st.button("Export", type="primary", key="export.run", icon=":material/download:",
+                               help="asks first when the selection holds flagged conversations")
+
+
+@st.dialog("Export flagged conversations?")
+def confirm_flagged(count: int) -> None:
+    if ss.pop("export.dialog_done", False):
+        st.rerun()  # the whole page, which runs the export below
+    st.write(f"**{count:,}** of the {selected:,} conversations to export are flagged by the grounding checks.")
+    with st.container(horizontal=True):
+        # Callbacks, not return values: they take effect whichever way the dialog's click reruns the page.
+        st.button(f"Export all {selected:,}", key="export.confirm", type="primary",
+                  on_click=lambda: ss.update({"export.go": True, "export.dialog_done": True}))
+        st.button("Cancel", key="export.cancel", on_click=lambda: ss.update({"export.dialog_done": True}))
+
+
+if export_clicked and flagged:
+    confirm_flagged(flagged)
+else:
+    ss.pop("export.dialog_done", None)
+if preview_clicked:
+    try:
+        if options.tokenizer:
+            options.tokenizer = str(confine_path(options.tokenizer, wb.settings, "tokenizer path"))
+        with st.spinner("Building a preview …"):
+            preview = preview_export(wb.db, options, settings=wb.settings)
+        for name, info in preview["files"].items():
+            with st.expander(f"{name} · first {len(info['rows'])} of {info['total']:,} rows", expanded=True,
+                             icon=":material/description:"):
+                for row in info["rows"]:
+                    st.json(row, expanded=2)
+        if not preview["files"]:
+            st.info("No rows would be written: see the warnings.")
+        for warning in preview["warnings"]:
+            st.warning(escape_markdown(warning))
+    except GroundworkError as e:
+        st.error(str(e))
+    except Exception as e:
+        ui_cache.show_error(e)
+
+if (export_clicked and not flagged) or ss.pop("export.go", False):
     try:
         # Paths typed in the browser: only under the data dir, sample_data/ or GROUNDWORK_ALLOWED_ROOTS.
         if options.tokenizer:

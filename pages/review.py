@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from core import quality, ui_cache
+from core import evidence, quality, ui_cache
 from core.quality import verify
 from core.errors import GroundworkError
 from core.retrieval import found_by_label
@@ -32,6 +32,7 @@ def report(e: Exception) -> None:
                                                                    f"{str(e)[:300]}")
 
 
+ss.pop("review.dialog_done", None)  # a whole-page run: no dialog is left to close
 if "review.flash" in ss:  # the outcome of the last action (set by a callback or before a rerun)
     kind, message = ss.pop("review.flash")
     getattr(st, kind)(message)
@@ -171,10 +172,11 @@ def act(action: str, cid: str, *args) -> None:
         elif action == "approve":
             store.approve(cid, reviewer)
             nxt = store.next_id(f, cid)
-        elif action == "discard":
+        elif action == "discard":  # the reason is always the reviewer's pick, never a default
             detail = ss.get("review.discard_detail", "").strip()
-            reason = ss.get("review.discard_reason", DISCARD_REASONS[0]) + (f": {detail}" if detail else "")
+            reason = args[0] + (f": {detail}" if detail else "")
             store.discard(cid, reason, reviewer)
+            ss["review.discard_detail"] = ""
             nxt = store.next_id(f, cid)
         elif action == "restore":
             store.restore(cid, reviewer)
@@ -189,7 +191,7 @@ def act(action: str, cid: str, *args) -> None:
         elif action == "edit":
             idx = args[0]
             changed = store.edit_message(cid, idx, ss.get(f"review.edit.{cid}.{idx}", ""), reviewer)
-            flash("success" if changed else "info", f"Turn {idx} saved." if changed else "Nothing changed.")
+            flash("success" if changed else "info", f"Turn {idx + 1} saved." if changed else "Nothing changed.")
             if changed:
                 quality.regrade_stale(wb.db, wb.embedder, cid)  # the score must describe the new text
         elif action == "revert":
@@ -211,28 +213,81 @@ def act(action: str, cid: str, *args) -> None:
 
 
 try:
+    # Evidence first: a conversation never checked (or edited since) is graded offline before it shows.
+    evidence.ensure_grounded(wb.db, wb.embedder, current)
+except Exception as e:  # grounding is advisory: the conversation still opens
+    st.caption(f"Grounding check unavailable: {type(e).__name__}: {str(e)[:200]}")
+try:
     c = store.get(current)
 except GroundworkError as e:
     st.error(str(e))
     st.stop()
 cid = c["id"]
 position = store.position(f, cid)
+grounding = {g["idx"]: g for g in quality.grounding_details(wb.db, cid)}
+flagged = evidence.flagged_answers(list(grounding.values()))
+# Keyboard picks for the discard reasons (free letters: J K A D U and 1–5 are the page's own keys).
+REASON_KEYS = dict(zip(DISCARD_REASONS, "GWNOPT"))
 
-nav = st.columns([1, 1, 1, 1, 1, 1, 1, 1.3, 1.3, 1.3])
-nav[0].button("◀ Prev", key="review.prev", on_click=go_prev, shortcut="K", help="previous (K)")
-nav[1].button("Next ▶", key="review.next", on_click=go_next, shortcut="J", help="next (J)")
-for n in range(1, 6):
-    nav[n + 1].button(f"{n}★", key=f"review.rate{n}", on_click=act, args=("rate", cid, n), shortcut=str(n),
-                      type="primary" if c["rating"] == n else "secondary", help=f"rate {n} ({n})")
-nav[7].button("Approve", key="review.approve", on_click=act, args=("approve", cid), shortcut="A",
-              type="primary" if c["status"] == "approved" else "secondary", help="approve (A)")
-nav[8].button("Discard", key="review.discard", on_click=act, args=("discard", cid), shortcut="D",
-              type="primary" if c["status"] == "discarded" else "secondary",
-              help="discard with the reason chosen below (D); undo with Restore")
-nav[9].button("Restore", key="review.restore", on_click=act, args=("restore", cid), shortcut="U",
-              disabled=c["status"] == "new", help="back to new: undoes approve or discard (U)")
-st.caption("Keys: J next · K previous · 1–5 rate · A approve · D discard · U restore (not while typing in a "
-           "field).")
+
+def finish(action: str, cid: str, *args) -> None:
+    """A dialog's button: act, then close the dialog (its next draw reruns the whole page)."""
+    act(action, cid, *args)
+    ss["review.dialog_done"] = True
+
+
+def close_if_done() -> None:
+    if ss.pop("review.dialog_done", False):
+        st.rerun()  # the whole page: the dialog is not drawn again and the page shows the new state
+
+
+@st.dialog("Why discard this conversation?")
+def discard_dialog(cid: str) -> None:
+    close_if_done()
+    st.caption("Pick a reason (or press its key). The reason goes into the KTO labels and the history.")
+    st.text_input("Details (optional)", key="review.discard_detail", placeholder="what exactly is wrong")
+    for reason, letter in REASON_KEYS.items():
+        st.button(f"{reason} ({letter})", key=f"review.discard_as.{letter}", shortcut=letter, width="stretch",
+                  on_click=finish, args=("discard", cid, reason))
+
+
+@st.dialog("Approve a flagged conversation?")
+def approve_dialog(cid: str, flagged: int) -> None:
+    close_if_done()
+    st.warning(f"The grounding checks flagged **{flagged}** of this conversation's answers (red or amber badges "
+               "below): sentences no passage supports, or identifiers none contains.", icon=":material/warning:")
+    with st.container(horizontal=True):
+        st.button("Approve anyway", key="review.approve_confirm", type="primary", on_click=finish,
+                  args=("approve", cid))
+        st.button("Keep reviewing", key="review.approve_cancel",
+                  on_click=lambda: ss.update({"review.dialog_done": True}))
+
+
+with st.container(horizontal=True, gap="small"):  # wraps instead of squeezing labels at narrow widths
+    st.button("Prev", key="review.prev", on_click=go_prev, shortcut="K", help="previous (K)",
+              icon=":material/chevron_left:")
+    st.button("Next", key="review.next", on_click=go_next, shortcut="J", help="next (J)",
+              icon=":material/chevron_right:")
+    for n in range(1, 6):
+        st.button(f"{n}★", key=f"review.rate{n}", on_click=act, args=("rate", cid, n), shortcut=str(n),
+                  type="primary" if c["rating"] == n else "secondary", help=f"rate {n} ({n})")
+    if st.button("Approve", key="review.approve", shortcut="A", icon=":material/check:",
+                 type="primary" if c["status"] == "approved" else "secondary",
+                 help="approve (A); asks first when the checks flagged an answer"):
+        if flagged and reviewer and c["status"] != "approved":  # no name: act() says so first
+            approve_dialog(cid, flagged)
+        else:
+            act("approve", cid)
+            st.rerun()
+    if st.button("Discard", key="review.discard", shortcut="D", icon=":material/delete:",
+                 type="primary" if c["status"] == "discarded" else "secondary",
+                 help="discard (D): asks for the reason; undo with Restore"):
+        discard_dialog(cid)
+    st.button("Restore", key="review.restore", on_click=act, args=("restore", cid), shortcut="U",
+              disabled=c["status"] == "new", help="back to new: undoes approve or discard (U)",
+              icon=":material/undo:")
+st.caption("Keys: J next · K previous · 1–5 rate · A approve · D discard (then a reason's letter) · U restore "
+           "(not while typing in a field).")
 
 where = f"{position:,} of {matching:,}" if position else "not in the current filter"
 status_line = c["status"] + (f" ({c['discard_reason']})" if c["discard_reason"] else "")
@@ -243,18 +298,12 @@ st.caption(f"`{cid}` · **{status_line}** · rating {c['rating'] or '–'} · {c
            + (f" · last action by {escape_markdown(c['reviewed_by'])} at {(c['reviewed_at'] or '')[:19]}"
               if c["reviewed_by"] else ""))
 
-c1, c2, c3 = st.columns([2, 2, 3])
-c1.selectbox("Discard reason", DISCARD_REASONS, key="review.discard_reason")
-c2.text_input("Reason details", key="review.discard_detail", placeholder="optional")
-with c3:
-    tag_cols = st.columns([3, 1])
-    tag_cols[0].text_input("Add tag", key="review.new_tag", placeholder="e.g. citation-error")
-    tag_cols[1].button("Add", key="review.add_tag", on_click=act, args=("tag", cid))
-    if c["tags"]:
-        tcols = st.columns(min(len(c["tags"]), 6))
-        for i, tag in enumerate(c["tags"]):
-            tcols[i % len(tcols)].button(f"✕ {tag}", key=f"review.untag.{tag}", on_click=act,
-                                         args=("untag", cid, tag), help="remove this tag")
+with st.container(horizontal=True, vertical_alignment="bottom"):
+    st.text_input("Add tag", key="review.new_tag", placeholder="e.g. citation-error", width=260)
+    st.button("Add", key="review.add_tag", on_click=act, args=("tag", cid), icon=":material/sell:")
+    for tag in c["tags"]:
+        st.button(tag, key=f"review.untag.{tag}", on_click=act, args=("untag", cid, tag), help="remove this tag",
+                  icon=":material/close:")
 
 meta = c["question_meta"] or {}
 versions = ", ".join(f"{v['kind']} v{v['version']}" for v in c["prompt_version_rows"]) or "unknown"
@@ -304,8 +353,8 @@ for twin in quality.near_duplicates_of(wb.db, cid):
         st.rerun()
 
 # ---- turns, each answer beside its passages -------------------------------------------------------------
-grounding = {g["idx"]: g for g in quality.grounding_details(wb.db, cid)}
 st.button("Verify grounding with the LLM", key="review.verify", on_click=act, args=("verify", cid),
+          icon=":material/fact_check:",
           help="one call per answer: each sentence's verdict with a quote from its passages, checked to be really "
                "there (cached: asking again is free)")
 last_answer = max((t["idx"] for t in c["turns"] if t["role"] == "assistant"), default=-1)
@@ -318,39 +367,37 @@ for t in c["turns"]:
     with left:
         with st.chat_message(t["role"]):
             checked = grounding.get(idx) if t["role"] == "assistant" else None
+            badge = evidence.turn_badge(checked) if t["role"] == "assistant" else None
+            if badge:
+                st.badge(badge.label, icon=badge.icon, color=badge.colour)
             if checked and checked["sentences"] and not checked["stale"]:
                 st.html(f"<div style='white-space: pre-wrap'>{quality.grounding_html(t['content'], checked['sentences'])}"
                         "</div>")
             else:
                 st.markdown(escape_markdown(t["content"]))
-            notes = [f"turn {idx}"]
-            if checked and checked["stale"]:
-                notes.append("⚠ **grounding stale**: the text changed after it was graded")
-            elif checked and checked["score"] is not None:
+            notes = [f"turn {idx + 1}"]  # people count from 1
+            if checked and checked["score"] is not None and not checked["stale"]:
                 notes.append(f"grounding {checked['score']:.2f} ({escape_markdown(str(checked['method'] or ''))})")
             for flag in (checked or {}).get("citations", []):
-                notes.append(f"⚠ {escape_markdown(str(flag.get('text', '')))} is in none of this turn's passages")
+                notes.append(f":material/warning: {escape_markdown(str(flag.get('text', '')))} is in none of this "
+                             "turn's passages")
             if t["edited"]:
                 notes.append(f"edited by {escape_markdown(t['edited_by'] or '?')} at {(t['edited_at'] or '')[:19]}")
             if t["role"] == "assistant" and not t["weight"]:
                 notes.append("**marked bad** (exported with weight 0)")
             st.caption(" · ".join(notes))
-            if checked and checked["sentences"] and not checked["stale"]:
-                table = quality.evidence_html(checked["sentences"], t["retrieval"] or [])
-                if table:
-                    with st.expander("Evidence for each sentence"):
-                        st.html(table)
             if t["edited"]:
                 with st.expander("Original text"):
                     st.markdown(escape_markdown(t["original_content"]))
-            with st.expander(f"Edit turn {idx}"):
+            with st.expander(f"Edit turn {idx + 1}"):
                 st.text_area("Message", value=t["content"], key=f"review.edit.{cid}.{idx}", height=160,
                              label_visibility="collapsed")
-                e1, e2 = st.columns(2)
-                e1.button("Save edit", key=f"review.save_edit.{idx}", on_click=act, args=("edit", cid, idx))
-                e2.button("Revert to original", key=f"review.revert.{idx}", on_click=act, args=("revert", cid, idx),
-                          disabled=not t["edited"])
-            b1, b2 = st.columns(2)
+                with st.container(horizontal=True):
+                    st.button("Save edit", key=f"review.save_edit.{idx}", on_click=act, args=("edit", cid, idx),
+                              icon=":material/save:")
+                    st.button("Revert to original", key=f"review.revert.{idx}", on_click=act,
+                              args=("revert", cid, idx), disabled=not t["edited"], icon=":material/undo:")
+            b1 = b2 = st.container(horizontal=True)
             if t["role"] == "assistant":
                 bad = not t["weight"]
                 b1.button("Mark good" if bad else "Mark bad", key=f"review.mark.{idx}", on_click=act,
@@ -364,7 +411,7 @@ for t in c["turns"]:
                         new_id = store.regenerate(cid, idx, reviewer, settings=settings, corpus=wb.corpus,
                                                   provider_factory=factory)
                     ss["review.current"] = new_id
-                    flash("success", f"Regenerated from turn {idx} as a new conversation; the earlier version "
+                    flash("success", f"Regenerated from turn {idx + 1} as a new conversation; the earlier version "
                                      "is discarded (restore it any time).")
                     st.rerun()
                 except GroundworkError as e:
@@ -374,13 +421,20 @@ for t in c["turns"]:
     if right is not None:
         with right:
             passages = t["retrieval"] or []
-            if t.get("query"):
-                st.caption(f"Searched with: “{escape_markdown(t['query'])}”")
+            st.markdown(f":material/search: **Search query:** {escape_markdown(t.get('query') or '')}"
+                        if t.get("query") else ":material/search: **Search query:** the user's message as written")
+            if checked and checked["sentences"] and not checked["stale"]:
+                table = quality.evidence_html(checked["sentences"], passages)
+                if table:
+                    with st.expander("Unsupported sentences beside their passages" if badge and badge.flagged
+                                     else "Evidence for each sentence", expanded=bool(badge and badge.flagged),
+                                     icon=":material/plagiarism:"):
+                        st.html(table)
             carried = sum(1 for p in passages if p.get("carried"))
             st.caption(f"{len(passages) - carried} passage(s) retrieved for this answer"
                        + (f", {carried} carried from earlier turns" if carried else ""))
             for i, p in enumerate(passages, 1):
-                origin = (f"carried from turn {p.get('from_turn', '?')}" if p.get("carried")
+                origin = (f"carried from answer {p.get('from_turn', '?')}" if p.get("carried")
                           else found_by_label(p.get("ranks") or {}) or "new")
                 label = (f"[{i}] {float(p.get('score') or 0):.3f} · {p.get('title') or p.get('document_id') or ''}"
                          f" · {origin}")
@@ -412,19 +466,24 @@ with st.expander(f"Bulk actions on all {matching:,} conversations matching the f
     action = b1.selectbox("Action", ["approve", "discard", "restore", "tag"], key="review.bulk_action")
     argument = ""
     if action == "discard":
-        argument = b2.selectbox("Reason", DISCARD_REASONS, key="review.bulk_reason")
+        argument = b2.selectbox("Reason", DISCARD_REASONS, key="review.bulk_reason", index=None,
+                                placeholder="pick a reason") or ""
     elif action == "tag":
         argument = b2.text_input("Tag", key="review.bulk_tag")
     if st.button(f"{action.capitalize()} {matching:,} conversations…", key="review.bulk_prepare",
                  disabled=matching == 0):
         ss["review.bulk_pending"] = {"action": action, "argument": argument, "count": matching,
-                                     "filter": f.as_dict()}
+                                     "filter": f.as_dict(),
+                                     "flagged": store.flagged_count(f) if action == "approve" else 0}
     pending = ss.get("review.bulk_pending")
     if pending and pending["filter"] == f.as_dict():
         st.warning(f"{pending['action'].capitalize()} **{pending['count']:,}** conversations matching "
                    f"{escape_markdown(f.describe())}"
                    + (f" with {escape_markdown(pending['argument'])}" if pending["argument"] else "")
-                   + f"? Recorded under your name ({escape_markdown(reviewer or 'not set')}).")
+                   + f"? Recorded under your name ({escape_markdown(reviewer or 'not set')})."
+                   + (f" **{pending['flagged']:,}** of them are flagged by the grounding checks (weakly grounded or "
+                      "identifiers absent from their passages)." if pending.get("flagged") else ""),
+                   icon=":material/warning:")
         k1, k2 = st.columns(2)
         if k1.button("Confirm", key="review.bulk_confirm", type="primary"):
             try:

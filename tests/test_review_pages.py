@@ -34,6 +34,22 @@ def texts(at) -> str:
     return "\n".join(e.value for e in [*at.markdown, *at.caption, *at.error, *at.warning, *at.info, *at.success])
 
 
+def approve(at, data_dir, cid):
+    """Approve the open conversation; one the grounding checks flagged asks first, with the count."""
+    from core import evidence, quality
+
+    db = db_of(data_dir)
+    flagged = evidence.flagged_answers(quality.grounding_details(db, cid))
+    at.button(key="review.approve").click().run()
+    confirm = [b for b in at.button if b.key == "review.approve_confirm"]
+    assert bool(confirm) == bool(flagged), (flagged, [b.key for b in at.button])
+    if flagged:
+        assert f"flagged **{flagged}**" in texts(at)
+        assert db.scalar("SELECT status FROM conversations WHERE id=?", [cid]) == "new"
+        confirm[0].click().run()
+    db.close()
+
+
 def test_review_actions_are_saved_and_survive_a_new_session(review_env):
     data_dir, ids = review_env
     at = new_app("pages/review.py")
@@ -52,10 +68,12 @@ def test_review_actions_are_saved_and_survive_a_new_session(review_env):
     at.button(key="review.save_note").click().run()
     assert not at.exception
     assert "marked bad" in texts(at) and "edited by ana" in texts(at)
-    at.button(key="review.approve").click().run()  # approve moves on to the next
+    approve(at, data_dir, ids[0])  # approve moves on to the next
     assert at.session_state["review.current"] == ids[1]
-    at.selectbox(key="review.discard_reason").set_value("off topic").run()
-    at.button(key="review.discard").click().run()
+    at.button(key="review.discard").click().run()  # D asks for the reason: nothing is discarded yet
+    assert at.session_state["review.current"] == ids[1]
+    assert db_of(data_dir).scalar("SELECT status FROM conversations WHERE id=?", [ids[1]]) == "new"
+    at.button(key="review.discard_as.O").click().run()  # "off topic (O)"
     assert at.session_state["review.current"] == ids[2]
     at.button(key="review.prev").click().run()  # nothing before it is still "new"
     assert at.session_state["review.current"] == ids[2] and "first conversation" in at.info[0].value
@@ -82,7 +100,7 @@ def test_review_actions_are_saved_and_survive_a_new_session(review_env):
     assert at.session_state["review.current"] == ids[0]
     page = texts(at)
     assert "approved" in page and "rating 4" in page and "edited by ana" in page and "marked bad" in page
-    assert any(b.label == "✕ citation-error" for b in at.button)
+    assert any(b.label == "citation-error" and b.key == "review.untag.citation-error" for b in at.button)
 
 
 def test_keyboard_shortcuts_are_bound(review_env):
@@ -150,7 +168,7 @@ def test_regenerate_from_the_page(review_env, monkeypatch):
         at.button(key="review.regen.0").click().run()
         assert not at.exception
         new = at.session_state["review.current"]
-        assert new != cid and "Regenerated from turn 0" in at.success[0].value
+        assert new != cid and "Regenerated from turn 1" in at.success[0].value
         assert "Regenerated from" in texts(at)
         at.button(key="review.prefer_parent").click().run()
         assert at.success and "Preference saved" in at.success[0].value, [e.value for e in at.error]

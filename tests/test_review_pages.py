@@ -148,7 +148,11 @@ def test_hostile_text_is_shown_as_text(review_env):
     db.close()
     at = new_app("pages/review.py")
     rendered = [m.value for m in at.markdown if "alert" in m.value]  # not passages that say "prescriptive"
-    assert rendered and all("<script>" not in v and "\\<script\\>" in v and "\\[phish\\]" in v for v in rendered)
+    assert all("<script>" not in v and "\\<script\\>" in v and "\\[phish\\]" in v for v in rendered)
+    # Graded on open, the answer is drawn as escaped HTML with its unsupported sentences marked.
+    graded = [h.proto.body for h in at.get("html") if "alert" in h.proto.body]
+    assert rendered or graded
+    assert all("<script>" not in v and "&lt;script&gt;" in v and "<a " not in v for v in graded)
     assert all(not getattr(m.proto, "allow_html", False) for m in at.markdown)
 
 
@@ -209,7 +213,16 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
     out2 = data_dir / "exports" / "filtered"
     at.text_input(key="export.out").set_value(str(out2)).run()
     at.multiselect(key="export.formats").set_value(["raw"]).run()
+    db = db_of(data_dir)  # Review graded what it opened: a flagged selection asks before it is exported
+    flagged = ReviewStore(db).flagged_count(ReviewFilter.from_dict(at.session_state["review.filter"]))
+    db.close()
     at.button(key="export.run").click().run()
+    confirm = [b for b in at.button if b.key == "export.confirm"]
+    assert bool(confirm) == bool(flagged)
+    if flagged:
+        assert not (out2 / "manifest.json").exists()
+        assert any(f"**{flagged}** of the 2 conversations" in m.value for m in at.markdown)
+        confirm[0].click().run()
     rows = [json.loads(line) for name in ("raw.train.jsonl", "raw.validation.jsonl") if (out2 / name).exists()
             for line in (out2 / name).read_text().splitlines()]
     assert {r["id"] for r in rows} == {ids[0], ids[4]}

@@ -37,13 +37,13 @@ def keep_key(widget: str, target: str) -> None:
 
 def key_field(label: str, target: str, help_text: str, placeholder: str) -> None:
     widget = f"{target}_input"
-    c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
-    c1.text_input(label, type="password", key=widget, on_change=keep_key, args=(widget, target),
+    st.text_input(label, type="password", key=widget, on_change=keep_key, args=(widget, target),
                   placeholder=placeholder, help=help_text)
     if ss.get(target):
-        c2.button("Forget key", key=f"{target}_forget", on_click=lambda: ss.pop(target, None),
-                  icon=":material/key_off:")
-        st.caption(f":material/key: {ui_cache.key_hint(ss[target])} (this browser session only, never saved)")
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.caption(f":material/key: {ui_cache.key_hint(ss[target])} (this browser session only, never saved)")
+            st.button("Forget key", key=f"{target}_forget", on_click=lambda: ss.pop(target, None),
+                      icon=":material/key_off:")
 
 
 if provider == "gemini":
@@ -88,16 +88,16 @@ def switch_to(name: str, message: str) -> None:
     ss["settings.flash"] = message
 
 
-c1, c2, _ = st.columns([1.2, 1.2, 3])
+buttons = st.container(horizontal=True)
 label = "Test connection" if provider == active else f"Test and switch to {provider}"
-if c1.button(label, key="settings.test", icon=":material/network_check:"):
+if buttons.button(label, key="settings.test", icon=":material/network_check:"):
     with st.spinner("One tiny call …"):
         ok, message = test_connection(candidate, api_key=ui_cache.session_api_key())
     if ok and provider != active:
         switch_to(provider, f"{message} Switched to {provider}.")
         st.rerun()  # the sidebar and every page show the new provider at once
     (st.success if ok else st.error)(message)
-if provider != active and c2.button("Use anyway", key="settings.use_anyway", icon=":material/warning:",
+if provider != active and buttons.button("Use anyway", key="settings.use_anyway", icon=":material/warning:",
                                    help="switch without a test (runs will fail if it cannot answer)"):
     switch_to(provider, f"Switched to {provider} without a test.")
     st.rerun()

@@ -67,28 +67,32 @@ with dry:
     versions = {kind: version_picker(kind, f"workshop.dry_version.{kind}") for kind in
                 ("respondent", "correspondent", "instruction")}
     typed = st.text_input("Opening question (empty: let the instruction prompt write one)", key="workshop.dry_q")
-    run = st.session_state.get("workshop.dry_run")
+
+    def advance(to_end: bool) -> None:
+        """A callback: the step is taken before the page draws, so the buttons show the new state."""
+        run = st.session_state.get("workshop.dry_run")
+        try:
+            run.run_to_end() if to_end else run.next_step()
+        except Exception as e:  # shown below the buttons, never as a traceback
+            st.session_state["workshop.dry_error"] = e
+
     with st.container(horizontal=True):
-        if st.button("Start a dry run", type="primary" if run is None or run.done else "secondary",
-                     key="workshop.dry_start", icon=":material/play_arrow:"):
+        if st.button("Start a dry run", key="workshop.dry_start", icon=":material/play_arrow:"):
             try:
-                run = workshop.start_dry_run(turns=int(turns), top_k=int(dry_k), seed=int(seed), versions=versions,
-                                             question=typed, max_tokens=400 if info.name == "local" else 1024)
-                st.session_state["workshop.dry_run"] = run
+                st.session_state["workshop.dry_run"] = workshop.start_dry_run(
+                    turns=int(turns), top_k=int(dry_k), seed=int(seed), versions=versions, question=typed,
+                    max_tokens=400 if info.name == "local" else 1024)
             except Exception as e:
                 ui_cache.show_error(e)
+        run = st.session_state.get("workshop.dry_run")
         going = run is not None and not run.done
-        step_clicked = st.button("Next step", key="workshop.dry_next", disabled=not going,
-                                 type="primary" if going else "secondary", icon=":material/skip_next:",
-                                 help="make the next call (or retrieval) and show it")
-        end_clicked = st.button("Run to end", key="workshop.dry_end", disabled=not going,
-                                icon=":material/fast_forward:")
-    if going and (step_clicked or end_clicked):
-        try:
-            with st.spinner("Working …"):
-                run.run_to_end() if end_clicked else run.next_step()
-        except Exception as e:
-            ui_cache.show_error(e)
+        st.button("Next step", key="workshop.dry_next", disabled=not going, type="primary" if going else "secondary",
+                  icon=":material/skip_next:", help="make the next call (or retrieval) and show it",
+                  on_click=advance, args=(False,))
+        st.button("Run to end", key="workshop.dry_end", disabled=not going, icon=":material/fast_forward:",
+                  on_click=advance, args=(True,))
+    if "workshop.dry_error" in st.session_state:
+        ui_cache.show_error(st.session_state.pop("workshop.dry_error"))
     result = run.result if run is not None else None
     if result is not None:
         if not result.steps:

@@ -11,8 +11,9 @@ import html
 import re
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|__(?=\S)(.+?)(?<=\S)__")
-_ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])|(?<![\w_])_(?=\S)([^_\n]+?)(?<=\S)_(?![\w_])")
+# Asterisks only: underscores are far more often part of names (snake_case, __dunder__) than emphasis.
+_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_ITALIC = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])")
 _LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
 _BULLET = re.compile(r"^(\s*)[-*+]\s+")
 
@@ -36,8 +37,8 @@ def readable_html(text: str, terms: list[str] | None = None) -> str:
         body = html.escape(body)
         if marks:
             body = marks.sub(r"<mark>\1</mark>", body)
-        body = _BOLD.sub(lambda m: f"<strong>{m.group(1) or m.group(2)}</strong>", body)
-        body = _ITALIC.sub(lambda m: f"<em>{m.group(1) or m.group(2)}</em>", body)
+        body = _BOLD.sub(r"<strong>\1</strong>", body)
+        body = _ITALIC.sub(r"<em>\1</em>", body)
         if heading:
             size = {1: "1.25em", 2: "1.12em"}.get(len(heading.group(1)), "1em")
             body = f'<strong style="font-size:{size}">{body}</strong>'

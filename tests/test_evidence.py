@@ -27,9 +27,10 @@ def test_badges_say_what_the_checks_found():
 
 def test_corpus_text_reads_as_formatting_and_never_as_markup():
     text = ("# Okafor v. Linden\n## Facts\nThe **deposit** was kept; see [the lease](javascript:alert(1)).\n"
-            "- item one\n<script>window.x=1</script> AT&T deposit")
+            "- item one\n<script>window.__x = 1</script> AT&T deposit in snake_case_name")
     out = readable_html(text, ["deposit", "amp"])
-    assert "<script>" not in out and "&lt;script&gt;" in out
+    assert "<script>" not in out and "&lt;script&gt;window.__x = 1&lt;/script&gt;" in out  # shown as written
+    assert "snake_case_name" in out
     assert "javascript" not in out and "the lease" in out  # a link keeps its words, not its target
     assert "#" not in out and "**" not in out
     assert '<strong style="font-size:1.25em">Okafor v. Linden</strong>' in out

@@ -71,11 +71,11 @@ with st.container(border=True):
     st.markdown("**Quality checks** — grounding of every answer sentence in its turn's passages (no LLM), "
                 "identifiers absent from the passages, near-duplicate conversations.")
     summary = quality.quality_summary(wb.db, run_id=run_id)
-    cols = st.columns(4)
-    cols[0].metric("Scored conversations", summary.get("scored") or 0)
-    cols[1].metric("Weakly grounded", summary.get("weakly_grounded") or 0)
-    cols[2].metric("With unverified identifiers", summary.get("with_citation_flags") or 0)
-    cols[3].metric("Near-duplicates", summary.get("near_duplicates") or 0)
+    with st.container(horizontal=True, gap="large"):
+        st.metric("Scored conversations", summary.get("scored") or 0, width="content")
+        st.metric("Weakly grounded", summary.get("weakly_grounded") or 0, width="content")
+        st.metric("With unverified identifiers", summary.get("with_citation_flags") or 0, width="content")
+        st.metric("Near-duplicates", summary.get("near_duplicates") or 0, width="content")
     st.caption("New conversations are scored when their run ends and when Review opens them; this button scores "
                "any left over and finds near-duplicates.")
     if st.button("Score grounding and find near-duplicates", key="dashboard.score", icon=":material/fact_check:"):

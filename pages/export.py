@@ -49,33 +49,35 @@ c1, c2 = st.columns(2)
 formats = c1.multiselect("Formats", FORMATS, default=["openai"], key="export.formats",
                          help="\n".join(f"- **{k}**: {v}" for k, v in FORMAT_HELP.items()))
 context = c2.selectbox("Retrieved passages go", CONTEXTS, key="export.context",
-                       format_func=lambda c: f"{c}: {CONTEXT_HELP[c]}",
                        help="per turn: each answer's passages come before it, never a later turn's")
+c2.caption(CONTEXT_HELP[context])  # the description below the short name: a select box would cut it off
 if context == "none":
     st.warning(NO_CONTEXT_WARNING)
 c1, c2, c3 = st.columns(3)
-profile = c1.selectbox("Profile", PROFILES, key="export.profile", format_func=lambda p: f"{p}: {PROFILE_HELP[p]}")
+profile = c1.selectbox("Profile", PROFILES, key="export.profile")
+c1.caption(PROFILE_HELP[profile])
 k = c2.number_input("RAFT distractors per answer (k)", 1, 20, 3, key="export.raft_k", disabled=profile != "raft")
 no_oracle = c3.number_input("RAFT share of distractor-only rows", 0.0, 0.95, 0.2, 0.05, key="export.raft_share",
                             disabled=profile != "raft")
-c1, c2, c3, c4 = st.columns(4)
+c1, c2 = st.columns(2)
 with_system = c1.checkbox("Start rows with the respondent prompt", key="export.with_system",
                           help="the system prompt (pinned version) each conversation was generated with")
 do_split = c2.checkbox("Train/validation split", value=True, key="export.do_split",
                        help="grouped by every document whose text reaches a row (briefing and passages): no validation "
                             "document in a training row; stable as the data grows")
-ratio = c3.number_input("Train share", 0.01, 0.99, 0.9, 0.05, key="export.ratio", disabled=not do_split)
-seed = c4.number_input("Split seed", 0, 2**31 - 1, 0, key="export.seed", disabled=not do_split)
+c1, c2 = st.columns(2)
+ratio = c1.number_input("Train share", 0.01, 0.99, 0.9, 0.05, key="export.ratio", disabled=not do_split)
+seed = c2.number_input("Split seed", 0, 2**31 - 1, 0, key="export.seed", disabled=not do_split)
 split_group = st.radio("Group the split by", SPLIT_GROUPS, key="export.split_group", horizontal=True,
                        disabled=not do_split, help="answers: briefing + the passages each answer draws on (other "
                        "passages from the other side are withheld); passages: every document shown (may leave "
                        "validation empty on a small corpus)")
-c1, c2, c3 = st.columns(3)
+c1, c2 = st.columns(2)
 tokenizer = c1.text_input("Tokenizer", key="export.tokenizer", placeholder="offline model's (default)",
                           help="a .gguf file or a Hugging Face tokenizer folder; empty: the offline model's")
 max_tokens = c2.number_input("Max tokens per row (0: no limit)", 0, 10_000_000, 0, 256, key="export.max_tokens")
-dedupe = c3.checkbox("Remove exact duplicates", value=True, key="export.dedupe")
-drop_near = c3.checkbox("Keep only the best-rated of each near-duplicate cluster", key="export.drop_near",
+dedupe = st.checkbox("Remove exact duplicates", value=True, key="export.dedupe")
+drop_near = st.checkbox("Keep only the best-rated of each near-duplicate cluster", key="export.drop_near",
                         help="clusters come from Dashboard → Score grounding and find near-duplicates")
 with st.expander("Which trainer reads what, and how answers marked bad stay untrained"):
     st.dataframe(pd.DataFrame([{"format": f, "trainer": t, "reads": what} for f in (formats or FORMATS)

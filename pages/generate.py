@@ -64,13 +64,13 @@ with st.container(border=True):
                                        key=ui_cache.remember(f"generate.version.{kind}",
                                                              [h["id"] for h in history]))
     judge_ok, judge_reason = judge_available(info.name)
-    c1, c2, c3 = st.columns(3)
-    auto_improve = c1.checkbox("Auto-improve with an LLM judge", key=ui_cache.remember("generate.auto_improve"),
+    auto_improve = st.checkbox("Auto-improve with an LLM judge", key=ui_cache.remember("generate.auto_improve"),
                                disabled=not judge_ok, help=judge_reason or "judge each conversation; regenerate "
                                "with the judge's feedback when below the threshold (extra calls)")
-    attempts = c2.number_input("Attempts per conversation", 1, 5, 2, key=ui_cache.remember("generate.attempts"),
+    c1, c2 = st.columns(2)
+    attempts = c1.number_input("Attempts per conversation", 1, 5, 2, key=ui_cache.remember("generate.attempts"),
                                disabled=not auto_improve)
-    threshold = c3.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, key=ui_cache.remember("generate.threshold"),
+    threshold = c2.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, key=ui_cache.remember("generate.threshold"),
                           disabled=not auto_improve)
     verify = st.checkbox("Verify grounding with the LLM", key=ui_cache.remember("generate.verify"),
                          disabled=not judge_ok,
@@ -127,16 +127,18 @@ def live_progress() -> None:
     eta = eta_text(progress) if job and job.alive else ""
     st.progress(progress.fraction, text=f"{m['saved']}/{progress.target} conversations · {progress.status}"
                 + (f" · {eta}" if eta else ""))
-    cols = st.columns(6)
-    cols[0].metric("Saved", m["saved"])
-    cols[1].metric("Failed attempts", m["failed_attempts"])
-    cols[2].metric("LLM calls", m["calls"])
-    cols[3].metric("Per minute", m["conversations_per_min"], help="conversations saved per minute")
-    cols[4].metric("Tokens", f"{m['prompt_tokens'] + m['completion_tokens'] + m['thinking_tokens']:,}",
-                   help=f"{m['prompt_tokens']:,} prompt · {m['completion_tokens']:,} completion · "
-                        f"{m['thinking_tokens']:,} thinking")
-    cols[5].metric("Concurrency", m["concurrency_limit"],
-                   help=f"limit on calls in flight; {m['rate_limited']} calls answered 429")
+    # A wrapping row: metrics as wide as their content never cut their labels or values short.
+    with st.container(horizontal=True, gap="medium"):
+        st.metric("Saved", m["saved"], width="content")
+        st.metric("Failed attempts", m["failed_attempts"], width="content")
+        st.metric("LLM calls", m["calls"], width="content")
+        st.metric("Per minute", m["conversations_per_min"], help="conversations saved per minute", width="content")
+        st.metric("Tokens", f"{m['prompt_tokens'] + m['completion_tokens'] + m['thinking_tokens']:,}",
+                  width="content",
+                  help=f"{m['prompt_tokens']:,} prompt · {m['completion_tokens']:,} completion · "
+                       f"{m['thinking_tokens']:,} thinking")
+        st.metric("Concurrency", m["concurrency_limit"], width="content",
+                  help=f"limit on calls in flight; {m['rate_limited']} calls answered 429")
     for alert in m["alerts"]:
         st.warning(f"alert · {alert['name']}: {alert['message']}")
     if m.get("rejections"):

@@ -60,11 +60,12 @@ if stats["warning"]:
 
 st.subheader("Pipeline")
 counts = pipeline_counts(wb.db, wb.corpus.collection, wb.settings.exports_path)
-cols = st.columns(len(STAGES))
-for col, stage in zip(cols, STAGES):
-    col.metric(f"{stage.capitalize()} →" if stage != STAGES[-1] else stage.capitalize(),
-               f"{counts[stage]['value']:,}", help=counts[stage]["detail"])
-    col.caption(counts[stage]["detail"])
+with st.container(horizontal=True, gap="medium"):  # wraps at narrow widths instead of cutting labels
+    for stage in STAGES:
+        with st.container(width="content"):
+            st.metric(f"{stage.capitalize()} →" if stage != STAGES[-1] else stage.capitalize(),
+                      f"{counts[stage]['value']:,}", help=counts[stage]["detail"], width="content")
+            st.caption(counts[stage]["detail"])
 
 left, right = st.columns(2)
 with left:

@@ -109,10 +109,10 @@ ss["review.filter"] = f.as_dict()  # the Export page starts from this: what you 
 # ---- counts and queue ------------------------------------------------------------------------------------
 counts = store.status_counts(f)
 matching = counts[f.status]
-cols = st.columns(4)
-cols[0].metric("Matching the filter", f"{matching:,}")
-for col, status in zip(cols[1:], ("new", "approved", "discarded")):
-    col.metric(status.capitalize(), f"{counts[status]:,}")
+with st.container(horizontal=True, gap="large"):  # content-wide: labels are never cut at narrow widths
+    st.metric("Matching the filter", f"{matching:,}", width="content")
+    for status in ("new", "approved", "discarded"):
+        st.metric(status.capitalize(), f"{counts[status]:,}", width="content")
 
 current = ss.get("review.current")
 if current and not store.exists(current):

@@ -52,18 +52,18 @@ saved = ReviewFilter.from_dict(ss.get("review.filter") or {"status": "new"})
 run_ids = [ANY] + [r["id"] for r in options["runs"]]
 run_labels = {r["id"]: f"{r['id']} · {r['kind']} · {r['saved']} saved · {r['created_at'][:16]}"
               for r in options["runs"]}
-version_ids = [None] + [v["id"] for v in options["prompt_versions"]]
+version_ids = [0] + [v["id"] for v in options["prompt_versions"]]  # 0: any
 version_labels = {v["id"]: f"{v['kind']} v{v['version']} · {v['name'] or ''}" for v in options["prompt_versions"]}
 comparison_ids = [ANY] + [c["id"] for c in options["comparisons"]]
 comparison_labels = {c["id"]: f"{c['name'] or c['id']}" for c in options["comparisons"]}
-ratings = [None, 1, 2, 3, 4, 5]
+ratings = [0, 1, 2, 3, 4, 5]  # 0: any (None would show the select box's "Choose an option")
 widgets = {  # key -> (saved value, allowed values or None)
     "review.f.status": (saved.status, STATUS_CHOICES),
     "review.f.run": (saved.run_id, run_ids),
-    "review.f.min_rating": (saved.min_rating, ratings),
-    "review.f.max_rating": (saved.max_rating, ratings),
+    "review.f.min_rating": (saved.min_rating or 0, ratings),
+    "review.f.max_rating": (saved.max_rating or 0, ratings),
     "review.f.tag": (saved.tag, [ANY] + options["tags"]),
-    "review.f.version": (saved.prompt_version, version_ids),
+    "review.f.version": (saved.prompt_version or 0, version_ids),
     "review.f.model": (saved.model, [ANY] + options["models"]),
     "review.f.comparison": (saved.comparison_id, comparison_ids),
     "review.f.search": (saved.search, None),
@@ -78,22 +78,24 @@ with st.sidebar:
     st.selectbox("Status", STATUS_CHOICES, key="review.f.status")
     st.text_input("Text contains", key="review.f.search", placeholder="words in any message")
     c1, c2 = st.columns(2)
-    fmt_rating = lambda r: "any" if r is None else f"{r}★"  # noqa: E731
+    fmt_rating = lambda r: f"{r}★" if r else "any"  # noqa: E731
     c1.selectbox("Min rating", ratings, key="review.f.min_rating", format_func=fmt_rating)
     c2.selectbox("Max rating", ratings, key="review.f.max_rating", format_func=fmt_rating)
     st.selectbox("Tag", [ANY] + options["tags"], key="review.f.tag", format_func=lambda t: t or "any")
     st.selectbox("Run", run_ids, key="review.f.run", format_func=lambda r: run_labels.get(r, "any"))
     st.selectbox("Prompt version", version_ids, key="review.f.version",
-                 format_func=lambda v: "any" if v is None else version_labels.get(v, str(v)))
+                 format_func=lambda v: version_labels.get(v, str(v)) if v else "any")
     st.selectbox("Model", [ANY] + options["models"], key="review.f.model", format_func=lambda m: m or "any")
     st.selectbox("A/B comparison", comparison_ids, key="review.f.comparison",
                  format_func=lambda c: comparison_labels.get(c, "any"))
     st.selectbox("Quality flag", QUALITY_CHOICES, key="review.f.quality",
                  help="set by the quality checks (Dashboard → Score grounding and find near-duplicates)")
-    auto_advance = st.checkbox("After approve or discard, open the next", value=True, key="review.auto_advance")
+    auto_advance = st.checkbox("Open the next when done", value=True, key="review.auto_advance",
+                               help="after approve or discard, open the next conversation of the queue")
 
-f = ReviewFilter(status=ss["review.f.status"], run_id=ss["review.f.run"], min_rating=ss["review.f.min_rating"],
-                 max_rating=ss["review.f.max_rating"], tag=ss["review.f.tag"], prompt_version=ss["review.f.version"],
+f = ReviewFilter(status=ss["review.f.status"], run_id=ss["review.f.run"],
+                 min_rating=ss["review.f.min_rating"] or None, max_rating=ss["review.f.max_rating"] or None,
+                 tag=ss["review.f.tag"], prompt_version=ss["review.f.version"] or None,
                  model=ss["review.f.model"], comparison_id=ss["review.f.comparison"],
                  search=ss["review.f.search"].strip(), quality=ss["review.f.quality"])
 try:

@@ -136,7 +136,10 @@ TRUNCATED_JS = """() => {
   for (const el of document.querySelectorAll('[data-testid="stApp"] *')) {
     if (!el.clientWidth || !(el.innerText || '').trim()) continue;
     const style = getComputedStyle(el);
-    if ((style.textOverflow === 'ellipsis' || el.tagName === 'BUTTON') && el.scrollWidth > el.clientWidth + 1)
+    const ownText = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const clips = style.textOverflow === 'ellipsis' || el.tagName === 'BUTTON'
+      || (ownText && style.whiteSpace === 'nowrap' && style.overflowX === 'hidden');
+    if (clips && el.scrollWidth > el.clientWidth + 1)
       out.push(el.tagName + ' ' + (el.getAttribute('data-testid') || '') + ': ' + el.innerText.trim().slice(0, 80));
   }
   return out;
@@ -183,7 +186,7 @@ def metric_value(page, label: str) -> str:
 
 def approve_open_conversation(page) -> None:
     """Approve; a conversation the grounding checks flagged asks first (and says how many answers)."""
-    page.get_by_role("button", name=re.compile(r"Approve$")).first.click()
+    page.get_by_role("button", name=re.compile(r"^(check\s*)?Approve")).first.click()
     confirm = page.get_by_role("button", name="Approve anyway")
     try:
         confirm.wait_for(timeout=4000)
@@ -303,7 +306,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     assert "Search query:" in main_text(page)
     assert not re.search(r"\bturn 0\b", main_text(page))  # turns count from 1
     check_layout(page, "07-review")
-    page.get_by_role("button", name=re.compile(r"4★$")).click()
+    page.get_by_role("button", name=re.compile(r"^4★")).click()
     wait_for_text(page, r"rating 4")
     approve_open_conversation(page)
     wait_for_text(page, r"Conversation 1 of \d+")

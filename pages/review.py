@@ -10,6 +10,7 @@ from core.retrieval import found_by_label
 from core.review import DISCARD_REASONS, QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 PAGE_SIZE = 25
+AVATARS = {"user": ":material/person:", "assistant": ":material/smart_toy:"}
 ANY = ""
 ss = st.session_state
 
@@ -367,7 +368,8 @@ for t in c["turns"]:
     else:
         left, right = st.container(), None
     with left:
-        with st.chat_message(t["role"]):
+        # Neutral icons: the default avatars colour the user red, which reads as an error.
+        with st.chat_message(t["role"], avatar=AVATARS.get(t["role"])):
             checked = grounding.get(idx) if t["role"] == "assistant" else None
             badge = evidence.turn_badge(checked) if t["role"] == "assistant" else None
             if badge:

@@ -134,7 +134,7 @@ def wait_for_text(page, pattern: str, timeout_s: float = 120) -> None:
 TRUNCATED_JS = """() => {
   const out = [];
   for (const el of document.querySelectorAll('[data-testid="stApp"] *')) {
-    if (!el.clientWidth || !(el.innerText || '').trim()) continue;
+    if (!el.clientWidth || !(el.innerText || '').trim() || el.closest('[data-testid="stSkipToContent"]')) continue;
     const style = getComputedStyle(el);
     const ownText = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
     const clips = style.textOverflow === 'ellipsis' || el.tagName === 'BUTTON'

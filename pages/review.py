@@ -250,7 +250,7 @@ def discard_dialog(cid: str) -> None:
     st.caption("Pick a reason (or press its key). The reason goes into the KTO labels and the history.")
     st.text_input("Details (optional)", key="review.discard_detail", placeholder="what exactly is wrong")
     for reason, letter in REASON_KEYS.items():
-        st.button(f"{reason} ({letter})", key=f"review.discard_as.{letter}", shortcut=letter, width="stretch",
+        st.button(reason, key=f"review.discard_as.{letter}", shortcut=letter, width="stretch",  # key shown by Streamlit
                   on_click=finish, args=("discard", cid, reason))
 
 

@@ -73,7 +73,7 @@ def test_review_actions_are_saved_and_survive_a_new_session(review_env):
     at.button(key="review.discard").click().run()  # D asks for the reason: nothing is discarded yet
     assert at.session_state["review.current"] == ids[1]
     assert db_of(data_dir).scalar("SELECT status FROM conversations WHERE id=?", [ids[1]]) == "new"
-    at.button(key="review.discard_as.O").click().run()  # "off topic (O)"
+    at.button(key="review.discard_as.O").click().run()  # "off topic", key O
     assert at.session_state["review.current"] == ids[2]
     at.button(key="review.prev").click().run()  # nothing before it is still "new"
     assert at.session_state["review.current"] == ids[2] and "first conversation" in at.info[0].value

@@ -73,7 +73,7 @@ def run_outcomes(db: Database) -> list[dict[str, Any]]:
                    "FROM runs r WHERE r.kind='generate' ORDER BY r.created_at")
     for r in rows:
         r["not_done"] = max((r["num_dialogs"] or 0) - r["saved"] - r["failed"], 0)
-        r["run"] = f"{r['run_id'][-8:]} · {r['status']}"
+        r["run"] = f"{r['run_id']} · {r['status']}"
         r["success_rate"] = round(r["saved"] / r["attempts"], 3) if r["attempts"] else None
         r["error_rate"] = round(1 - r["success_rate"], 3) if r["success_rate"] is not None else None
     return rows

@@ -99,7 +99,8 @@ with dry:
             st.caption("Press Next step: the first step samples a briefing from the corpus.")
         for step in result.steps:
             with st.container(border=True):
-                st.markdown(f"**{escape_markdown(step.title)}**" + (f" · {step.latency_ms} ms" if step.latency_ms else "")
+                st.markdown(f"**{escape_markdown(step.title)}**"
+                            + (f" · {step.latency_ms} ms" if step.latency_ms else "")
                             + (f" · {tokens_text(step.tokens)}" if step.tokens else ""))
                 if step.kind == "error":
                     st.error(step.reply)
@@ -161,7 +162,8 @@ with ab:
             cols = st.columns(2)
             for col, arm in zip(cols, ("A", "B")):
                 with col:
-                    st.markdown(f"**{arm}**" + (" · :material/check_circle: picked" if pair.get("winner") == arm else ""))
+                    picked = " · :material/check_circle: picked" if pair.get("winner") == arm else ""
+                    st.markdown(f"**{arm}**{picked}")
                     for t in wb.db.rows("SELECT role, content FROM turns WHERE conversation_id=? ORDER BY idx",
                                         [pair[arm]]):
                         st.text(f"{t['role']}: {t['content']}")

@@ -233,7 +233,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     from playwright.sync_api import expect
 
     editor.wait_for()  # a busy machine can take longer than expect's 5 s to draw the page
-    expect(editor).to_have_value(re.compile(r"\{context\}"), timeout=30_000)  # the saved version has loaded into the editor
+    expect(editor).to_have_value(re.compile(r"\{context\}"), timeout=30_000)  # the saved version has loaded
     editor.fill(editor.input_value() + "\nKeep every answer under 150 words.")
     page.get_by_label("Note (what changed and why)").fill("shorter answers")
     page.get_by_role("button", name="Save as new version").click()

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.db import Database
 from core.fake_gemini import FakeGemini
-from core.review import ReviewFilter, ReviewStore
+from core.review import ReviewFilter, ReviewStore, escape_markdown
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings, new_app
 from tests.test_review import generate
@@ -247,7 +247,9 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     assert at.session_state["review.current"] == ids[0]
     page = texts(at)
     assert "grounding " in page and "windows\\-v2" in page and "grounding stale" not in page
-    assert any(e.label == "Evidence for each sentence" for e in at.expander)
+    # Open when an answer is flagged: its unsupported sentences beside the passages.
+    assert any(e.label in ("Evidence for each sentence", "Unsupported sentences beside their passages")
+               for e in at.expander)
     at.text_input(key="review.reviewer_input").set_value("ana").run()
     at.text_area(key=f"review.edit.{ids[0]}.1").set_value("The passages do not say.").run()
     at.button(key="review.save_edit.1").click().run()
@@ -257,9 +259,14 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     [detail] = [d for d in quality.grounding_details(db, ids[0]) if d["idx"] == 1]
     assert not detail["stale"] and [s["verdict"] for s in detail["sentences"]] == ["neutral"]
     db.close()
+    db = db_of(data_dir)
+    assert any(d["stale"] for d in quality.grounding_details(db, ids[1]))  # edited behind the page's back
     at.session_state["review.current"] = ids[1]
     at.run()
-    assert "grounding stale" in texts(at)  # an edit that bypassed the page is marked, not shown as current
+    # Opening it re-grades the edited answer: what the page shows describes the text it shows.
+    assert "grounding stale" not in texts(at)
+    assert not any(d["stale"] for d in quality.grounding_details(db, ids[1]))
+    db.close()
 
 
 def test_each_answer_shows_its_search_query_and_which_passages_are_new_or_carried(review_env):
@@ -273,8 +280,8 @@ def test_each_answer_shows_its_search_query_and_which_passages_are_new_or_carrie
     at.run()
     assert not at.exception
     shown = texts(at)
-    assert f"Searched with: “{query}”" in shown  # the follow-up's standalone query, as stored
+    assert f"**Search query:** {escape_markdown(query)}" in shown  # the follow-up's standalone query, as stored
     assert "carried from earlier turns" in shown
     labels = [e.label.replace("\\", "") for e in at.expander]  # labels are markdown-escaped
-    assert any("carried from turn 1" in label for label in labels)
+    assert any("carried from answer 1" in label for label in labels)
     assert any("dense #" in label or "lexical #" in label for label in labels), labels

@@ -23,8 +23,5 @@ if ui_cache.auth_configured() and not st.user.is_logged_in:
     st.button("Log in", on_click=st.login, type="primary")
     st.stop()
 page = st.navigation(pages)
-# Before any page draws: keep the values of remembered widgets as they arrived from the browser (the run
-# that drew them may have been cut short by this very page switch).
-ui_cache.save_remembered()
 ui_cache.sidebar()
 page.run()

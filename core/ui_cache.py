@@ -101,29 +101,31 @@ def sidebar() -> None:
 
 
 # Widget state that must outlive a page switch. Streamlit drops a widget's value when its page is not
-# drawn; these keys are copied aside after each draw and put back before the next one.
+# drawn; each change is copied aside by the widget's callback and put back before the page draws again.
 _MEMORY = "app.form_memory"
 
 
 def remember(key: str, options: list | None = None) -> str:
     """``key`` for a widget whose value lasts the browser session (restored when its page opens again).
 
-    Call it as ``st.number_input(..., key=ui_cache.remember("generate.seed"))``, then call
-    :func:`save_remembered` once the page's widgets are drawn. ``options``: a choice widget's options (a
-    remembered value no longer among them is dropped).
+    Widgets use it through :func:`remembered`, whose change callback stores each new value. ``options``: a
+    choice widget's options (a remembered value no longer among them is dropped).
     """
     memory = st.session_state.setdefault(_MEMORY, {})
     if key not in st.session_state and key in memory and (options is None or memory[key] in options):
         st.session_state[key] = memory[key]
-    st.session_state.setdefault("app.remembered_keys", set()).add(key)
     return key
 
 
-def save_remembered() -> None:
-    memory = st.session_state.setdefault(_MEMORY, {})
-    for key in st.session_state.get("app.remembered_keys", set()):
-        if key in st.session_state:
-            memory[key] = st.session_state[key]
+def remembered(key: str, options: list | None = None) -> dict:
+    """Widget keyword arguments for a value that lasts the browser session: ``st.number_input(...,
+    **ui_cache.remembered("generate.seed"))``. Its change callback stores the value at once, before any
+    script code runs, so a page switch that cuts the run short cannot lose it."""
+    return {"key": remember(key, options), "on_change": _remember_now, "args": (key,)}
+
+
+def _remember_now(key: str) -> None:
+    st.session_state.setdefault(_MEMORY, {})[key] = st.session_state.get(key)
 
 
 # Provider choices made in the Settings page live in the browser session only; keys are never written.

@@ -33,27 +33,27 @@ library.ensure_defaults()
 
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
-    num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, key=ui_cache.remember("generate.num_dialogs"))
-    max_turns = c2.number_input("Max turns", 1, 20, 3, key=ui_cache.remember("generate.max_turns"),
+    num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, **ui_cache.remembered("generate.num_dialogs"))
+    max_turns = c2.number_input("Max turns", 1, 20, 3, **ui_cache.remembered("generate.max_turns"),
                                 help="each conversation gets 1..max turns, uniformly")
     concurrency = c3.number_input("Concurrency", 1, 64, 1 if info.name == "local" else 8,
-                                  key=ui_cache.remember("generate.concurrency"),
+                                  **ui_cache.remembered("generate.concurrency"),
                                   help="LLM calls in flight at most; fewer when the provider answers 429")
-    per_sample = c4.number_input("Questions per briefing", 1, 10, 3, key=ui_cache.remember("generate.per_sample"))
+    per_sample = c4.number_input("Questions per briefing", 1, 10, 3, **ui_cache.remembered("generate.per_sample"))
     c1, c2, c3, c4 = st.columns(4)
-    temperature = c1.slider("Temperature", 0.0, 1.5, 0.7, 0.05, key=ui_cache.remember("generate.temperature"))
-    top_k = c2.number_input("Passages per turn (top-k)", 1, 20, 3, key=ui_cache.remember("generate.top_k"))
+    temperature = c1.slider("Temperature", 0.0, 1.5, 0.7, 0.05, **ui_cache.remembered("generate.temperature"))
+    top_k = c2.number_input("Passages per turn (top-k)", 1, 20, 3, **ui_cache.remembered("generate.top_k"))
     max_tokens = c3.number_input("Max tokens per reply", 64, 8192, 400 if info.name == "local" else 1024,
-                                 key=ui_cache.remember("generate.max_tokens"))
-    seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key=ui_cache.remember("generate.seed"))
+                                 **ui_cache.remembered("generate.max_tokens"))
+    seed = c4.number_input("Seed", 0, 2**31 - 1, 0, **ui_cache.remembered("generate.seed"))
     c1, c2, c3 = st.columns(3)
-    retrieval = c1.selectbox("Answer context", ["rag", "briefing"], key=ui_cache.remember("generate.retrieval"),
+    retrieval = c1.selectbox("Answer context", ["rag", "briefing"], **ui_cache.remembered("generate.retrieval"),
                              format_func=lambda v: {"rag": "retrieve for every turn",
                                                     "briefing": "the sampled briefing"}[v])
     unanswerable = c2.slider("Share of unanswerable questions", 0.0, 0.5, 0.1, 0.05,
-                             key=ui_cache.remember("generate.unanswerable"))
+                             **ui_cache.remembered("generate.unanswerable"))
     token_budget = c3.number_input("Token budget (0: none)", 0, 10**9, 0, step=10_000,
-                                   key=ui_cache.remember("generate.budget"))
+                                   **ui_cache.remembered("generate.budget"))
     versions = {}
     cols = st.columns(3)
     for col, kind in zip(cols, KINDS):
@@ -61,18 +61,18 @@ with st.container(border=True):
         versions[kind] = col.selectbox(f"{kind.capitalize()} prompt", [h["id"] for h in history],
                                        format_func=lambda i, h=history: next(
                                            f"v{r['version']} · {r['name']}" for r in h if r["id"] == i),
-                                       key=ui_cache.remember(f"generate.version.{kind}",
+                                       **ui_cache.remembered(f"generate.version.{kind}",
                                                              [h["id"] for h in history]))
     judge_ok, judge_reason = judge_available(info.name)
-    auto_improve = st.checkbox("Auto-improve with an LLM judge", key=ui_cache.remember("generate.auto_improve"),
+    auto_improve = st.checkbox("Auto-improve with an LLM judge", **ui_cache.remembered("generate.auto_improve"),
                                disabled=not judge_ok, help=judge_reason or "judge each conversation; regenerate "
                                "with the judge's feedback when below the threshold (extra calls)")
     c1, c2 = st.columns(2)
-    attempts = c1.number_input("Attempts per conversation", 1, 5, 2, key=ui_cache.remember("generate.attempts"),
+    attempts = c1.number_input("Attempts per conversation", 1, 5, 2, **ui_cache.remembered("generate.attempts"),
                                disabled=not auto_improve)
-    threshold = c2.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, key=ui_cache.remember("generate.threshold"),
+    threshold = c2.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, **ui_cache.remembered("generate.threshold"),
                           disabled=not auto_improve)
-    verify = st.checkbox("Verify grounding with the LLM", key=ui_cache.remember("generate.verify"),
+    verify = st.checkbox("Verify grounding with the LLM", **ui_cache.remembered("generate.verify"),
                          disabled=not judge_ok,
                          help=judge_reason or "one extra call per answer: each sentence's verdict with a quote from "
                          "its passages, checked to be really there; shown on the Review page (in the estimate below)")
@@ -96,7 +96,6 @@ with st.container(border=True):
                    f"from {estimate.basis}.")
     except Exception as e:
         ui_cache.show_error(e)
-    ui_cache.save_remembered()  # the form lasts the browser session, across page switches
     submitted = st.button("Start", type="primary", key="generate.start", icon=":material/play_arrow:")
 
 if submitted:

@@ -48,15 +48,15 @@ def key_field(label: str, target: str, help_text: str, placeholder: str) -> None
 
 if provider == "gemini":
     st.text_input("Gemini model", value=ss.get("settings.gemini_model") or base.gemini_model,
-                  key=ui_cache.remember("settings.gemini_model"))
+                  **ui_cache.remembered("settings.gemini_model"))
     key_field("Gemini API key (press Enter to keep it for this browser session)", ui_cache.GEMINI_KEY,
               "kept in memory for this browser session only, never saved",
               "set on the server" if base.gemini_api_key else "not set: paste a key or set GEMINI_API_KEY")
 elif provider == "openai":
     st.text_input("Server base URL", value=ss.get("settings.openai_base_url") or base.openai_base_url,
-                  key=ui_cache.remember("settings.openai_base_url"))
+                  **ui_cache.remembered("settings.openai_base_url"))
     st.text_input("Model", value=ss.get("settings.openai_model") or base.openai_model,
-                  key=ui_cache.remember("settings.openai_model"))
+                  **ui_cache.remembered("settings.openai_model"))
     # The server's OPENAI_API_KEY goes only to the server's OPENAI_BASE_URL: another URL gets this key or none.
     key_field("API key for this server (press Enter to keep it for this browser session)", ui_cache.OPENAI_KEY,
               f"Without one, the server's key is sent only to {base.openai_base_url}; any other URL gets none.",
@@ -64,8 +64,7 @@ elif provider == "openai":
 else:
     st.text_input("GGUF model file (empty: the packaged SmolLM2-135M)",
                   value=ss.get("settings.local_model_path") or base.local_model_path,
-                  key=ui_cache.remember("settings.local_model_path"))
-ui_cache.save_remembered()
+                  **ui_cache.remembered("settings.local_model_path"))
 
 candidate = ui_cache.candidate_settings(provider)
 if ss.get("settings.path_error"):

@@ -172,6 +172,14 @@ def check_nav_icons(page) -> None:
     assert not EMOJI.search(page.locator('[data-testid="stSidebar"]').inner_text())
 
 
+def settle(page) -> None:
+    """Wait until the app has run with what was just typed (its running indicator is gone), as a person would
+    before moving on: a page switch sent mid-run replaces the pending rerun that carried the new values."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
+    page.wait_for_timeout(300)
+
+
 def nav_to(page, title: str) -> None:
     """Move with the sidebar: the same browser session (page.goto would start a new one)."""
     page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
@@ -263,7 +271,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     page.get_by_role("spinbutton", name="Conversations").fill("3")
     page.get_by_role("spinbutton", name="Concurrency").fill("1")
     page.keyboard.press("Tab")
-    page.wait_for_timeout(500)
+    settle(page)
     nav_to(page, "Settings")
     wait_for_text(page, r"key set · …042")
     nav_to(page, "Generate")

@@ -4,18 +4,18 @@ import streamlit as st
 
 from core import ui_cache
 
-st.set_page_config(page_title="Groundwork", page_icon="🧱", layout="wide")
+st.set_page_config(page_title="Groundwork", page_icon=":material/foundation:", layout="wide")
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/corpus.py", title="Corpus", icon="📚"),
-    st.Page("pages/prompts.py", title="Prompts", icon="✍️"),
-    st.Page("pages/workshop.py", title="Workshop", icon="🔬"),
-    st.Page("pages/generate.py", title="Generate", icon="🧪"),
-    st.Page("pages/review.py", title="Review", icon="📝"),
-    st.Page("pages/export.py", title="Export", icon="📦"),
-    st.Page("pages/dashboard.py", title="Dashboard", icon="📊"),
-    st.Page("pages/settings.py", title="Settings", icon="🔑"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/corpus.py", title="Corpus", icon=":material/library_books:"),
+    st.Page("pages/prompts.py", title="Prompts", icon=":material/edit_note:"),
+    st.Page("pages/workshop.py", title="Workshop", icon=":material/science:"),
+    st.Page("pages/generate.py", title="Generate", icon=":material/play_circle:"),
+    st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
+    st.Page("pages/export.py", title="Export", icon=":material/inventory_2:"),
+    st.Page("pages/dashboard.py", title="Dashboard", icon=":material/monitoring:"),
+    st.Page("pages/settings.py", title="Settings", icon=":material/settings:"),
 ]
 # With Streamlit's OIDC login configured ([auth] in .streamlit/secrets.toml), nothing shows until signed in.
 if ui_cache.auth_configured() and not st.user.is_logged_in:

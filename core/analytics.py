@@ -47,7 +47,8 @@ def latest_run(db: Database) -> dict[str, Any] | None:
 
 
 def run_choices(db: Database) -> list[dict[str, Any]]:
-    return db.rows("SELECT id, kind, status, saved, num_dialogs, created_at FROM runs WHERE saved > 0 "
+    # Every run, also one cancelled or failed before it saved anything: the Dashboard must show it.
+    return db.rows("SELECT id, kind, status, saved, num_dialogs, created_at FROM runs "
                    "ORDER BY created_at DESC LIMIT 100")
 
 
@@ -62,12 +63,17 @@ def conversations_per_minute(db: Database, run_id: str | None) -> list[dict[str,
 
 
 def run_outcomes(db: Database) -> list[dict[str, Any]]:
-    """Saved and failed conversations per run, with the success rate."""
-    rows = db.rows("SELECT r.id AS run_id, r.created_at, r.saved, "
+    """Every generation run with its outcome: saved, failed and never done, and the success rate.
+
+    Cancelled, failed and interrupted runs are listed too (with their reason), even when nothing was saved.
+    """
+    rows = db.rows("SELECT r.id AS run_id, r.created_at, r.status, r.reason, r.num_dialogs, r.saved, "
                    "(SELECT COUNT(*) FROM work_items w WHERE w.run_id=r.id AND w.status='failed') AS failed, "
                    "(SELECT COALESCE(SUM(attempts),0) FROM work_items w WHERE w.run_id=r.id) AS attempts "
                    "FROM runs r WHERE r.kind='generate' ORDER BY r.created_at")
     for r in rows:
+        r["not_done"] = max((r["num_dialogs"] or 0) - r["saved"] - r["failed"], 0)
+        r["run"] = f"{r['run_id']} · {r['status']}"
         r["success_rate"] = round(r["saved"] / r["attempts"], 3) if r["attempts"] else None
         r["error_rate"] = round(1 - r["success_rate"], 3) if r["success_rate"] is not None else None
     return rows

@@ -25,6 +25,8 @@ class Job:
     thread: threading.Thread
     error: str = ""
     alerts: list[str] = field(default_factory=list)
+    grounded: int | None = None  # conversations scored by the offline grounding checks once the run ended
+    grounding_error: str = ""
 
     @property
     def alive(self) -> bool:
@@ -67,6 +69,13 @@ class JobManager:
             job.run.run()
         except Exception as e:  # shown on the page; the run row already says incomplete
             job.error = str(e)
+        # Evidence first: the offline grounding checks run on what was saved, so Review opens with badges.
+        try:
+            from core.quality import score_conversations
+
+            job.grounded = score_conversations(self.workbench.db, self.workbench.embedder, run_id=run_id)
+        except Exception as e:  # grounding is advisory: Review scores on open if this did not finish
+            job.grounding_error = str(e)
 
     def get(self, run_id: str) -> Job | None:
         return self._jobs.get(run_id)
@@ -88,3 +97,18 @@ class JobManager:
             job.run.cancel()
         for job in self._jobs.values():
             job.thread.join(timeout)
+
+
+def eta_text(progress: RunProgress) -> str:
+    """How long a running batch still needs, from this session's pace; empty until one conversation is saved."""
+    m = progress.metrics
+    done_here, elapsed = m.get("saved_this_session") or 0, m.get("elapsed_s") or 0.0
+    left = max(progress.target - progress.saved, 0)
+    if progress.status not in ("running", "pending") or not done_here or not left:
+        return ""
+    seconds = elapsed / done_here * left
+    if seconds < 90:
+        return f"about {max(seconds, 1):.0f} s left"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min left"
+    return f"about {seconds / 3600:.1f} h left"

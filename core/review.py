@@ -173,6 +173,14 @@ class ReviewStore:
         where, params = f.where()
         return int(self.db.scalar(f"SELECT COUNT(*) FROM conversations c WHERE {where}", params) or 0)
 
+    def flagged_count(self, f: ReviewFilter) -> int:
+        """How many conversations matching ``f`` the quality checks flagged (weakly grounded or identifiers
+        absent from their passages): asked about before approving or exporting them."""
+        where, params = f.where()
+        return int(self.db.scalar(
+            f"SELECT COUNT(*) FROM conversations c WHERE {where} AND ((c.grounding IS NOT NULL AND c.grounding < ?) "
+            "OR c.citation_flags > 0)", [*params, WEAKLY_GROUNDED_BELOW]) or 0)
+
     def status_counts(self, f: ReviewFilter) -> dict[str, int]:
         """Conversations per status under every other condition of ``f`` (so the counts add up to "any")."""
         where, params = ReviewFilter.from_dict({**f.as_dict(), "status": "any"}).where()

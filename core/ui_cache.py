@@ -91,7 +91,41 @@ def sidebar() -> None:
             if st.button("Back to my data dir", key="app.back_to_main"):
                 del st.session_state["app.data_dir"]
                 st.rerun()
-        st.caption(f"LLM: {s.resolved_provider if not session_api_key() else 'gemini'}")
+        try:
+            from core.providers.registry import provider_info
+
+            info = provider_info(s, api_key=session_api_key())
+            st.caption(f"LLM: {info.name} · `{info.model}`")
+        except Exception:  # a broken provider setting: the Settings page says why
+            st.caption(f"LLM: {s.resolved_provider}")
+
+
+# Widget state that must outlive a page switch. Streamlit drops a widget's value when its page is not
+# drawn; each change is copied aside by the widget's callback and put back before the page draws again.
+_MEMORY = "app.form_memory"
+
+
+def remember(key: str, options: list | None = None) -> str:
+    """``key`` for a widget whose value lasts the browser session (restored when its page opens again).
+
+    Widgets use it through :func:`remembered`, whose change callback stores each new value. ``options``: a
+    choice widget's options (a remembered value no longer among them is dropped).
+    """
+    memory = st.session_state.setdefault(_MEMORY, {})
+    if key not in st.session_state and key in memory and (options is None or memory[key] in options):
+        st.session_state[key] = memory[key]
+    return key
+
+
+def remembered(key: str, options: list | None = None) -> dict:
+    """Widget keyword arguments for a value that lasts the browser session: ``st.number_input(...,
+    **ui_cache.remembered("generate.seed"))``. Its change callback stores the value at once, before any
+    script code runs, so a page switch that cuts the run short cannot lose it."""
+    return {"key": remember(key, options), "on_change": _remember_now, "args": (key,)}
+
+
+def _remember_now(key: str) -> None:
+    st.session_state.setdefault(_MEMORY, {})[key] = st.session_state.get(key)
 
 
 # Provider choices made in the Settings page live in the browser session only; keys are never written.
@@ -108,7 +142,7 @@ def session_settings() -> Settings:
     from core.access import session_settings as scoped
 
     choices = {field: st.session_state.get(key) for field, key in _SESSION_OVERRIDES.items()}
-    typed_key = st.session_state.get("settings.openai_key") or None
+    typed_key = st.session_state.get(OPENAI_KEY) or None
     try:
         st.session_state.pop("settings.path_error", None)
         return scoped(settings(), choices, typed_key)
@@ -117,9 +151,25 @@ def session_settings() -> Settings:
         return scoped(settings(), {**choices, "local_model_path": None}, typed_key)
 
 
+# Keys typed on the Settings page: kept under non-widget names, so they last the browser session (a
+# widget's own value is dropped when its page is left) and are never written anywhere.
+GEMINI_KEY = "settings.gemini_key"
+OPENAI_KEY = "settings.openai_key"
+
+
 def session_api_key() -> str | None:
-    """A Gemini key typed in the sidebar for this session, if any (else the environment's is used)."""
-    return st.session_state.get("settings.gemini_key") or None
+    """A Gemini key typed on the Settings page for this session, if any (else the environment's is used)."""
+    return st.session_state.get(GEMINI_KEY) or None
+
+
+def key_hint(secret: str | None) -> str:
+    """How a typed key is shown: set, and its last three characters only."""
+    return f"key set · …{secret[-3:]}" if secret else "no key typed"
+
+
+def candidate_settings(provider: str) -> Settings:
+    """This session's settings with ``provider`` in place of the active one (to test before switching)."""
+    return session_settings().replace(provider=provider)
 
 
 def show_error(e: Exception) -> None:
@@ -177,3 +227,12 @@ def signed_in_user() -> str:
     except Exception:  # outside a browser session
         return ""
     return next((headers[h] for h in _PROXY_USER_HEADERS if headers.get(h)), "")
+
+
+def open_run_in_review(run_id: str) -> None:
+    """Point this session's Review queue at one run (every status), from its first conversation."""
+    for key in [k for k in st.session_state if str(k).startswith("review.f.")]:
+        del st.session_state[key]  # the Review page rebuilds its filter widgets from the saved filter
+    st.session_state["review.filter"] = {"status": "any", "run_id": run_id}
+    st.session_state["review.current"] = None
+    st.session_state["review.page"] = 1

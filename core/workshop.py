@@ -11,7 +11,7 @@ import html
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +93,44 @@ class DryRunResult:
         return bool(self.turns) and not self.error
 
 
+class DryRun:
+    """A dry run in progress: each :meth:`next_step` makes the next call (or retrieval) and returns its step."""
+
+    def __init__(self, result: DryRunResult, steps: Iterator[Step]):
+        self.result = result
+        self._steps = steps
+
+    @property
+    def done(self) -> bool:
+        return self.result.complete or bool(self.result.error)
+
+    def next_step(self) -> Step | None:
+        """The next step, recorded in ``result.steps``; None once the dry run has finished."""
+        if self.done:
+            self._steps.close()  # runs the generator's cleanup: the provider is closed
+            return None
+        try:
+            step = next(self._steps)
+        except StopIteration:
+            return None
+        self.result.steps.append(step)
+        if self.done:
+            self._steps.close()
+        return step
+
+    def run_to_end(self) -> None:
+        while self.next_step() is not None:
+            pass
+
+
+def tokens_text(tokens: dict[str, int]) -> str:
+    """Token counts as words: "1,204 prompt · 88 completion" (thinking only when there was some)."""
+    parts = [f"{tokens.get('prompt', 0):,} prompt", f"{tokens.get('completion', 0):,} completion"]
+    if tokens.get("thinking"):
+        parts.append(f"{tokens['thinking']:,} thinking")
+    return " · ".join(parts) + " tokens"
+
+
 def _tokens(record: CallRecord) -> dict[str, int]:
     r = record.result
     return {"prompt": r.prompt_tokens, "completion": r.completion_tokens, "thinking": r.thinking_tokens}
@@ -139,17 +177,25 @@ class Workshop:
                 temperature: float = 0.7, max_tokens: int = 512, question: str = "",
                 on_step: Callable[[Step], None] | None = None) -> DryRunResult:
         """One conversation, step by step. LLM errors end the dry run with an error step; nothing is stored."""
+        run = self.start_dry_run(turns=turns, top_k=top_k, seed=seed, versions=versions, temperature=temperature,
+                                 max_tokens=max_tokens, question=question)
+        while (step := run.next_step()) is not None:
+            if on_step:
+                on_step(step)
+        return run.result
+
+    def start_dry_run(self, turns: int = 2, top_k: int = 3, seed: int = 0, versions: dict[str, int] | None = None,
+                      temperature: float = 0.7, max_tokens: int = 512, question: str = "") -> "DryRun":
+        """A dry run that advances one step per :meth:`DryRun.next_step` (the Workshop's "Next step")."""
         self._require_corpus()
         texts, ids = self._texts(versions)
         result = DryRunResult(steps=[], prompt_versions=ids, provider=self.provider_name, model=self.model)
-
-        def emit(step: Step) -> None:
-            result.steps.append(step)
-            if on_step:
-                on_step(step)
-
         config = RunConfig(num_dialogs=1, max_turns=turns, top_k=top_k, temperature=temperature,
                            max_tokens=max_tokens, instructions_per_sample=1, seed=seed)
+        return DryRun(result, self._dry_run_steps(result, config, texts, turns, seed, question))
+
+    def _dry_run_steps(self, result: DryRunResult, config: RunConfig, texts: dict[str, str], turns: int, seed: int,
+                       question: str) -> Iterator[Step]:
         rng = random.Random(seed)
         provider = None
         try:
@@ -158,45 +204,45 @@ class Workshop:
             sim = Simulator(provider, retriever, config, texts)
             sampler = BriefingSampler(self.wb.db, self.wb.corpus.collection, config.briefing_passages, rng)
             briefing = retriever.passages_by_id(sampler.sample())
-            emit(Step("briefing", "Sampled briefing", passages=[p.as_dict() for p in briefing]))
+            yield Step("briefing", "Sampled briefing", passages=[p.as_dict() for p in briefing])
             if question.strip():
                 q = Question(question.strip(), {"source": "typed"}, [p.id for p in briefing],
                              format_passages(briefing), briefing_passages=briefing)
             else:
                 questions, record = sim.write_questions(briefing, 1, rng)
                 q = questions[0]
-                emit(Step("questions", "Generated question", record.system_prompt, record.messages,
-                          "\n".join(x.text for x in questions), tokens=_tokens(record),
-                          latency_ms=record.result.latency_ms))
                 result.calls.append(record)
+                yield Step("questions", "Generated question", record.system_prompt, record.messages,
+                           "\n".join(x.text for x in questions), tokens=_tokens(record),
+                           latency_ms=record.result.latency_ms)
             result.question = q
             state = sim.start(q)
             for t in range(turns):
                 started = time.monotonic()
                 passages = sim.passages_for(state)
-                emit(Step("retrieval", f"Turn {t + 1}: retrieval for “{state.history[-1].content[:80]}”",
-                          passages=[p.as_dict() for p in [*passages.new, *passages.carried]],
-                          latency_ms=int((time.monotonic() - started) * 1000), query=passages.query or ""))
+                yield Step("retrieval", f"Turn {t + 1}: retrieval for “{state.history[-1].content[:80]}”",
+                           passages=[p.as_dict() for p in [*passages.new, *passages.carried]],
+                           latency_ms=int((time.monotonic() - started) * 1000), query=passages.query or "")
                 turn = sim.answer(state, seed=rng.randrange(2**31), passages=passages)
                 answer = turn["call"]
                 result.calls.append(answer)
-                emit(Step("answer", f"Turn {t + 1}: assistant answer", answer.system_prompt, answer.messages,
-                          answer.text, tokens=_tokens(answer), latency_ms=answer.result.latency_ms))
+                if t + 1 == turns:  # the last step: the result is complete as it is shown
+                    result.turns = state.turns
+                yield Step("answer", f"Turn {t + 1}: assistant answer", answer.system_prompt, answer.messages,
+                           answer.text, tokens=_tokens(answer), latency_ms=answer.result.latency_ms)
                 if t + 1 < turns:
                     follow = sim.ask(state, seed=rng.randrange(2**31))["call"]
                     result.calls.append(follow)
-                    emit(Step("follow_up", f"Turn {t + 1}: simulated user follow-up", follow.system_prompt,
-                              follow.messages, follow.text, tokens=_tokens(follow),
-                              latency_ms=follow.result.latency_ms, query=follow.query))
-            out_turns = state.turns
-            result.turns = out_turns
+                    yield Step("follow_up", f"Turn {t + 1}: simulated user follow-up", follow.system_prompt,
+                               follow.messages, follow.text, tokens=_tokens(follow),
+                               latency_ms=follow.result.latency_ms, query=follow.query)
+            result.turns = state.turns
         except (LLMError, GroundworkError) as e:
             result.error = str(e)
-            emit(Step("error", "The dry run stopped", reply=str(e)))
+            yield Step("error", "The dry run stopped", reply=str(e))
         finally:
             if provider is not None:
                 provider.close()
-        return result
 
     def _new_run(self, kind: str, config: dict[str, Any]) -> str:
         run_id = new_id()[:12]

@@ -11,6 +11,8 @@ from core.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
 from core.retrieval import found_by_label
 from core.retrieval import search as hybrid_search
 from core.access import confine_path
+from core.lexical import query_terms
+from core.readable import readable_html
 from core.review import escape_markdown
 
 PAGE_SIZE = 25
@@ -24,14 +26,23 @@ except Exception as e:
     ui_cache.show_error(e)
     st.stop()
 
-cols = st.columns(5)
-cols[0].metric("Documents", f"{stats['documents']:,}")
-cols[1].metric("Chunks", f"{stats['chunks']:,}")
-cols[2].metric("Characters", f"{stats['chars']:,}")
-cols[3].metric("Embedding model", stats["embedding_model"])
-cols[4].metric("Store", stats["engine"], help=stats["location"])
-size = f" · {stats['store_mb']:,} MB on disk" if stats["store_mb"] is not None else ""
-st.caption(f"{stats['engine_note']}{size} · `{stats['location']}`")
+stats_area = st.empty()  # redrawn after an ingest, so the numbers at the top match what was just added
+
+
+def show_stats(stats: dict) -> None:
+    with stats_area.container():
+        cols = st.columns([1, 1, 1.2, 1])
+        cols[0].metric("Documents", f"{stats['documents']:,}")
+        cols[1].metric("Chunks", f"{stats['chunks']:,}")
+        cols[2].metric("Characters", f"{stats['chars']:,}")
+        cols[3].metric("Store", stats["engine"], help=stats["location"])
+        size = f" · {stats['store_mb']:,} MB on disk" if stats["store_mb"] is not None else ""
+        # The model name is long: a caption wraps where a metric would cut it off.
+        st.caption(f"Embedding model `{stats['embedding_model']}` · {stats['engine_note']}{size} · "
+                   f"`{stats['location']}`")
+
+
+show_stats(stats)
 SEARCH_MODES = {"exact": "exact full scan (float32)", "scan": "int8 full scan, top results rescored in float32",
                 "hnsw": "HNSW graph (approximate, tuned for recall ≥ 0.99)"}
 
@@ -98,6 +109,7 @@ def _progress_bar():
 
 
 def _show_report(report) -> None:
+    show_stats(corpus.stats())
     st.success(report.summary())
     for line in report.problems:
         st.warning(line)
@@ -128,7 +140,8 @@ with browse:
                 st.json(doc["metadata"], expanded=False)
             full, chunked = st.tabs(["Full text", "Chunks"])
             with full:
-                st.text(doc["text"])
+                with st.container(height=520):
+                    st.html(readable_html(doc["text"], query_terms(text_filter) if text_filter else []))
             with chunked:
                 for c in corpus.chunks(doc["id"]):
                     with st.expander(f"#{c['position']} · characters {c['start_char']}–{c['end_char']}"
@@ -144,11 +157,12 @@ with search:
         except Exception as e:
             ui_cache.show_error(e)
             passages = []
+        terms = query_terms(query)
         for p in passages:
             with st.container(border=True):
                 st.markdown(f"**{p.score:.3f}** · {escape_markdown(p.title)} · `{p.source_path}` · chunk {p.position}"
                             f" · found by {found_by_label(p.ranks)}")
-                st.text(p.text)
+                st.html(readable_html(p.text, terms))  # matched terms marked; corpus text stays inert
 
 with ingest:
     st.caption(f"Supported: {' '.join(sorted(SUPPORTED_EXTENSIONS))}. Re-ingesting the same files adds nothing; "
@@ -156,7 +170,7 @@ with ingest:
     text_field = st.text_input("Text field for JSONL/CSV rows", value=wb.settings.content_key,
                                key="corpus.text_field")
     folder = st.text_input("Folder or file on the server", value="sample_data/corpus", key="corpus.folder")
-    if st.button("Ingest folder", key="corpus.ingest_folder"):
+    if st.button("Ingest folder", key="corpus.ingest_folder", icon=":material/upload_file:"):
         try:
             # A path typed in the browser: only under the data dir, sample_data/ or GROUNDWORK_ALLOWED_ROOTS.
             path = confine_path(folder, wb.settings, "ingest folder")
@@ -164,7 +178,7 @@ with ingest:
         except Exception as e:
             ui_cache.show_error(e)
     uploads = st.file_uploader("Or upload files", accept_multiple_files=True, key="corpus.uploads")
-    if uploads and st.button("Ingest uploads", key="corpus.ingest_uploads"):
+    if uploads and st.button("Ingest uploads", key="corpus.ingest_uploads", icon=":material/upload:"):
         target = wb.settings.uploads_path
         target.mkdir(parents=True, exist_ok=True)
         for f in uploads:

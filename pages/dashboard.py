@@ -19,8 +19,8 @@ if not runs:
     st.info("No conversations yet: generate some on the Generate page, or load the example set from Home.")
     st.stop()
 
-labels = {None: "All runs", **{r["id"]: f"{r['id']} · {r['kind']} · {r['saved']}/{r['num_dialogs']} · "
-                                          f"{r['created_at'][:16]}" for r in runs}}
+labels = {None: "All runs", **{r["id"]: f"{r['id']} · {r['kind']} · {r['status']} · {r['saved']}/{r['num_dialogs']}"
+                                          f" · {r['created_at'][:16]}" for r in runs}}
 run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="dashboard.run")
 
 
@@ -33,7 +33,9 @@ def chart(title: str, rows: list[dict], make, key: str, empty: str) -> None:
             return
         frame = pd.DataFrame(rows)
         fig = make(frame)
-        fig.update_layout(height=320, margin=dict(t=20, b=10))
+        if not fig.layout.height:
+            fig.update_layout(height=320)
+        fig.update_layout(margin=dict(t=20, b=10))
         st.plotly_chart(fig, width="stretch", key=f"dashboard.chart.{key}")
         st.download_button("Data as CSV", frame.to_csv(index=False).encode(), f"{key}.csv", "text/csv",
                            key=f"dashboard.csv.{key}")
@@ -49,9 +51,17 @@ with left:
           lambda f: px.bar(f, x="rating", y="n", color="respondent_version", barmode="group"), "ratings",
           "No ratings yet: rate conversations on the Review page.")
 with right:
-    chart("Success and error rate per run", analytics.run_outcomes(wb.db),
-          lambda f: px.bar(f, x="run_id", y=["success_rate", "error_rate"], barmode="stack"), "outcomes",
+    outcomes = analytics.run_outcomes(wb.db)
+    chart("Outcome of every run (cancelled and failed ones too)", outcomes,
+          lambda f: px.bar(f, y="run", x=["saved", "failed", "not_done"], orientation="h", barmode="stack",
+                           color_discrete_map={"saved": "#2e9e5b", "failed": "#c8553d", "not_done": "#b8c0cc"},
+                           hover_data=["status", "reason", "success_rate"]).update_layout(
+              yaxis_title=None, xaxis_title="conversations", legend_title=None), "outcomes",
           "No generation runs.")
+    stopped = [r for r in outcomes if r["status"] not in ("completed", "running")]
+    if stopped:
+        st.caption("Stopped runs: " + " · ".join(f"`{r['run_id']}` {r['status']}"
+                                                 + (f" ({r['reason']})" if r["reason"] else "") for r in stopped[-5:]))
     chart("Turn-count distribution", analytics.turn_counts(wb.db, run_id),
           lambda f: px.bar(f, x="turns", y="conversations"), "turns", "No conversations.")
     chart("Judge scores (every attempt)", analytics.judge_scores(wb.db, run_id),
@@ -61,12 +71,14 @@ with st.container(border=True):
     st.markdown("**Quality checks** — grounding of every answer sentence in its turn's passages (no LLM), "
                 "identifiers absent from the passages, near-duplicate conversations.")
     summary = quality.quality_summary(wb.db, run_id=run_id)
-    cols = st.columns(4)
-    cols[0].metric("Scored conversations", summary.get("scored") or 0)
-    cols[1].metric("Weakly grounded", summary.get("weakly_grounded") or 0)
-    cols[2].metric("With unverified identifiers", summary.get("with_citation_flags") or 0)
-    cols[3].metric("Near-duplicates", summary.get("near_duplicates") or 0)
-    if st.button("Score grounding and find near-duplicates", key="dashboard.score"):
+    with st.container(horizontal=True, gap="large"):
+        st.metric("Scored conversations", summary.get("scored") or 0, width="content")
+        st.metric("Weakly grounded", summary.get("weakly_grounded") or 0, width="content")
+        st.metric("With unverified identifiers", summary.get("with_citation_flags") or 0, width="content")
+        st.metric("Near-duplicates", summary.get("near_duplicates") or 0, width="content")
+    st.caption("New conversations are scored when their run ends and when Review opens them; this button scores "
+               "any left over and finds near-duplicates.")
+    if st.button("Score grounding and find near-duplicates", key="dashboard.score", icon=":material/fact_check:"):
         bar = st.progress(0.0, text="scoring")
         try:
             scored = quality.score_conversations(
@@ -91,9 +103,16 @@ with st.container(border=True):
     else:
         st.caption("No reviewed conversations with a judge or grounding score yet.")
 report = quality.coverage(wb.db, collection=wb.settings.collection, run_id=run_id)
+def coverage_chart(frame):
+    # Horizontal bars: long document titles stay readable, one row each, most used first.
+    frame = frame.assign(document=frame["title"].str.slice(0, 60)).sort_values("retrieved_uses")
+    fig = px.bar(frame, y="document", x=["briefing_uses", "retrieved_uses"], orientation="h", barmode="group")
+    return fig.update_layout(height=max(320, 22 * len(frame)), yaxis_title=None, xaxis_title="uses",
+                             legend_title=None)
+
+
 chart("Coverage: how often each document was sampled for briefings and retrieved for answers",
-      report.documents, lambda f: px.bar(f, x="title", y=["briefing_uses", "retrieved_uses"], barmode="group"),
-      "coverage", "No indexed documents.")
+      report.documents, coverage_chart, "coverage", "No indexed documents.")
 if report.uncovered:
     with st.expander(f"{len(report.uncovered)} documents never sampled nor retrieved"):
         st.dataframe(pd.DataFrame(report.uncovered), hide_index=True, width="stretch")

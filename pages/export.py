@@ -10,6 +10,7 @@ from core.access import confine_path
 from core.errors import GroundworkError
 from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
                          SPLIT_GROUPS, TRAINERS, ExportOptions, default_out_dir, export, reason_table, zip_export)
+from core.export.preview import preview_export
 from core.review import STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 ss = st.session_state
@@ -48,33 +49,35 @@ c1, c2 = st.columns(2)
 formats = c1.multiselect("Formats", FORMATS, default=["openai"], key="export.formats",
                          help="\n".join(f"- **{k}**: {v}" for k, v in FORMAT_HELP.items()))
 context = c2.selectbox("Retrieved passages go", CONTEXTS, key="export.context",
-                       format_func=lambda c: f"{c}: {CONTEXT_HELP[c]}",
                        help="per turn: each answer's passages come before it, never a later turn's")
+c2.caption(CONTEXT_HELP[context])  # the description below the short name: a select box would cut it off
 if context == "none":
     st.warning(NO_CONTEXT_WARNING)
 c1, c2, c3 = st.columns(3)
-profile = c1.selectbox("Profile", PROFILES, key="export.profile", format_func=lambda p: f"{p}: {PROFILE_HELP[p]}")
+profile = c1.selectbox("Profile", PROFILES, key="export.profile")
+c1.caption(PROFILE_HELP[profile])
 k = c2.number_input("RAFT distractors per answer (k)", 1, 20, 3, key="export.raft_k", disabled=profile != "raft")
 no_oracle = c3.number_input("RAFT share of distractor-only rows", 0.0, 0.95, 0.2, 0.05, key="export.raft_share",
                             disabled=profile != "raft")
-c1, c2, c3, c4 = st.columns(4)
+c1, c2 = st.columns(2)
 with_system = c1.checkbox("Start rows with the respondent prompt", key="export.with_system",
                           help="the system prompt (pinned version) each conversation was generated with")
 do_split = c2.checkbox("Train/validation split", value=True, key="export.do_split",
                        help="grouped by every document whose text reaches a row (briefing and passages): no validation "
                             "document in a training row; stable as the data grows")
-ratio = c3.number_input("Train share", 0.01, 0.99, 0.9, 0.05, key="export.ratio", disabled=not do_split)
-seed = c4.number_input("Split seed", 0, 2**31 - 1, 0, key="export.seed", disabled=not do_split)
+c1, c2 = st.columns(2)
+ratio = c1.number_input("Train share", 0.01, 0.99, 0.9, 0.05, key="export.ratio", disabled=not do_split)
+seed = c2.number_input("Split seed", 0, 2**31 - 1, 0, key="export.seed", disabled=not do_split)
 split_group = st.radio("Group the split by", SPLIT_GROUPS, key="export.split_group", horizontal=True,
                        disabled=not do_split, help="answers: briefing + the passages each answer draws on (other "
                        "passages from the other side are withheld); passages: every document shown (may leave "
                        "validation empty on a small corpus)")
-c1, c2, c3 = st.columns(3)
+c1, c2 = st.columns(2)
 tokenizer = c1.text_input("Tokenizer", key="export.tokenizer", placeholder="offline model's (default)",
                           help="a .gguf file or a Hugging Face tokenizer folder; empty: the offline model's")
 max_tokens = c2.number_input("Max tokens per row (0: no limit)", 0, 10_000_000, 0, 256, key="export.max_tokens")
-dedupe = c3.checkbox("Remove exact duplicates", value=True, key="export.dedupe")
-drop_near = c3.checkbox("Keep only the best-rated of each near-duplicate cluster", key="export.drop_near",
+dedupe = st.checkbox("Remove exact duplicates", value=True, key="export.dedupe")
+drop_near = st.checkbox("Keep only the best-rated of each near-duplicate cluster", key="export.drop_near",
                         help="clusters come from Dashboard → Score grounding and find near-duplicates")
 with st.expander("Which trainer reads what, and how answers marked bad stay untrained"):
     st.dataframe(pd.DataFrame([{"format": f, "trainer": t, "reads": what} for f in (formats or FORMATS)
@@ -85,13 +88,62 @@ with st.expander("KTO labels: review reasons → label"):
 out_dir = st.text_input("Output folder", key="export.out", help="created if needed; files of the same names are "
                                                                 "replaced")
 
-if st.button("Export", type="primary", key="export.run"):
-    options = ExportOptions(formats=list(formats), context=context, filter=selection,
-                            profile=profile, raft_distractors=int(k), raft_no_oracle_share=float(no_oracle),
-                            split=float(ratio) if do_split else None, seed=int(seed), split_group=split_group,
-                            with_system_prompt=with_system,
-                            dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
-                            drop_near_duplicates=drop_near)
+options = ExportOptions(formats=list(formats), context=context, filter=selection,
+                        profile=profile, raft_distractors=int(k), raft_no_oracle_share=float(no_oracle),
+                        split=float(ratio) if do_split else None, seed=int(seed), split_group=split_group,
+                        with_system_prompt=with_system,
+                        dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
+                        drop_near_duplicates=drop_near)
+flagged = store.flagged_count(selection) if selected else 0
+if flagged:
+    st.warning(f"**{flagged:,}** of the {selected:,} selected conversations are flagged by the grounding checks "
+               "(weakly grounded, or identifiers none of their passages contain). Open them on the Review page "
+               "with the Quality flag filter, or export them anyway.", icon=":material/warning:")
+
+with st.container(horizontal=True):
+    preview_clicked = st.button("Preview first rows", key="export.preview", icon=":material/preview:",
+                                help="runs the export into a scratch folder and shows the first rows of each file")
+    export_clicked = st.button("Export", type="primary", key="export.run", icon=":material/download:",
+                               help="asks first when the selection holds flagged conversations")
+
+
+@st.dialog("Export flagged conversations?")
+def confirm_flagged(count: int) -> None:
+    if ss.pop("export.dialog_done", False):
+        st.rerun()  # the whole page, which runs the export below
+    st.write(f"**{count:,}** of the {selected:,} conversations to export are flagged by the grounding checks.")
+    with st.container(horizontal=True):
+        # Callbacks, not return values: they take effect whichever way the dialog's click reruns the page.
+        st.button(f"Export all {selected:,}", key="export.confirm", type="primary",
+                  on_click=lambda: ss.update({"export.go": True, "export.dialog_done": True}))
+        st.button("Cancel", key="export.cancel", on_click=lambda: ss.update({"export.dialog_done": True}))
+
+
+if export_clicked and flagged:
+    confirm_flagged(flagged)
+else:
+    ss.pop("export.dialog_done", None)
+if preview_clicked:
+    try:
+        if options.tokenizer:
+            options.tokenizer = str(confine_path(options.tokenizer, wb.settings, "tokenizer path"))
+        with st.spinner("Building a preview …"):
+            preview = preview_export(wb.db, options, settings=wb.settings)
+        for name, info in preview["files"].items():
+            with st.expander(f"{name} · first {len(info['rows'])} of {info['total']:,} rows", expanded=True,
+                             icon=":material/description:"):
+                for row in info["rows"]:
+                    st.json(row, expanded=2)
+        if not preview["files"]:
+            st.info("No rows would be written: see the warnings.")
+        for warning in preview["warnings"]:
+            st.warning(escape_markdown(warning))
+    except GroundworkError as e:
+        st.error(str(e))
+    except Exception as e:
+        ui_cache.show_error(e)
+
+if (export_clicked and not flagged) or ss.pop("export.go", False):
     try:
         # Paths typed in the browser: only under the data dir, sample_data/ or GROUNDWORK_ALLOWED_ROOTS.
         if options.tokenizer:

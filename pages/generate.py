@@ -6,6 +6,7 @@ import streamlit as st
 from core import ui_cache
 from core.cost import estimate_run, parse_prices
 from core.engine import list_runs, run_errors
+from core.jobs import eta_text
 from core.run_config import QuestionMix, RunConfig
 from core.judge import judge_available
 from core.prompts import KINDS, PromptLibrary
@@ -32,24 +33,27 @@ library.ensure_defaults()
 
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
-    num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, key="generate.num_dialogs")
-    max_turns = c2.number_input("Max turns", 1, 20, 3, key="generate.max_turns",
+    num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, **ui_cache.remembered("generate.num_dialogs"))
+    max_turns = c2.number_input("Max turns", 1, 20, 3, **ui_cache.remembered("generate.max_turns"),
                                 help="each conversation gets 1..max turns, uniformly")
-    concurrency = c3.number_input("Concurrency", 1, 64, 1 if info.name == "local" else 8, key="generate.concurrency",
+    concurrency = c3.number_input("Concurrency", 1, 64, 1 if info.name == "local" else 8,
+                                  **ui_cache.remembered("generate.concurrency"),
                                   help="LLM calls in flight at most; fewer when the provider answers 429")
-    per_sample = c4.number_input("Questions per briefing", 1, 10, 3, key="generate.per_sample")
+    per_sample = c4.number_input("Questions per briefing", 1, 10, 3, **ui_cache.remembered("generate.per_sample"))
     c1, c2, c3, c4 = st.columns(4)
-    temperature = c1.slider("Temperature", 0.0, 1.5, 0.7, 0.05, key="generate.temperature")
-    top_k = c2.number_input("Passages per turn (top-k)", 1, 20, 3, key="generate.top_k")
+    temperature = c1.slider("Temperature", 0.0, 1.5, 0.7, 0.05, **ui_cache.remembered("generate.temperature"))
+    top_k = c2.number_input("Passages per turn (top-k)", 1, 20, 3, **ui_cache.remembered("generate.top_k"))
     max_tokens = c3.number_input("Max tokens per reply", 64, 8192, 400 if info.name == "local" else 1024,
-                                 key="generate.max_tokens")
-    seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="generate.seed")
+                                 **ui_cache.remembered("generate.max_tokens"))
+    seed = c4.number_input("Seed", 0, 2**31 - 1, 0, **ui_cache.remembered("generate.seed"))
     c1, c2, c3 = st.columns(3)
-    retrieval = c1.selectbox("Answer context", ["rag", "briefing"], key="generate.retrieval",
+    retrieval = c1.selectbox("Answer context", ["rag", "briefing"], **ui_cache.remembered("generate.retrieval"),
                              format_func=lambda v: {"rag": "retrieve for every turn",
                                                     "briefing": "the sampled briefing"}[v])
-    unanswerable = c2.slider("Share of unanswerable questions", 0.0, 0.5, 0.1, 0.05, key="generate.unanswerable")
-    token_budget = c3.number_input("Token budget (0: none)", 0, 10**9, 0, step=10_000, key="generate.budget")
+    unanswerable = c2.slider("Share of unanswerable questions", 0.0, 0.5, 0.1, 0.05,
+                             **ui_cache.remembered("generate.unanswerable"))
+    token_budget = c3.number_input("Token budget (0: none)", 0, 10**9, 0, step=10_000,
+                                   **ui_cache.remembered("generate.budget"))
     versions = {}
     cols = st.columns(3)
     for col, kind in zip(cols, KINDS):
@@ -57,17 +61,19 @@ with st.container(border=True):
         versions[kind] = col.selectbox(f"{kind.capitalize()} prompt", [h["id"] for h in history],
                                        format_func=lambda i, h=history: next(
                                            f"v{r['version']} · {r['name']}" for r in h if r["id"] == i),
-                                       key=f"generate.version.{kind}")
+                                       **ui_cache.remembered(f"generate.version.{kind}",
+                                                             [h["id"] for h in history]))
     judge_ok, judge_reason = judge_available(info.name)
-    c1, c2, c3 = st.columns(3)
-    auto_improve = c1.checkbox("Auto-improve with an LLM judge", key="generate.auto_improve",
+    auto_improve = st.checkbox("Auto-improve with an LLM judge", **ui_cache.remembered("generate.auto_improve"),
                                disabled=not judge_ok, help=judge_reason or "judge each conversation; regenerate "
                                "with the judge's feedback when below the threshold (extra calls)")
-    attempts = c2.number_input("Attempts per conversation", 1, 5, 2, key="generate.attempts",
+    c1, c2 = st.columns(2)
+    attempts = c1.number_input("Attempts per conversation", 1, 5, 2, **ui_cache.remembered("generate.attempts"),
                                disabled=not auto_improve)
-    threshold = c3.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, key="generate.threshold",
+    threshold = c2.slider("Judge threshold", 1.0, 5.0, 3.5, 0.25, **ui_cache.remembered("generate.threshold"),
                           disabled=not auto_improve)
-    verify = st.checkbox("Verify grounding with the LLM", key="generate.verify", disabled=not judge_ok,
+    verify = st.checkbox("Verify grounding with the LLM", **ui_cache.remembered("generate.verify"),
+                         disabled=not judge_ok,
                          help=judge_reason or "one extra call per answer: each sentence's verdict with a quote from "
                          "its passages, checked to be really there; shown on the Review page (in the estimate below)")
     if not judge_ok:
@@ -96,7 +102,7 @@ with st.container(border=True):
                    f"from {estimate.basis}.")
     except Exception as e:
         ui_cache.show_error(e)
-    submitted = st.button("Start", type="primary", key="generate.start")
+    submitted = st.button("Start", type="primary", key="generate.start", icon=":material/play_arrow:")
 
 if submitted:
     try:
@@ -114,32 +120,52 @@ def live_progress() -> None:
     progress = manager.progress(run_id)
     if progress is None:
         return
+    # When the run changes state (or stops), redraw the whole page: the Runs table, the Resume choice
+    # and the sidebar must say the same as this header.
+    seen = (progress.status, bool(job and job.alive))
+    if st.session_state.get("generate.seen") not in (None, seen):
+        st.session_state["generate.seen"] = seen
+        st.rerun()
+    st.session_state["generate.seen"] = seen
     m = progress.metrics
     st.subheader(f"Run {run_id}")
-    st.progress(progress.fraction, text=f"{m['saved']}/{progress.target} conversations · {progress.status}")
-    cols = st.columns(6)
-    cols[0].metric("Saved", m["saved"])
-    cols[1].metric("Failed attempts", m["failed_attempts"])
-    cols[2].metric("LLM calls", m["calls"])
-    cols[3].metric("Conversations/min", m["conversations_per_min"])
-    cols[4].metric("Tokens", f"{m['prompt_tokens'] + m['completion_tokens'] + m['thinking_tokens']:,}")
-    cols[5].metric("Concurrency limit", m["concurrency_limit"], help=f"{m['rate_limited']} calls answered 429")
+    eta = eta_text(progress) if job and job.alive else ""
+    st.progress(progress.fraction, text=f"{m['saved']}/{progress.target} conversations · {progress.status}"
+                + (f" · {eta}" if eta else ""))
+    # A wrapping row: metrics as wide as their content never cut their labels or values short.
+    with st.container(horizontal=True, gap="medium"):
+        st.metric("Saved", m["saved"], width="content")
+        st.metric("Failed attempts", m["failed_attempts"], width="content")
+        st.metric("LLM calls", m["calls"], width="content")
+        st.metric("Per minute", m["conversations_per_min"], help="conversations saved per minute", width="content")
+        st.metric("Tokens", f"{m['prompt_tokens'] + m['completion_tokens'] + m['thinking_tokens']:,}",
+                  width="content",
+                  help=f"{m['prompt_tokens']:,} prompt · {m['completion_tokens']:,} completion · "
+                       f"{m['thinking_tokens']:,} thinking")
+        st.metric("Concurrency", m["concurrency_limit"], width="content",
+                  help=f"limit on calls in flight; {m['rate_limited']} calls answered 429")
     for alert in m["alerts"]:
         st.warning(f"alert · {alert['name']}: {alert['message']}")
     if m.get("rejections"):
         st.caption("Replies rejected by the checks and asked again: "
                    + "; ".join(f"{n} × {why}" for why, n in m["rejections"].items()))
     if job and job.alive:
-        if st.button("Cancel", key="generate.cancel"):
-            manager.cancel(run_id)
-            st.info("Cancelling: calls in flight finish, everything completed is kept.")
+        if progress.status in ("running", "pending"):
+            if st.button("Cancel", key="generate.cancel", icon=":material/stop_circle:"):
+                manager.cancel(run_id)
+                st.info("Cancelling: calls in flight finish, everything completed is kept.")
+        else:
+            st.caption("Checking the grounding of every saved answer (offline) …")
     else:
         if job and job.error:
             st.error(job.error)
         elif progress.status == "completed":
-            st.success(f"Completed: {progress.saved} conversations saved. Review them on the Review page.")
+            st.success(f"Completed: {progress.saved} conversations saved.")
         elif progress.reason:
             st.warning(f"Stopped: {progress.reason}. Resume it below.")
+        if progress.saved and st.button("Open in Review", key="generate.open_review", icon=":material/rate_review:"):
+            ui_cache.open_run_in_review(run_id)
+            st.switch_page("pages/review.py")
 
 
 live_progress()
@@ -155,7 +181,7 @@ else:
     if resumable:
         c1, c2 = st.columns([3, 1])
         chosen = c1.selectbox("Resume an incomplete run", resumable, key="generate.resume_choice")
-        if c2.button("Resume", key="generate.resume"):
+        if c2.button("Resume", key="generate.resume", icon=":material/resume:"):
             try:
                 st.session_state["generate.run_id"] = manager.start(None, factory, run_id=chosen,
                                                                     settings=settings)

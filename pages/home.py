@@ -12,8 +12,16 @@ from core.run_config import RunConfig
 from core.examples import EXAMPLES_FILE, load_example_workspace
 from core.providers.registry import provider_info
 
+SMALL_MODEL_NOTE = (
+    "What the offline model can do: write short, readable questions and answers that reuse the passages' "
+    "words — enough to see the pipeline, the review and the export work end to end. What it cannot do: reason "
+    "across passages, stay accurate over several turns, or refuse well when the passages do not answer; its "
+    "replies are checked and retried, and expect many to be flagged in Review. For a dataset you would train "
+    "on, choose Gemini or an OpenAI-compatible server on the Settings page.")
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data" / "corpus"
 DEMO_RUN_KEY = "home.demo_run_id"
+# Neutral for "new" (nothing is wrong with it yet); green and red only for a reviewer's decision.
+STATUS_COLOURS = {"new": "#8a94a6", "approved": "#2e9e5b", "discarded": "#c8553d"}
 
 st.title("Groundwork")
 st.caption("Turn a document corpus into grounded, multi-turn SFT conversations — then review and export them.")
@@ -52,18 +60,19 @@ if stats["warning"]:
 
 st.subheader("Pipeline")
 counts = pipeline_counts(wb.db, wb.corpus.collection, wb.settings.exports_path)
-cols = st.columns(len(STAGES))
-for col, stage in zip(cols, STAGES):
-    col.metric(f"{stage.capitalize()} →" if stage != STAGES[-1] else stage.capitalize(),
-               f"{counts[stage]['value']:,}", help=counts[stage]["detail"])
-    col.caption(counts[stage]["detail"])
+with st.container(horizontal=True, gap="medium"):  # wraps at narrow widths instead of cutting labels
+    for stage in STAGES:
+        with st.container(width="content"):
+            st.metric(f"{stage.capitalize()} →" if stage != STAGES[-1] else stage.capitalize(),
+                      f"{counts[stage]['value']:,}", help=counts[stage]["detail"], width="content")
+            st.caption(counts[stage]["detail"])
 
 left, right = st.columns(2)
 with left:
     by_status = conversations_by_status(wb.db)
     if by_status:
         fig = px.bar(pd.DataFrame(by_status), x="status", y="conversations", color="status",
-                     title="Conversations by review status")
+                     title="Conversations by review status", color_discrete_map=STATUS_COLOURS, text_auto=True)
         fig.update_layout(showlegend=False, height=300, margin=dict(t=40, b=10))
         st.plotly_chart(fig, width="stretch")
     else:
@@ -88,11 +97,14 @@ with demo_col:
     local = info.name == "local"
     st.markdown(f"**Demo batch** — 3 short conversations on the current corpus with **{info.name}** `{info.model}`"
                 + (" (the offline model: about a minute per conversation on a laptop CPU)" if local else "") + ".")
-    if st.button("Run a demo batch", type="primary", key="home.demo", disabled=stats["chunks"] == 0):
+    st.caption(SMALL_MODEL_NOTE)
+    if st.button("Run a demo batch", type="primary", key="home.demo", disabled=stats["chunks"] == 0,
+                 icon=":material/play_arrow:"):
         config = RunConfig(num_dialogs=3, max_turns=2, max_concurrency=1 if local else 4,
                            max_tokens=300 if local else 1024)
         try:
             st.session_state[DEMO_RUN_KEY] = ui_cache.jobs().start(config, factory, settings=settings)
+            st.session_state.pop("home.demo_seen", None)
         except Exception as e:
             ui_cache.show_error(e)
 
@@ -101,14 +113,27 @@ with demo_col:
         run_id = st.session_state.get(DEMO_RUN_KEY)
         if not run_id:
             return
+        job = ui_cache.jobs().get(run_id)
         progress = ui_cache.jobs().progress(run_id)
         if progress is None:
             return
+        # Each saved conversation and the end of the run redraw the whole page: the pipeline counts and
+        # the latest run above must agree with this bar.
+        seen = (progress.status, progress.saved, bool(job and job.alive))
+        if st.session_state.get("home.demo_seen") not in (None, seen):
+            st.session_state["home.demo_seen"] = seen
+            st.rerun()
+        st.session_state["home.demo_seen"] = seen
         st.progress(progress.fraction, text=f"demo {run_id}: {progress.saved}/{progress.target} · {progress.status}")
+        if job and job.alive:
+            return
         if progress.status == "completed":
             st.success("Demo done: open the Review page to read the conversations.")
         elif progress.reason:
             st.warning(progress.reason)
+        if progress.saved and st.button("Open in Review", key="home.open_review", icon=":material/rate_review:"):
+            ui_cache.open_run_in_review(run_id)
+            st.switch_page("pages/review.py")
 
     demo_progress()
 with example_col:
@@ -116,7 +141,8 @@ with example_col:
                 "loaded into a separate data dir so your own data is untouched.")
     if st.session_state.get("app.data_dir"):
         st.caption("You are viewing the example set (see the sidebar to go back).")
-    elif EXAMPLES_FILE.exists() and st.button("Load the example set", key="home.examples"):
+    elif EXAMPLES_FILE.exists() and st.button("Load the example set", key="home.examples",
+                                              icon=":material/library_books:"):
         try:
             target, added = load_example_workspace(ui_cache.main_data_dir(), ui_cache.workbench, SAMPLE_DIR,
                                                    progress=progress_bar())

@@ -35,11 +35,15 @@ st.text_area(f"{kind.capitalize()} prompt (editing from v{current['version']})",
 c1, c2 = st.columns([1, 2])
 name = c1.text_input("Version name", key=f"prompts.name.{kind}")
 note = c2.text_input("Note (what changed and why)", key=f"prompts.note.{kind}")
-if st.button("Save as new version", type="primary", key=f"prompts.save.{kind}"):
+if "prompts.flash" in st.session_state:
+    st.success(st.session_state.pop("prompts.flash"))
+if st.button("Save as new version", type="primary", key=f"prompts.save.{kind}", icon=":material/save:"):
     try:
         row = library.save(kind, st.session_state[text_key], name=name, note=note,
                            template=st.session_state.get(f"prompts.template_used.{kind}", ""))
-        st.success(f"Saved {kind} v{row['version']}.")
+        # Redraw: the editor's label ("editing from vN") and the versions table must show the new version.
+        st.session_state["prompts.flash"] = f"Saved {kind} v{row['version']}."
+        st.rerun()
     except Exception as e:
         ui_cache.show_error(e)
 
@@ -56,7 +60,7 @@ if chosen:
         try:
             row = library.restore(chosen)
             st.session_state[text_key] = row["text"]
-            st.success(f"Restored as v{row['version']}.")
+            st.session_state["prompts.flash"] = f"Restored as v{row['version']}."
             st.rerun()
         except Exception as e:
             ui_cache.show_error(e)

@@ -3,13 +3,14 @@
 import pandas as pd
 import streamlit as st
 
-from core import quality, ui_cache
+from core import evidence, quality, ui_cache
 from core.quality import verify
 from core.errors import GroundworkError
 from core.retrieval import found_by_label
 from core.review import DISCARD_REASONS, QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 PAGE_SIZE = 25
+AVATARS = {"user": ":material/person:", "assistant": ":material/smart_toy:"}
 ANY = ""
 ss = st.session_state
 
@@ -32,6 +33,7 @@ def report(e: Exception) -> None:
                                                                    f"{str(e)[:300]}")
 
 
+ss.pop("review.dialog_done", None)  # a whole-page run: no dialog is left to close
 if "review.flash" in ss:  # the outcome of the last action (set by a callback or before a rerun)
     kind, message = ss.pop("review.flash")
     getattr(st, kind)(message)
@@ -51,18 +53,18 @@ saved = ReviewFilter.from_dict(ss.get("review.filter") or {"status": "new"})
 run_ids = [ANY] + [r["id"] for r in options["runs"]]
 run_labels = {r["id"]: f"{r['id']} · {r['kind']} · {r['saved']} saved · {r['created_at'][:16]}"
               for r in options["runs"]}
-version_ids = [None] + [v["id"] for v in options["prompt_versions"]]
+version_ids = [0] + [v["id"] for v in options["prompt_versions"]]  # 0: any
 version_labels = {v["id"]: f"{v['kind']} v{v['version']} · {v['name'] or ''}" for v in options["prompt_versions"]}
 comparison_ids = [ANY] + [c["id"] for c in options["comparisons"]]
 comparison_labels = {c["id"]: f"{c['name'] or c['id']}" for c in options["comparisons"]}
-ratings = [None, 1, 2, 3, 4, 5]
+ratings = [0, 1, 2, 3, 4, 5]  # 0: any (None would show the select box's "Choose an option")
 widgets = {  # key -> (saved value, allowed values or None)
     "review.f.status": (saved.status, STATUS_CHOICES),
     "review.f.run": (saved.run_id, run_ids),
-    "review.f.min_rating": (saved.min_rating, ratings),
-    "review.f.max_rating": (saved.max_rating, ratings),
+    "review.f.min_rating": (saved.min_rating or 0, ratings),
+    "review.f.max_rating": (saved.max_rating or 0, ratings),
     "review.f.tag": (saved.tag, [ANY] + options["tags"]),
-    "review.f.version": (saved.prompt_version, version_ids),
+    "review.f.version": (saved.prompt_version or 0, version_ids),
     "review.f.model": (saved.model, [ANY] + options["models"]),
     "review.f.comparison": (saved.comparison_id, comparison_ids),
     "review.f.search": (saved.search, None),
@@ -77,22 +79,24 @@ with st.sidebar:
     st.selectbox("Status", STATUS_CHOICES, key="review.f.status")
     st.text_input("Text contains", key="review.f.search", placeholder="words in any message")
     c1, c2 = st.columns(2)
-    fmt_rating = lambda r: "any" if r is None else f"{r}★"  # noqa: E731
+    fmt_rating = lambda r: f"{r}★" if r else "any"  # noqa: E731
     c1.selectbox("Min rating", ratings, key="review.f.min_rating", format_func=fmt_rating)
     c2.selectbox("Max rating", ratings, key="review.f.max_rating", format_func=fmt_rating)
     st.selectbox("Tag", [ANY] + options["tags"], key="review.f.tag", format_func=lambda t: t or "any")
     st.selectbox("Run", run_ids, key="review.f.run", format_func=lambda r: run_labels.get(r, "any"))
     st.selectbox("Prompt version", version_ids, key="review.f.version",
-                 format_func=lambda v: "any" if v is None else version_labels.get(v, str(v)))
+                 format_func=lambda v: version_labels.get(v, str(v)) if v else "any")
     st.selectbox("Model", [ANY] + options["models"], key="review.f.model", format_func=lambda m: m or "any")
     st.selectbox("A/B comparison", comparison_ids, key="review.f.comparison",
                  format_func=lambda c: comparison_labels.get(c, "any"))
     st.selectbox("Quality flag", QUALITY_CHOICES, key="review.f.quality",
                  help="set by the quality checks (Dashboard → Score grounding and find near-duplicates)")
-    auto_advance = st.checkbox("After approve or discard, open the next", value=True, key="review.auto_advance")
+    auto_advance = st.checkbox("Open the next when done", value=True, key="review.auto_advance",
+                               help="after approve or discard, open the next conversation of the queue")
 
-f = ReviewFilter(status=ss["review.f.status"], run_id=ss["review.f.run"], min_rating=ss["review.f.min_rating"],
-                 max_rating=ss["review.f.max_rating"], tag=ss["review.f.tag"], prompt_version=ss["review.f.version"],
+f = ReviewFilter(status=ss["review.f.status"], run_id=ss["review.f.run"],
+                 min_rating=ss["review.f.min_rating"] or None, max_rating=ss["review.f.max_rating"] or None,
+                 tag=ss["review.f.tag"], prompt_version=ss["review.f.version"] or None,
                  model=ss["review.f.model"], comparison_id=ss["review.f.comparison"],
                  search=ss["review.f.search"].strip(), quality=ss["review.f.quality"])
 try:
@@ -108,10 +112,10 @@ ss["review.filter"] = f.as_dict()  # the Export page starts from this: what you 
 # ---- counts and queue ------------------------------------------------------------------------------------
 counts = store.status_counts(f)
 matching = counts[f.status]
-cols = st.columns(4)
-cols[0].metric("Matching the filter", f"{matching:,}")
-for col, status in zip(cols[1:], ("new", "approved", "discarded")):
-    col.metric(status.capitalize(), f"{counts[status]:,}")
+with st.container(horizontal=True, gap="large"):  # content-wide: labels are never cut at narrow widths
+    st.metric("Matching the filter", f"{matching:,}", width="content")
+    for status in ("new", "approved", "discarded"):
+        st.metric(status.capitalize(), f"{counts[status]:,}", width="content")
 
 current = ss.get("review.current")
 if current and not store.exists(current):
@@ -171,10 +175,11 @@ def act(action: str, cid: str, *args) -> None:
         elif action == "approve":
             store.approve(cid, reviewer)
             nxt = store.next_id(f, cid)
-        elif action == "discard":
+        elif action == "discard":  # the reason is always the reviewer's pick, never a default
             detail = ss.get("review.discard_detail", "").strip()
-            reason = ss.get("review.discard_reason", DISCARD_REASONS[0]) + (f": {detail}" if detail else "")
+            reason = args[0] + (f": {detail}" if detail else "")
             store.discard(cid, reason, reviewer)
+            ss["review.discard_detail"] = ""
             nxt = store.next_id(f, cid)
         elif action == "restore":
             store.restore(cid, reviewer)
@@ -189,7 +194,7 @@ def act(action: str, cid: str, *args) -> None:
         elif action == "edit":
             idx = args[0]
             changed = store.edit_message(cid, idx, ss.get(f"review.edit.{cid}.{idx}", ""), reviewer)
-            flash("success" if changed else "info", f"Turn {idx} saved." if changed else "Nothing changed.")
+            flash("success" if changed else "info", f"Turn {idx + 1} saved." if changed else "Nothing changed.")
             if changed:
                 quality.regrade_stale(wb.db, wb.embedder, cid)  # the score must describe the new text
         elif action == "revert":
@@ -211,28 +216,81 @@ def act(action: str, cid: str, *args) -> None:
 
 
 try:
+    # Evidence first: a conversation never checked (or edited since) is graded offline before it shows.
+    evidence.ensure_grounded(wb.db, wb.embedder, current)
+except Exception as e:  # grounding is advisory: the conversation still opens
+    st.caption(f"Grounding check unavailable: {type(e).__name__}: {str(e)[:200]}")
+try:
     c = store.get(current)
 except GroundworkError as e:
     st.error(str(e))
     st.stop()
 cid = c["id"]
 position = store.position(f, cid)
+grounding = {g["idx"]: g for g in quality.grounding_details(wb.db, cid)}
+flagged = evidence.flagged_answers(list(grounding.values()))
+# Keyboard picks for the discard reasons (free letters: J K A D U and 1–5 are the page's own keys).
+REASON_KEYS = dict(zip(DISCARD_REASONS, "GWNOPT"))
 
-nav = st.columns([1, 1, 1, 1, 1, 1, 1, 1.3, 1.3, 1.3])
-nav[0].button("◀ Prev", key="review.prev", on_click=go_prev, shortcut="K", help="previous (K)")
-nav[1].button("Next ▶", key="review.next", on_click=go_next, shortcut="J", help="next (J)")
-for n in range(1, 6):
-    nav[n + 1].button(f"{n}★", key=f"review.rate{n}", on_click=act, args=("rate", cid, n), shortcut=str(n),
-                      type="primary" if c["rating"] == n else "secondary", help=f"rate {n} ({n})")
-nav[7].button("Approve", key="review.approve", on_click=act, args=("approve", cid), shortcut="A",
-              type="primary" if c["status"] == "approved" else "secondary", help="approve (A)")
-nav[8].button("Discard", key="review.discard", on_click=act, args=("discard", cid), shortcut="D",
-              type="primary" if c["status"] == "discarded" else "secondary",
-              help="discard with the reason chosen below (D); undo with Restore")
-nav[9].button("Restore", key="review.restore", on_click=act, args=("restore", cid), shortcut="U",
-              disabled=c["status"] == "new", help="back to new: undoes approve or discard (U)")
-st.caption("Keys: J next · K previous · 1–5 rate · A approve · D discard · U restore (not while typing in a "
-           "field).")
+
+def finish(action: str, cid: str, *args) -> None:
+    """A dialog's button: act, then close the dialog (its next draw reruns the whole page)."""
+    act(action, cid, *args)
+    ss["review.dialog_done"] = True
+
+
+def close_if_done() -> None:
+    if ss.pop("review.dialog_done", False):
+        st.rerun()  # the whole page: the dialog is not drawn again and the page shows the new state
+
+
+@st.dialog("Why discard this conversation?")
+def discard_dialog(cid: str) -> None:
+    close_if_done()
+    st.caption("Pick a reason (or press its key). The reason goes into the KTO labels and the history.")
+    st.text_input("Details (optional)", key="review.discard_detail", placeholder="what exactly is wrong")
+    for reason, letter in REASON_KEYS.items():
+        st.button(reason, key=f"review.discard_as.{letter}", shortcut=letter, width="stretch",  # key shown by Streamlit
+                  on_click=finish, args=("discard", cid, reason))
+
+
+@st.dialog("Approve a flagged conversation?")
+def approve_dialog(cid: str, flagged: int) -> None:
+    close_if_done()
+    st.warning(f"The grounding checks flagged **{flagged}** of this conversation's answers (red or amber badges "
+               "below): sentences no passage supports, or identifiers none contains.", icon=":material/warning:")
+    with st.container(horizontal=True):
+        st.button("Approve anyway", key="review.approve_confirm", type="primary", on_click=finish,
+                  args=("approve", cid))
+        st.button("Keep reviewing", key="review.approve_cancel",
+                  on_click=lambda: ss.update({"review.dialog_done": True}))
+
+
+with st.container(horizontal=True, gap="small"):  # wraps instead of squeezing labels at narrow widths
+    st.button("Prev", key="review.prev", on_click=go_prev, shortcut="K", help="previous (K)",
+              icon=":material/chevron_left:")
+    st.button("Next", key="review.next", on_click=go_next, shortcut="J", help="next (J)",
+              icon=":material/chevron_right:")
+    for n in range(1, 6):
+        st.button(f"{n}★", key=f"review.rate{n}", on_click=act, args=("rate", cid, n), shortcut=str(n),
+                  type="primary" if c["rating"] == n else "secondary", help=f"rate {n} ({n})")
+    if st.button("Approve", key="review.approve", shortcut="A", icon=":material/check:",
+                 type="primary" if c["status"] == "approved" else "secondary",
+                 help="approve (A); asks first when the checks flagged an answer"):
+        if flagged and reviewer and c["status"] != "approved":  # no name: act() says so first
+            approve_dialog(cid, flagged)
+        else:
+            act("approve", cid)
+            st.rerun()
+    if st.button("Discard", key="review.discard", shortcut="D", icon=":material/delete:",
+                 type="primary" if c["status"] == "discarded" else "secondary",
+                 help="discard (D): asks for the reason; undo with Restore"):
+        discard_dialog(cid)
+    st.button("Restore", key="review.restore", on_click=act, args=("restore", cid), shortcut="U",
+              disabled=c["status"] == "new", help="back to new: undoes approve or discard (U)",
+              icon=":material/undo:")
+st.caption("Keys: J next · K previous · 1–5 rate · A approve · D discard (then a reason's letter) · U restore "
+           "(not while typing in a field).")
 
 where = f"{position:,} of {matching:,}" if position else "not in the current filter"
 status_line = c["status"] + (f" ({c['discard_reason']})" if c["discard_reason"] else "")
@@ -243,18 +301,12 @@ st.caption(f"`{cid}` · **{status_line}** · rating {c['rating'] or '–'} · {c
            + (f" · last action by {escape_markdown(c['reviewed_by'])} at {(c['reviewed_at'] or '')[:19]}"
               if c["reviewed_by"] else ""))
 
-c1, c2, c3 = st.columns([2, 2, 3])
-c1.selectbox("Discard reason", DISCARD_REASONS, key="review.discard_reason")
-c2.text_input("Reason details", key="review.discard_detail", placeholder="optional")
-with c3:
-    tag_cols = st.columns([3, 1])
-    tag_cols[0].text_input("Add tag", key="review.new_tag", placeholder="e.g. citation-error")
-    tag_cols[1].button("Add", key="review.add_tag", on_click=act, args=("tag", cid))
-    if c["tags"]:
-        tcols = st.columns(min(len(c["tags"]), 6))
-        for i, tag in enumerate(c["tags"]):
-            tcols[i % len(tcols)].button(f"✕ {tag}", key=f"review.untag.{tag}", on_click=act,
-                                         args=("untag", cid, tag), help="remove this tag")
+with st.container(horizontal=True, vertical_alignment="bottom"):
+    st.text_input("Add tag", key="review.new_tag", placeholder="e.g. citation-error", width=260)
+    st.button("Add", key="review.add_tag", on_click=act, args=("tag", cid), icon=":material/sell:")
+    for tag in c["tags"]:
+        st.button(tag, key=f"review.untag.{tag}", on_click=act, args=("untag", cid, tag), help="remove this tag",
+                  icon=":material/close:")
 
 meta = c["question_meta"] or {}
 versions = ", ".join(f"{v['kind']} v{v['version']}" for v in c["prompt_version_rows"]) or "unknown"
@@ -304,8 +356,8 @@ for twin in quality.near_duplicates_of(wb.db, cid):
         st.rerun()
 
 # ---- turns, each answer beside its passages -------------------------------------------------------------
-grounding = {g["idx"]: g for g in quality.grounding_details(wb.db, cid)}
 st.button("Verify grounding with the LLM", key="review.verify", on_click=act, args=("verify", cid),
+          icon=":material/fact_check:",
           help="one call per answer: each sentence's verdict with a quote from its passages, checked to be really "
                "there (cached: asking again is free)")
 last_answer = max((t["idx"] for t in c["turns"] if t["role"] == "assistant"), default=-1)
@@ -316,41 +368,40 @@ for t in c["turns"]:
     else:
         left, right = st.container(), None
     with left:
-        with st.chat_message(t["role"]):
+        # Neutral icons: the default avatars colour the user red, which reads as an error.
+        with st.chat_message(t["role"], avatar=AVATARS.get(t["role"])):
             checked = grounding.get(idx) if t["role"] == "assistant" else None
+            badge = evidence.turn_badge(checked) if t["role"] == "assistant" else None
+            if badge:
+                st.badge(badge.label, icon=badge.icon, color=badge.colour)
             if checked and checked["sentences"] and not checked["stale"]:
                 st.html(f"<div style='white-space: pre-wrap'>{quality.grounding_html(t['content'], checked['sentences'])}"
                         "</div>")
             else:
                 st.markdown(escape_markdown(t["content"]))
-            notes = [f"turn {idx}"]
-            if checked and checked["stale"]:
-                notes.append("⚠ **grounding stale**: the text changed after it was graded")
-            elif checked and checked["score"] is not None:
+            notes = [f"turn {idx + 1}"]  # people count from 1
+            if checked and checked["score"] is not None and not checked["stale"]:
                 notes.append(f"grounding {checked['score']:.2f} ({escape_markdown(str(checked['method'] or ''))})")
             for flag in (checked or {}).get("citations", []):
-                notes.append(f"⚠ {escape_markdown(str(flag.get('text', '')))} is in none of this turn's passages")
+                notes.append(f":material/warning: {escape_markdown(str(flag.get('text', '')))} is in none of this "
+                             "turn's passages")
             if t["edited"]:
                 notes.append(f"edited by {escape_markdown(t['edited_by'] or '?')} at {(t['edited_at'] or '')[:19]}")
             if t["role"] == "assistant" and not t["weight"]:
                 notes.append("**marked bad** (exported with weight 0)")
             st.caption(" · ".join(notes))
-            if checked and checked["sentences"] and not checked["stale"]:
-                table = quality.evidence_html(checked["sentences"], t["retrieval"] or [])
-                if table:
-                    with st.expander("Evidence for each sentence"):
-                        st.html(table)
             if t["edited"]:
                 with st.expander("Original text"):
                     st.markdown(escape_markdown(t["original_content"]))
-            with st.expander(f"Edit turn {idx}"):
+            with st.expander(f"Edit turn {idx + 1}"):
                 st.text_area("Message", value=t["content"], key=f"review.edit.{cid}.{idx}", height=160,
                              label_visibility="collapsed")
-                e1, e2 = st.columns(2)
-                e1.button("Save edit", key=f"review.save_edit.{idx}", on_click=act, args=("edit", cid, idx))
-                e2.button("Revert to original", key=f"review.revert.{idx}", on_click=act, args=("revert", cid, idx),
-                          disabled=not t["edited"])
-            b1, b2 = st.columns(2)
+                with st.container(horizontal=True):
+                    st.button("Save edit", key=f"review.save_edit.{idx}", on_click=act, args=("edit", cid, idx),
+                              icon=":material/save:")
+                    st.button("Revert to original", key=f"review.revert.{idx}", on_click=act,
+                              args=("revert", cid, idx), disabled=not t["edited"], icon=":material/undo:")
+            b1 = b2 = st.container(horizontal=True)
             if t["role"] == "assistant":
                 bad = not t["weight"]
                 b1.button("Mark good" if bad else "Mark bad", key=f"review.mark.{idx}", on_click=act,
@@ -364,7 +415,7 @@ for t in c["turns"]:
                         new_id = store.regenerate(cid, idx, reviewer, settings=settings, corpus=wb.corpus,
                                                   provider_factory=factory)
                     ss["review.current"] = new_id
-                    flash("success", f"Regenerated from turn {idx} as a new conversation; the earlier version "
+                    flash("success", f"Regenerated from turn {idx + 1} as a new conversation; the earlier version "
                                      "is discarded (restore it any time).")
                     st.rerun()
                 except GroundworkError as e:
@@ -374,13 +425,20 @@ for t in c["turns"]:
     if right is not None:
         with right:
             passages = t["retrieval"] or []
-            if t.get("query"):
-                st.caption(f"Searched with: “{escape_markdown(t['query'])}”")
+            st.markdown(f":material/search: **Search query:** {escape_markdown(t.get('query') or '')}"
+                        if t.get("query") else ":material/search: **Search query:** the user's message as written")
+            if checked and checked["sentences"] and not checked["stale"]:
+                table = quality.evidence_html(checked["sentences"], passages)
+                if table:
+                    with st.expander("Unsupported sentences beside their passages" if badge and badge.flagged
+                                     else "Evidence for each sentence", expanded=bool(badge and badge.flagged),
+                                     icon=":material/plagiarism:"):
+                        st.html(table)
             carried = sum(1 for p in passages if p.get("carried"))
             st.caption(f"{len(passages) - carried} passage(s) retrieved for this answer"
                        + (f", {carried} carried from earlier turns" if carried else ""))
             for i, p in enumerate(passages, 1):
-                origin = (f"carried from turn {p.get('from_turn', '?')}" if p.get("carried")
+                origin = (f"carried from answer {p.get('from_turn', '?')}" if p.get("carried")
                           else found_by_label(p.get("ranks") or {}) or "new")
                 label = (f"[{i}] {float(p.get('score') or 0):.3f} · {p.get('title') or p.get('document_id') or ''}"
                          f" · {origin}")
@@ -412,19 +470,24 @@ with st.expander(f"Bulk actions on all {matching:,} conversations matching the f
     action = b1.selectbox("Action", ["approve", "discard", "restore", "tag"], key="review.bulk_action")
     argument = ""
     if action == "discard":
-        argument = b2.selectbox("Reason", DISCARD_REASONS, key="review.bulk_reason")
+        argument = b2.selectbox("Reason", DISCARD_REASONS, key="review.bulk_reason", index=None,
+                                placeholder="pick a reason") or ""
     elif action == "tag":
         argument = b2.text_input("Tag", key="review.bulk_tag")
     if st.button(f"{action.capitalize()} {matching:,} conversations…", key="review.bulk_prepare",
                  disabled=matching == 0):
         ss["review.bulk_pending"] = {"action": action, "argument": argument, "count": matching,
-                                     "filter": f.as_dict()}
+                                     "filter": f.as_dict(),
+                                     "flagged": store.flagged_count(f) if action == "approve" else 0}
     pending = ss.get("review.bulk_pending")
     if pending and pending["filter"] == f.as_dict():
         st.warning(f"{pending['action'].capitalize()} **{pending['count']:,}** conversations matching "
                    f"{escape_markdown(f.describe())}"
                    + (f" with {escape_markdown(pending['argument'])}" if pending["argument"] else "")
-                   + f"? Recorded under your name ({escape_markdown(reviewer or 'not set')}).")
+                   + f"? Recorded under your name ({escape_markdown(reviewer or 'not set')})."
+                   + (f" **{pending['flagged']:,}** of them are flagged by the grounding checks (weakly grounded or "
+                      "identifiers absent from their passages)." if pending.get("flagged") else ""),
+                   icon=":material/warning:")
         k1, k2 = st.columns(2)
         if k1.button("Confirm", key="review.bulk_confirm", type="primary"):
             try:

@@ -7,7 +7,7 @@ from core.prompts import PromptLibrary
 from core.providers.registry import provider_info
 from core.retrieval import found_by_label
 from core.review import escape_markdown
-from core.workshop import Workshop, highlight_html, low_rated, regenerate_with_versions
+from core.workshop import Workshop, highlight_html, low_rated, regenerate_with_versions, tokens_text
 
 st.title("Workshop")
 try:
@@ -22,9 +22,10 @@ except Exception as e:
     st.stop()
 
 
-def version_picker(kind: str, key: str, label: str | None = None) -> int:
+def version_picker(kind: str, key: str, label: str | None = None, index: int = 0) -> int:
     history = library.history(kind)
     return st.selectbox(label or f"{kind.capitalize()} prompt", [h["id"] for h in history], key=key,
+                        index=min(index, len(history) - 1),
                         format_func=lambda i: next(f"v{h['version']} · {h['name']}" for h in history if h["id"] == i))
 
 
@@ -66,23 +67,41 @@ with dry:
     versions = {kind: version_picker(kind, f"workshop.dry_version.{kind}") for kind in
                 ("respondent", "correspondent", "instruction")}
     typed = st.text_input("Opening question (empty: let the instruction prompt write one)", key="workshop.dry_q")
-    if st.button("Run dry run", type="primary", key="workshop.dry_start"):
-        with st.status("Dry run …", expanded=True) as status:
-            def on_step(step) -> None:
-                status.write(f"✓ {step.title}")
 
-            result = workshop.dry_run(turns=int(turns), top_k=int(dry_k), seed=int(seed), versions=versions,
-                                      question=typed, on_step=on_step,
-                                      max_tokens=400 if info.name == "local" else 1024)
-            status.update(label="Dry run stopped" if result.error else "Dry run finished",
-                          state="error" if result.error else "complete")
-        st.session_state["workshop.dry_result"] = result
-    result = st.session_state.get("workshop.dry_result")
+    def advance(to_end: bool) -> None:
+        """A callback: the step is taken before the page draws, so the buttons show the new state."""
+        run = st.session_state.get("workshop.dry_run")
+        try:
+            run.run_to_end() if to_end else run.next_step()
+        except Exception as e:  # shown below the buttons, never as a traceback
+            st.session_state["workshop.dry_error"] = e
+
+    with st.container(horizontal=True):
+        if st.button("Start a dry run", key="workshop.dry_start", icon=":material/play_arrow:"):
+            try:
+                st.session_state["workshop.dry_run"] = workshop.start_dry_run(
+                    turns=int(turns), top_k=int(dry_k), seed=int(seed), versions=versions, question=typed,
+                    max_tokens=400 if info.name == "local" else 1024)
+            except Exception as e:
+                ui_cache.show_error(e)
+        run = st.session_state.get("workshop.dry_run")
+        going = run is not None and not run.done
+        st.button("Next step", key="workshop.dry_next", disabled=not going, type="primary" if going else "secondary",
+                  icon=":material/skip_next:", help="make the next call (or retrieval) and show it",
+                  on_click=advance, args=(False,))
+        st.button("Run to end", key="workshop.dry_end", disabled=not going, icon=":material/fast_forward:",
+                  on_click=advance, args=(True,))
+    if "workshop.dry_error" in st.session_state:
+        ui_cache.show_error(st.session_state.pop("workshop.dry_error"))
+    result = run.result if run is not None else None
     if result is not None:
+        if not result.steps:
+            st.caption("Press Next step: the first step samples a briefing from the corpus.")
         for step in result.steps:
             with st.container(border=True):
-                st.markdown(f"**{step.title}**" + (f" · {step.latency_ms} ms" if step.latency_ms else "")
-                            + (f" · tokens {step.tokens}" if step.tokens else ""))
+                st.markdown(f"**{escape_markdown(step.title)}**"
+                            + (f" · {step.latency_ms} ms" if step.latency_ms else "")
+                            + (f" · {tokens_text(step.tokens)}" if step.tokens else ""))
                 if step.kind == "error":
                     st.error(step.reply)
                     continue
@@ -98,28 +117,35 @@ with dry:
                             st.text(f"{m['role']}: {m['content']}")
                 if step.reply:
                     st.text(step.reply)
-        if result.complete and st.button("Save this conversation", key="workshop.dry_save"):
-            try:
-                cid = workshop.save_dry_run(result)
-                st.success(f"Saved as conversation {cid}: it is in the Review queue.")
-                del st.session_state["workshop.dry_result"]
-            except Exception as e:
-                ui_cache.show_error(e)
+        if result.complete:
+            st.success("Dry run finished.")
+            if st.button("Save this conversation", key="workshop.dry_save", icon=":material/save:"):
+                try:
+                    cid = workshop.save_dry_run(result)
+                    st.success(f"Saved as conversation {cid}: it is in the Review queue.")
+                    del st.session_state["workshop.dry_run"]
+                except Exception as e:
+                    ui_cache.show_error(e)
 
 with ab:
     st.caption("The same sampled briefings and questions (same seed) through two versions of one prompt, side by "
                "side. Both arms are saved into one comparison the Review page can filter by.")
     ab_kind = st.radio("Compare", ["respondent", "correspondent"], horizontal=True, key="workshop.ab_kind")
     c1, c2 = st.columns(2)
+    # Two different versions to start from: the newest as B, the one before it as A (history is newest first).
     with c1:
-        version_a = version_picker(ab_kind, "workshop.ab_a", "Version A")
+        version_a = version_picker(ab_kind, "workshop.ab_a", "Version A", index=1)
     with c2:
-        version_b = version_picker(ab_kind, "workshop.ab_b", "Version B")
+        version_b = version_picker(ab_kind, "workshop.ab_b", "Version B", index=0)
+    if version_a == version_b:
+        st.warning("A and B are the same version: save a second version on the Prompts page, or pick another.",
+                   icon=":material/warning:")
     c1, c2, c3 = st.columns(3)
     n = c1.number_input("Questions", 1, 20, 2, key="workshop.ab_n")
     ab_turns = c2.number_input("Max turns", 1, 6, 2, key="workshop.ab_turns")
     ab_seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="workshop.ab_seed")
-    if st.button("Run A/B", key="workshop.ab_start"):
+    if st.button("Run A/B", key="workshop.ab_start", disabled=version_a == version_b,
+                 icon=":material/compare_arrows:"):
         bar = st.progress(0.0, text="A/B")
         try:
             st.session_state["workshop.comparison"] = workshop.run_ab(
@@ -136,7 +162,8 @@ with ab:
             cols = st.columns(2)
             for col, arm in zip(cols, ("A", "B")):
                 with col:
-                    st.markdown(f"**{arm}**" + (" ✅ picked" if pair.get("winner") == arm else ""))
+                    picked = " · :material/check_circle: picked" if pair.get("winner") == arm else ""
+                    st.markdown(f"**{arm}**{picked}")
                     for t in wb.db.rows("SELECT role, content FROM turns WHERE conversation_id=? ORDER BY idx",
                                         [pair[arm]]):
                         st.text(f"{t['role']}: {t['content']}")

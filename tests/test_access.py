@@ -49,7 +49,7 @@ def test_the_server_key_goes_only_to_the_server_configured_url(app_env, monkeypa
     assert chosen.requests_total >= 1  # it was asked, without the server's key (else it would have said 200)
     # With a key typed in the same session, that key (and only it) goes to the typed URL.
     at.text_input(key="settings.openai_base_url").set_value(chosen_typed.base_url).run()
-    at.text_input(key="settings.openai_key").set_value(TYPED_KEY).run()
+    at.text_input(key="settings.openai_key_input").set_value(TYPED_KEY).run()
     assert _test_connection(at)[0][0] == "ok"
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from core.db import Database
 from core.fake_gemini import FakeGemini
+from core.quality import WEAKLY_GROUNDED_BELOW
 from tests.conftest import ROOT
 
 CHROMIUM = os.environ.get("GROUNDWORK_CHROMIUM", "/usr/bin/chromium")
@@ -127,18 +129,98 @@ def wait_for_text(page, pattern: str, timeout_s: float = 120) -> None:
         raise
 
 
+# Any element the browser cuts short: an ellipsis (labels, metric values, select values) or a button whose
+# text does not fit. Data-grid cells are drawn on a canvas and are not in the DOM, so they are not checked.
+TRUNCATED_JS = """() => {
+  const out = [];
+  for (const el of document.querySelectorAll('[data-testid="stApp"] *')) {
+    if (!el.clientWidth || !(el.innerText || '').trim() || el.closest('[data-testid="stSkipToContent"]')) continue;
+    const style = getComputedStyle(el);
+    const ownText = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const clips = style.textOverflow === 'ellipsis' || el.tagName === 'BUTTON'
+      || (ownText && style.whiteSpace === 'nowrap' && style.overflowX === 'hidden');
+    if (clips && el.scrollWidth > el.clientWidth + 1)
+      out.push(el.tagName + ' ' + (el.getAttribute('data-testid') || '') + ': ' + el.innerText.trim().slice(0, 80));
+  }
+  return out;
+}"""
+EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F]")
+
+
+def check_layout(page, name: str) -> None:
+    """Screenshots at 1400 and 1024 px; at both widths no label, value or button may be cut short."""
+    for width in (1400, 1024):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(600)  # reflow and Streamlit's resize handlers
+        shot(page, f"{name}-{width}")
+        truncated = page.evaluate(TRUNCATED_JS)
+        assert not truncated, f"{name} at {width} px: labels cut short: {truncated}"
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def check_nav_icons(page) -> None:
+    """Every page link has a Material icon (drawn by the bundled font, never an emoji that needs a font the
+    machine may lack: Debian's chromium without an emoji font draws those as empty boxes)."""
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    links = nav.locator("a")
+    assert links.count() == 9
+    assert nav.locator('[data-testid="stIconMaterial"]').count() == links.count()
+    labels = nav.evaluate("n => [...n.querySelectorAll('a')].map(a => a.innerText)")
+    assert not [label for label in labels if EMOJI.search(label)], labels
+    assert page.evaluate("async () => { await document.fonts.ready; "
+                         "return document.fonts.check('24px \"Material Symbols Rounded\"'); }")
+    assert not EMOJI.search(page.locator('[data-testid="stSidebar"]').inner_text())
+
+
+def settle(page) -> None:
+    """Wait until the app has run with what was just typed (its running indicator is gone), as a person would
+    before moving on: a page switch sent mid-run replaces the pending rerun that carried the new values."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
+    page.wait_for_timeout(300)
+
+
+def nav_to(page, title: str) -> None:
+    """Move with the sidebar: the same browser session (page.goto would start a new one)."""
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    page.locator('[data-testid="stMainBlockContainer"] h1', has_text=title).first.wait_for()
+
+
+def metric_value(page, label: str) -> str:
+    metric = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(f"^{label}")))
+    return metric.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+
+
+def approve_open_conversation(page) -> None:
+    """Approve; a conversation the grounding checks flagged asks first (and says how many answers)."""
+    page.get_by_role("button", name=re.compile(r"^(check\s*)?Approve")).first.click()
+    confirm = page.get_by_role("button", name="Approve anyway")
+    try:
+        confirm.wait_for(timeout=4000)
+    except Exception:
+        return
+    assert re.search(r"flagged \d+ of this conversation", page.get_by_role("dialog").inner_text())
+    confirm.click()
+    page.get_by_role("dialog").wait_for(state="detached")
+
+
 def test_the_whole_path_in_a_browser(app, page, fake):
     # Corpus: ingest the sample corpus and a hostile document through the Ingest tab.
     open_page(page, app, "corpus")
     page.get_by_role("tab", name="Ingest").click()
     folder = page.get_by_label("Folder or file on the server")
     folder.fill(str(ROOT / "sample_data" / "corpus"))
+    check_nav_icons(page)
+    assert metric_value(page, "Documents") == "0"
     page.get_by_role("button", name="Ingest folder").click()
-    wait_for_text(page, r"40 documents \(\d+ chunks\) indexed")
+    wait_for_text(page, r"40 documents \(\d+ chunks\) indexed", timeout_s=300)  # slow on a busy 2-core CI box
+    assert metric_value(page, "Documents") == "40"  # the numbers at the top follow the ingest, no reload
     folder.fill(str(app["docs"]))
     page.get_by_role("button", name="Ingest folder").click()
     wait_for_text(page, r"1 documents \(\d+ chunks\) indexed")
-    shot(page, "01-corpus-ingest")
+    assert metric_value(page, "Documents") == "41"
+    check_layout(page, "01-corpus-ingest")
 
     # Search: results show, hostile markup is shown as text and never runs.
     open_page(page, app, "corpus")
@@ -148,19 +230,24 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     wait_for_text(page, r"Hostile markup")
     page.get_by_text("<script>window.__pwned = 1</script>", exact=False).first.wait_for()
     assert page.evaluate("window.__pwned") is None
-    shot(page, "02-corpus-search")
+    marked = page.locator('[data-testid="stMainBlockContainer"] mark').all_inner_texts()
+    assert {m.lower() for m in marked} & {"zoning", "variance", "bakery", "sign"}, marked  # terms highlighted
+    assert "## " not in main_text(page) and "**" not in main_text(page)  # Markdown shown as formatting
+    check_layout(page, "02-corpus-search")
 
     # Prompts: edit and save a new respondent version.
     open_page(page, app, "prompts")
     editor = page.get_by_label(re.compile("Respondent prompt"))
     from playwright.sync_api import expect
 
-    expect(editor).to_have_value(re.compile(r"\{context\}"))  # the saved version has loaded into the editor
+    editor.wait_for()  # a busy machine can take longer than expect's 5 s to draw the page
+    expect(editor).to_have_value(re.compile(r"\{context\}"), timeout=30_000)  # the saved version has loaded
     editor.fill(editor.input_value() + "\nKeep every answer under 150 words.")
     page.get_by_label("Note (what changed and why)").fill("shorter answers")
     page.get_by_role("button", name="Save as new version").click()
     wait_for_text(page, "Saved respondent v2")
-    shot(page, "03-prompts")
+    page.get_by_label(re.compile(r"Respondent prompt \(editing from v2\)")).wait_for()  # the label follows the save
+    check_layout(page, "03-prompts")
 
     # Workshop: retrieval preview with the exact system prompt.
     open_page(page, app, "workshop")
@@ -168,20 +255,32 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     page.keyboard.press("Enter")
     wait_for_text(page, "The exact respondent system prompt")
     page.locator("mark").first.wait_for()  # question terms highlighted
-    shot(page, "04-workshop-preview")
+    check_layout(page, "04-workshop-preview")
 
     # Settings: the key field is masked and the key is nowhere in the page.
+    # A typed key lasts the browser session ("key set · …042"), across pages; so does the Generate form.
     open_page(page, app, "settings")
     page.locator('input[type="password"]').wait_for()
     assert page.locator('input[type="password"]').count() == 1
+    page.locator('input[type="password"]').fill(FAKE_KEY)
+    page.keyboard.press("Enter")
+    wait_for_text(page, r"key set · …042")
     assert FAKE_KEY not in page.content()
-    shot(page, "05-settings")
-
-    # Generate: 3 conversations against the fake Gemini; the progress bar advances on its own.
-    open_page(page, app, "generate")
-    page.get_by_label("Conversations").fill("3")
+    check_layout(page, "05-settings")
+    nav_to(page, "Generate")
+    page.get_by_role("spinbutton", name="Conversations").fill("3")
     page.get_by_role("spinbutton", name="Concurrency").fill("1")
     page.keyboard.press("Tab")
+    settle(page)
+    nav_to(page, "Settings")
+    wait_for_text(page, r"key set · …042")
+    nav_to(page, "Generate")
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("spinbutton", name="Conversations")).to_have_value("3")
+    expect(page.get_by_role("spinbutton", name="Concurrency")).to_have_value("1")
+
+    # Generate: 3 conversations against the fake Gemini; the progress bar advances on its own.
     page.get_by_role("button", name="Start").click()
     seen = set()
     deadline = time.monotonic() + 120
@@ -195,40 +294,72 @@ def test_the_whole_path_in_a_browser(app, page, fake):
         time.sleep(0.3)
     assert "Completed: 3 conversations" in main_text(page)
     assert len(seen) >= 2, f"progress never moved on its own: saw {seen}"
-    shot(page, "06-generate")
+    page.get_by_role("button", name="Open in Review").wait_for()
+    check_layout(page, "06-generate")
     assert FAKE_KEY not in page.content()
+
+    # "Open in Review" from the finished run: the queue is that run's conversations.
+    page.get_by_role("button", name="Open in Review").click()
+    page.locator('[data-testid="stMainBlockContainer"] h1', has_text="Review").first.wait_for()
+    wait_for_text(page, r"Conversation 1 of 3")
 
     # Review: rate one, approve it, discard the next, approve the third; each action is saved at once.
     open_page(page, app, "review")
     page.get_by_role("textbox", name="Reviewer name").fill("Ana Reviewer")
     page.keyboard.press("Enter")
     wait_for_text(page, r"Conversation 1 of 3")
+    # Evidence first: every answer has a grounding badge, and the search query of its turn is shown.
+    badges = page.get_by_text(re.compile(r"(grounded · \d\.\d\d|weakly grounded · |\d+ unsupported sentence|"
+                                         r"\d+ identifiers? not in|no checkable claim)")).count()
+    assert badges >= 1 and "not checked" not in main_text(page)
+    assert "Search query:" in main_text(page)
+    assert not re.search(r"\bturn 0\b", main_text(page))  # turns count from 1
+    check_layout(page, "07-review")
     page.get_by_role("button", name=re.compile(r"^4★")).click()
     wait_for_text(page, r"rating 4")
-    page.get_by_role("button", name=re.compile(r"^Approve")).click()
-    wait_for_text(page, r"Conversation 1 of 2")  # approved ones leave the "new" queue
-    page.get_by_role("button", name=re.compile(r"^Discard")).click()
-    wait_for_text(page, r"Conversation 1 of 1")
-    page.get_by_role("button", name=re.compile(r"^Approve")).click()
-    shot(page, "07-review")
-    from core.db import Database
-
+    approve_open_conversation(page)
+    wait_for_text(page, r"Conversation 1 of \d+")
+    # D asks for the reason (no default is recorded); a letter picks one.
+    page.locator('[data-testid="stMainBlockContainer"] h1').first.click()  # keys go to the page, not a field
+    page.keyboard.press("d")
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Why discard this conversation?").wait_for()
+    shot(page, "07b-review-discard-reason")
     db = Database(app["data"] / "groundwork.db")
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='discarded'") == 0
+    page.keyboard.press("o")  # "off topic (O)"
+    dialog.wait_for(state="detached")
+    deadline = time.monotonic() + 30
+    while db.scalar("SELECT COUNT(*) FROM conversations WHERE status='discarded'") < 1 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert db.scalar("SELECT discard_reason FROM conversations WHERE status='discarded'") == "off topic"
+    approve_open_conversation(page)
+    shot(page, "07c-review")
     deadline = time.monotonic() + 30
     while db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") < 2 and time.monotonic() < deadline:
         time.sleep(0.3)
     assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") == 2
     assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='discarded'") == 1
     assert db.scalar("SELECT COUNT(*) FROM conversations WHERE rating=4 AND reviewed_by='Ana Reviewer'") == 1
+    assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved' AND grounded_at IS NULL") == 0
 
     # Export the approved conversations and check the file.
     open_page(page, app, "export")
     out = app["data"].parent / "export-out"
     page.get_by_role("textbox", name="Output folder").fill(str(out))
     page.keyboard.press("Tab")
+    page.get_by_role("button", name="Preview first rows").click()
+    wait_for_text(page, r"openai\.\w+\.jsonl · first \d+ of \d+ rows")
+    assert not out.exists()  # a preview writes nothing where the export goes
+    flagged = db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved' AND "
+                        "((grounding IS NOT NULL AND grounding < ?) OR citation_flags > 0)", [WEAKLY_GROUNDED_BELOW])
     page.get_by_role("button", name="Export", exact=True).click()
+    if flagged:  # flagged conversations: the export asks first and says how many
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text(re.compile(f"{flagged} of the 2 conversations")).wait_for()
+        dialog.get_by_role("button", name="Export all 2").click()
     wait_for_text(page, r"manifest")
-    shot(page, "08-export")
+    check_layout(page, "08-export")
     rows = [json.loads(line) for f in sorted(out.glob("openai*.jsonl")) for line in f.read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:
@@ -236,13 +367,39 @@ def test_the_whole_path_in_a_browser(app, page, fake):
         assert roles[0] == "user" and roles[-1] == "assistant" and all(m["content"].strip() for m in row["messages"])
     assert (out / "manifest.json").exists()
 
+    # Cancel a longer run: the page says what it kept and offers Resume at once, without a reload.
+    open_page(page, app, "generate")
+    page.get_by_role("spinbutton", name="Conversations").fill("40")
+    page.get_by_role("spinbutton", name="Concurrency").fill("1")
+    page.keyboard.press("Tab")
+    page.get_by_role("button", name="Start").click()
+    wait_for_text(page, r"[1-9]\d*/40 conversations · running · about \d+ (s|min) left")  # an ETA once one is saved
+    page.get_by_role("button", name="Cancel").click()
+    wait_for_text(page, r"Stopped: ")
+    page.get_by_role("button", name="Resume").wait_for(timeout=30_000)
+    shot(page, "06b-generate-cancelled")
+    cancelled = db.one("SELECT id, status, saved FROM runs WHERE num_dialogs=40")
+    assert cancelled["status"] != "completed" and cancelled["saved"] < 40
+    assert cancelled["id"] in main_text(page)
+
     # Home and Dashboard render with the new data.
     open_page(page, app, "")
     wait_for_text(page, "Pipeline")
-    shot(page, "09-home")
-    open_page(page, app, "dashboard")
+    wait_for_text(page, "What the offline model can do")
+    conversations = int(metric_value(page, "Conversations").replace(",", ""))
+    page.get_by_role("button", name="Run a demo batch").click()
+    wait_for_text(page, "Demo done")
+    # The page around the demo shows it without a reload: counts, the latest run, the chart.
+    page.wait_for_function(f"() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m => "
+                           f"m.innerText.startsWith('Conversations') && m.innerText.includes('{conversations + 3}'))",
+                           timeout=15_000)
+    assert "No generation run yet" not in main_text(page)
+    assert re.search(r"completed · 3/3", main_text(page))
+    check_layout(page, "09-home")
+    nav_to(page, "Dashboard")
     page.locator(".js-plotly-plot").first.wait_for()
-    shot(page, "10-dashboard")
+    wait_for_text(page, f"Stopped runs: {cancelled['id']}")  # a cancelled run shows on the Dashboard
+    check_layout(page, "10-dashboard")
 
     # Nothing under the data dir holds the key.
     for path in app["data"].rglob("*"):
@@ -252,10 +409,18 @@ def test_the_whole_path_in_a_browser(app, page, fake):
 
 def test_generate_with_the_offline_model_in_the_browser(app, page):
     # The provider choice lives in the browser session: switch it, then move with the sidebar (same session).
+    # Choosing a provider does not switch to it: its test must pass first (or "Use anyway").
     open_page(page, app, "settings")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    assert "LLM: gemini" in sidebar.inner_text()
     page.get_by_text("local", exact=True).click()
     wait_for_text(page, r"tiny demo model")
-    page.locator('[data-testid="stSidebarNav"]').get_by_text("Generate").click()
+    wait_for_text(page, r"To switch to local")
+    assert "LLM: gemini" in sidebar.inner_text()
+    page.get_by_role("button", name="Test and switch to local").click()
+    wait_for_text(page, r"Switched to local", timeout_s=180)
+    assert "LLM: local" in sidebar.inner_text()  # the sidebar follows the switch at once
+    nav_to(page, "Generate")
     wait_for_text(page, r"Provider local")
     page.get_by_role("spinbutton", name="Conversations").fill("1")
     page.get_by_role("spinbutton", name="Max turns").fill("1")

@@ -151,7 +151,7 @@ def test_rejected_key_says_where_keys_come_from(fake):
         provider_for(fake).generate(ask())
 
     assert caught.value.kind == "auth" and caught.value.status == 403
-    assert "GEMINI_API_KEY" in str(caught.value) and "sidebar" in str(caught.value)
+    assert "GEMINI_API_KEY" in str(caught.value) and "Settings page" in str(caught.value)
     assert fake.requests_total == 1
 
 
@@ -226,7 +226,7 @@ def test_missing_key_is_no_key_error(fake):
         provider_for(fake, gemini_api_key="")
 
     assert caught.value.kind == "no_key"
-    assert "GEMINI_API_KEY" in str(caught.value) and "sidebar" in str(caught.value)
+    assert "GEMINI_API_KEY" in str(caught.value) and "Settings page" in str(caught.value)
 
 
 def test_key_typed_in_the_sidebar_wins_over_settings(fake):

@@ -60,9 +60,44 @@ def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypat
             time.sleep(0.3)
         assert not at.exception
         assert any("Completed: 3 conversations" in s.value for s in at.success)
-        assert run_id in at.dataframe[-1].value["id"].tolist()
+        runs = at.dataframe[-1].value.set_index("id")
+        assert runs.loc[run_id, "status"] == "completed" and runs.loc[run_id, "saved"] == 3  # not a stale table
         shown = [e.value for kind in (at.markdown, at.caption, at.success, at.info) for e in kind]
         assert shown and "AIza-page-test-key" not in str(shown)
+        # The form lasts the browser session: another page and back, the numbers are still there.
+        at.switch_page("pages/home.py").run()
+        at.switch_page("pages/generate.py").run()
+        assert at.number_input(key="generate.num_dialogs").value == 3
+        assert at.number_input(key="generate.concurrency").value == 2
+
+
+def test_settings_keep_a_typed_key_and_switch_provider_only_when_asked(app_env, monkeypatch):
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GROUNDWORK_PROVIDER", raising=False)
+    at = new_app("pages/settings.py")
+
+    def active() -> str:  # (AppTest does not see the sidebar under st.navigation: the page says it too)
+        return " ".join(c.value for c in [*at.caption, *at.warning] if "Active: " in c.value)
+
+    assert "Active: **local**" in active()
+    at.radio(key="settings.provider_choice").set_value("gemini").run()
+    at.text_input(key="settings.gemini_key_input").set_value("AIza-typed-in-the-page-XYZ").run()
+    assert any("key set · …XYZ" in c.value for c in at.caption)
+    assert at.text_input(key="settings.gemini_key_input").value == ""  # the field does not keep it
+    # Another page and back: the key is still set (in this browser session only).
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/settings.py").run()
+    assert any("key set · …XYZ" in c.value for c in at.caption)
+    assert "AIza-typed-in-the-page-XYZ" not in str([c.value for c in at.caption])
+    # A key makes Gemini the default; choosing openai only proposes it until "Use anyway".
+    assert "Active: **gemini**" in active()
+    at.radio(key="settings.provider_choice").set_value("openai").run()
+    assert "Active: **gemini**. To switch to **openai**" in active()
+    assert "settings.provider" not in at.session_state  # nothing switched yet
+    at.button(key="settings.use_anyway").click().run()
+    assert not at.exception
+    assert "Active: **openai**" in active() and at.session_state["settings.provider"] == "openai"
 
 
 def test_corpus_page_shows_how_searches_run_on_the_edge_index(indexed_app_env):

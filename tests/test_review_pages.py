@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.db import Database
 from core.fake_gemini import FakeGemini
-from core.review import ReviewFilter, ReviewStore
+from core.review import ReviewFilter, ReviewStore, escape_markdown
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings, new_app
 from tests.test_review import generate
@@ -34,6 +34,22 @@ def texts(at) -> str:
     return "\n".join(e.value for e in [*at.markdown, *at.caption, *at.error, *at.warning, *at.info, *at.success])
 
 
+def approve(at, data_dir, cid):
+    """Approve the open conversation; one the grounding checks flagged asks first, with the count."""
+    from core import evidence, quality
+
+    db = db_of(data_dir)
+    flagged = evidence.flagged_answers(quality.grounding_details(db, cid))
+    at.button(key="review.approve").click().run()
+    confirm = [b for b in at.button if b.key == "review.approve_confirm"]
+    assert bool(confirm) == bool(flagged), (flagged, [b.key for b in at.button])
+    if flagged:
+        assert f"flagged **{flagged}**" in texts(at)
+        assert db.scalar("SELECT status FROM conversations WHERE id=?", [cid]) == "new"
+        confirm[0].click().run()
+    db.close()
+
+
 def test_review_actions_are_saved_and_survive_a_new_session(review_env):
     data_dir, ids = review_env
     at = new_app("pages/review.py")
@@ -52,10 +68,12 @@ def test_review_actions_are_saved_and_survive_a_new_session(review_env):
     at.button(key="review.save_note").click().run()
     assert not at.exception
     assert "marked bad" in texts(at) and "edited by ana" in texts(at)
-    at.button(key="review.approve").click().run()  # approve moves on to the next
+    approve(at, data_dir, ids[0])  # approve moves on to the next
     assert at.session_state["review.current"] == ids[1]
-    at.selectbox(key="review.discard_reason").set_value("off topic").run()
-    at.button(key="review.discard").click().run()
+    at.button(key="review.discard").click().run()  # D asks for the reason: nothing is discarded yet
+    assert at.session_state["review.current"] == ids[1]
+    assert db_of(data_dir).scalar("SELECT status FROM conversations WHERE id=?", [ids[1]]) == "new"
+    at.button(key="review.discard_as.O").click().run()  # "off topic", key O
     assert at.session_state["review.current"] == ids[2]
     at.button(key="review.prev").click().run()  # nothing before it is still "new"
     assert at.session_state["review.current"] == ids[2] and "first conversation" in at.info[0].value
@@ -82,7 +100,7 @@ def test_review_actions_are_saved_and_survive_a_new_session(review_env):
     assert at.session_state["review.current"] == ids[0]
     page = texts(at)
     assert "approved" in page and "rating 4" in page and "edited by ana" in page and "marked bad" in page
-    assert any(b.label == "✕ citation-error" for b in at.button)
+    assert any(b.label == "citation-error" and b.key == "review.untag.citation-error" for b in at.button)
 
 
 def test_keyboard_shortcuts_are_bound(review_env):
@@ -130,7 +148,11 @@ def test_hostile_text_is_shown_as_text(review_env):
     db.close()
     at = new_app("pages/review.py")
     rendered = [m.value for m in at.markdown if "alert" in m.value]  # not passages that say "prescriptive"
-    assert rendered and all("<script>" not in v and "\\<script\\>" in v and "\\[phish\\]" in v for v in rendered)
+    assert all("<script>" not in v and "\\<script\\>" in v and "\\[phish\\]" in v for v in rendered)
+    # Graded on open, the answer is drawn as escaped HTML with its unsupported sentences marked.
+    graded = [h.proto.body for h in at.get("html") if "alert" in h.proto.body]
+    assert rendered or graded
+    assert all("<script>" not in v and "&lt;script&gt;" in v and "<a " not in v for v in graded)
     assert all(not getattr(m.proto, "allow_html", False) for m in at.markdown)
 
 
@@ -150,7 +172,7 @@ def test_regenerate_from_the_page(review_env, monkeypatch):
         at.button(key="review.regen.0").click().run()
         assert not at.exception
         new = at.session_state["review.current"]
-        assert new != cid and "Regenerated from turn 0" in at.success[0].value
+        assert new != cid and "Regenerated from turn 1" in at.success[0].value
         assert "Regenerated from" in texts(at)
         at.button(key="review.prefer_parent").click().run()
         assert at.success and "Preference saved" in at.success[0].value, [e.value for e in at.error]
@@ -191,7 +213,16 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
     out2 = data_dir / "exports" / "filtered"
     at.text_input(key="export.out").set_value(str(out2)).run()
     at.multiselect(key="export.formats").set_value(["raw"]).run()
+    db = db_of(data_dir)  # Review graded what it opened: a flagged selection asks before it is exported
+    flagged = ReviewStore(db).flagged_count(ReviewFilter.from_dict(at.session_state["review.filter"]))
+    db.close()
     at.button(key="export.run").click().run()
+    confirm = [b for b in at.button if b.key == "export.confirm"]
+    assert bool(confirm) == bool(flagged)
+    if flagged:
+        assert not (out2 / "manifest.json").exists()
+        assert any(f"**{flagged}** of the 2 conversations" in m.value for m in at.markdown)
+        confirm[0].click().run()
     rows = [json.loads(line) for name in ("raw.train.jsonl", "raw.validation.jsonl") if (out2 / name).exists()
             for line in (out2 / name).read_text().splitlines()]
     assert {r["id"] for r in rows} == {ids[0], ids[4]}
@@ -216,7 +247,9 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     assert at.session_state["review.current"] == ids[0]
     page = texts(at)
     assert "grounding " in page and "windows\\-v3" in page and "grounding stale" not in page
-    assert any(e.label == "Evidence for each sentence" for e in at.expander)
+    # Open when an answer is flagged: its unsupported sentences beside the passages.
+    assert any(e.label in ("Evidence for each sentence", "Unsupported sentences beside their passages")
+               for e in at.expander)
     at.text_input(key="review.reviewer_input").set_value("ana").run()
     at.text_area(key=f"review.edit.{ids[0]}.1").set_value("The passages do not say.").run()
     at.button(key="review.save_edit.1").click().run()
@@ -226,9 +259,14 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     [detail] = [d for d in quality.grounding_details(db, ids[0]) if d["idx"] == 1]
     assert not detail["stale"] and [s["verdict"] for s in detail["sentences"]] == ["neutral"]
     db.close()
+    db = db_of(data_dir)
+    assert any(d["stale"] for d in quality.grounding_details(db, ids[1]))  # edited behind the page's back
     at.session_state["review.current"] = ids[1]
     at.run()
-    assert "grounding stale" in texts(at)  # an edit that bypassed the page is marked, not shown as current
+    # Opening it re-grades the edited answer: what the page shows describes the text it shows.
+    assert "grounding stale" not in texts(at)
+    assert not any(d["stale"] for d in quality.grounding_details(db, ids[1]))
+    db.close()
 
 
 def test_each_answer_shows_its_search_query_and_which_passages_are_new_or_carried(review_env):
@@ -242,8 +280,8 @@ def test_each_answer_shows_its_search_query_and_which_passages_are_new_or_carrie
     at.run()
     assert not at.exception
     shown = texts(at)
-    assert f"Searched with: “{query}”" in shown  # the follow-up's standalone query, as stored
+    assert f"**Search query:** {escape_markdown(query)}" in shown  # the follow-up's standalone query, as stored
     assert "carried from earlier turns" in shown
     labels = [e.label.replace("\\", "") for e in at.expander]  # labels are markdown-escaped
-    assert any("carried from turn 1" in label for label in labels)
+    assert any("carried from answer 1" in label for label in labels)
     assert any("dense #" in label or "lexical #" in label for label in labels), labels

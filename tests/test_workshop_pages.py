@@ -22,6 +22,7 @@ def test_prompts_page_saves_a_version_and_refuses_a_bad_one(env):
     at.button(key="prompts.save.respondent").click().run()
     assert not at.exception
     assert "Saved respondent v2" in at.success[0].value
+    assert "editing from v2" in at.text_area(key="prompts.text.respondent").label  # the page shows the new version
     at.text_area(key="prompts.text.respondent").set_value("Answer from {passages}.")
     at.button(key="prompts.save.respondent").click().run()
     assert "unknown placeholder(s) {passages}" in at.error[0].value
@@ -37,8 +38,17 @@ def test_workshop_preview_and_dry_run(env):
     assert "non-compete" in " ".join(c.value for c in at.code).lower()
     at.button(key="workshop.dry_start").click().run()
     assert not at.exception
+    at.button(key="workshop.dry_next").click().run()  # step by step: one step per press
+    titles = " ".join(m.value for m in at.markdown)
+    assert "Sampled briefing" in titles and "Generated question" not in titles
+    at.button(key="workshop.dry_next").click().run()
+    titles = " ".join(m.value for m in at.markdown)
+    assert "Generated question" in titles and "assistant answer" not in titles
+    assert "prompt · " in titles and "completion" in titles and "{" not in titles  # token counts read as text
+    at.button(key="workshop.dry_end").click().run()
     titles = " ".join(m.value for m in at.markdown)
     for expected in ("Sampled briefing", "Generated question", "retrieval", "assistant answer"):
         assert expected in titles
+    assert at.button(key="workshop.dry_next").disabled
     at.button(key="workshop.dry_save").click().run()
-    assert "Saved as conversation" in at.success[0].value
+    assert any("Saved as conversation" in s.value for s in at.success)

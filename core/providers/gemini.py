@@ -20,8 +20,8 @@ from core.providers.base import (CallGate, LLMError, LLMRequest, LLMResult, Quot
                                  call_with_retries, until_pacific_midnight)
 from core.providers.registry import redact
 
-NO_KEY_MESSAGE = "No Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) or enter a key in the sidebar."
-KEY_REJECTED_MESSAGE = "The Gemini key was rejected: check GEMINI_API_KEY or the key typed in the sidebar."
+NO_KEY_MESSAGE = "No Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) or paste one on the Settings page."
+KEY_REJECTED_MESSAGE = "The Gemini key was rejected: check GEMINI_API_KEY or the key typed on the Settings page."
 RETRIED_STATUSES = frozenset({408, 500, 502, 503, 504})
 SAFETY_FINISH_REASONS = frozenset({"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY",
                                    "MODEL_ARMOR"})

@@ -1,0 +1,65 @@
+"""What the Review page shows first about each answer: a verdict badge, and whether it needs a second look.
+
+Built on the offline grounding checks (core.quality); the page draws these, this module decides them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from core.db import Database
+from core.embeddings import Embedder
+from core.quality import FLAGGED, WEAKLY_GROUNDED_BELOW, regrade_stale, score_conversation
+
+
+@dataclass(frozen=True)
+class Badge:
+    label: str
+    colour: str  # a st.badge colour: green, orange, red, gray
+    icon: str  # a Material icon name, ":material/...:"
+    flagged: bool  # worth a confirmation before it is approved or exported
+
+
+def ensure_grounded(db: Database, embedder: Embedder, conversation_id: str) -> bool:
+    """Score a conversation that was never scored, re-grade turns edited since; True if anything was computed.
+
+    The Review page calls it on open, so evidence is there even for conversations saved before grounding ran
+    at the end of every run (or by a run that was killed before it got there).
+    """
+    if db.scalar("SELECT grounded_at FROM conversations WHERE id=?", [conversation_id]) is None:
+        score_conversation(db, embedder, conversation_id)
+        return True
+    return regrade_stale(db, embedder, conversation_id) > 0
+
+
+def unsupported_sentences(detail: dict[str, Any]) -> int:
+    return sum(1 for s in detail.get("sentences") or [] if (s.get("kind") or s.get("verdict")) in FLAGGED)
+
+
+def turn_badge(detail: dict[str, Any] | None) -> Badge:
+    """The verdict on one answer from its stored grounding detail (see core.quality.grounding_details)."""
+    if not detail or (detail.get("score") is None and not detail.get("sentences") and not detail.get("citations")):
+        return Badge("not checked", "gray", ":material/help:", False)
+    if detail.get("stale"):
+        return Badge("grounding stale: edited after the check", "gray", ":material/history:", False)
+    unsupported = unsupported_sentences(detail)
+    citations = len(detail.get("citations") or [])
+    score = detail.get("score")
+    if unsupported or citations:
+        parts = []
+        if unsupported:
+            parts.append(f"{unsupported} unsupported sentence{'s' if unsupported != 1 else ''}")
+        if citations:
+            parts.append(f"{citations} identifier{'s' if citations != 1 else ''} not in the passages")
+        return Badge(" · ".join(parts), "red", ":material/error:", True)
+    if score is not None and score < WEAKLY_GROUNDED_BELOW:
+        return Badge(f"weakly grounded · {score:.2f}", "orange", ":material/warning:", True)
+    if score is None:
+        return Badge("no checkable claim", "gray", ":material/remove:", False)
+    return Badge(f"grounded · {score:.2f}", "green", ":material/check_circle:", False)
+
+
+def flagged_answers(details: list[dict[str, Any]]) -> int:
+    """How many answers of a conversation carry a red or orange badge."""
+    return sum(1 for d in details if turn_badge(d).flagged)

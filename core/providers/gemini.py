@@ -45,7 +45,7 @@ class GeminiProvider:
     Args:
         settings: model, base URL, timeout, retries, thinking budget.
         gate: paces attempts and hears about 429s; default: a gate with ``settings.rpm_limit``.
-        api_key: overrides ``settings.gemini_api_key`` (the key typed in the sidebar).
+        api_key: overrides ``settings.gemini_api_key`` (the key typed on the Settings page).
         backoff_base, max_backoff: exponential backoff (seconds) for retries without a server hint.
         max_retry_wait: cap on a RetryInfo delay (seconds).
         max_connections: size of the shared HTTP connection pool; keep it above the number of workers.

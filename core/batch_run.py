@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import threading
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
@@ -26,12 +24,11 @@ from core.briefing import BriefingSampler
 from core.config import Settings
 from core.conversation_store import store_call, store_conversation
 from core.corpus import Corpus, Passage
-from core.db import Database, DatabaseGoneError, dumps, loads, now
-from core.engine import GenerationRun, RunProgress, _seed_for
-from core.errors import GroundworkError, RunStopped, ValidationError
+from core.db import Database, dumps, loads, now
+from core.engine import GenerationRun, RunScope, _seed_for
+from core.errors import RunStopped, ValidationError
 from core.providers.base import CallGate, LLMError, LLMProvider, LLMRequest, LLMResult, Message
 from core.reply_checks import TRUNCATED
-from core.retrieval import Retriever
 from core.run_config import RunConfig
 from core.simulator import (MAX_TOKENS_CAP, CallRecord, ConversationState, PreparedCall, Question, Simulator,
                             TurnPassages, format_passages, questions_from)
@@ -70,51 +67,21 @@ class BatchGenerationRun(GenerationRun):
         self.jobs: Any = None  # GeminiBatchJobs, built in the run (it needs the provider)
 
     # ---- the run --------------------------------------------------------------------------------------------
-    def _run_claimed(self) -> RunProgress:
+    def _generate(self, scope: RunScope) -> None:
         from core.providers.gemini_batch import GeminiBatchJobs  # google-genai is imported only for batch runs
 
-        holds = ExitStack()
-        retriever: Retriever | None = None
-        heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
-        try:
-            self.provider = self._provider_factory(self.gate)
-            if getattr(self.provider, "name", "") != "gemini":
-                raise ValidationError(NEEDS_GEMINI)
-            self.jobs = GeminiBatchJobs(self.provider, inline_limit=self.settings.batch_inline_bytes)
-            prompt_texts = self._prompt_texts()
-            live = self._search_live()
-            if live and not self.settings.qdrant_url:
-                holds.enter_context(self.corpus.stores.use())
-            rag = self.config.retrieval == "rag"
-            retriever = Retriever(self.corpus, snapshot=rag and not live, background=rag)
-            self.sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
-                                           random.Random(self.config.seed + self._count("done")), self.config.max_docs)
-            self.simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
-                                       context_tokens=self._context_tokens())
-            heartbeat.start()
-            self._rounds()
-            retriever.check()
-        except DatabaseGoneError as e:
-            self._storage_error = self._storage_error or e
-            self._stop(str(e))
-        except RunStopped as e:
-            self._stop(str(e))
-        except GroundworkError as e:
-            self._stop(str(e))
-            self._finish()
-            raise
-        finally:
-            self._heartbeat_stop.set()
-            if heartbeat.is_alive():
-                heartbeat.join()
-            if self.provider is not None:
-                self.provider.close()
-            if retriever is not None:
-                retriever.close()
-            holds.close()
-        if self._storage_error:
-            raise self._storage_error
-        return self._finish()
+        self.provider = self._provider_factory(self.gate)
+        if getattr(self.provider, "name", "") != "gemini":
+            raise ValidationError(NEEDS_GEMINI)
+        self.jobs = GeminiBatchJobs(self.provider, inline_limit=self.settings.batch_inline_bytes)
+        prompt_texts = self._prompt_texts()
+        retriever = self._open_retriever(scope)
+        self.sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
+                                       random.Random(self.config.seed + self._count("done")), self.config.max_docs)
+        self.simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
+                                   context_tokens=self._context_tokens())
+        scope.heartbeat.start()
+        self._rounds()
 
     def _rounds(self) -> None:
         failed_jobs = 0

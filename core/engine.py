@@ -117,6 +117,15 @@ class RunProgress:
         return min(self.saved / max(self.target, 1), 1.0)
 
 
+@dataclass
+class RunScope:
+    """What a run holds open while it works, closed in one place however the run ends."""
+
+    holds: ExitStack  # the vector store kept open for live search
+    heartbeat: threading.Thread  # renews the run's lease
+    retriever: Retriever | None = None
+
+
 class GenerationRun:
     """One run: reserve work items, simulate with a thread pool, commit each conversation as it completes.
 
@@ -318,62 +327,12 @@ class GenerationRun:
                                 f"were saved by this session before that{where}.")
 
     def _run_claimed(self) -> RunProgress:
-        holds = ExitStack()
-        retriever: Retriever | None = None
-        heartbeat = threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat", daemon=True)
+        scope = RunScope(ExitStack(), threading.Thread(target=self._heartbeat, name=f"run-{self.run_id}-heartbeat",
+                                                       daemon=True))
         try:
-            prompt_texts = self._prompt_texts()
-            # Servers and large Edge collections are searched live, the rest from a snapshot of the vectors.
-            # Either way the retriever gets ready in the background while the provider's client is built and
-            # the first instruction calls are in flight: those need only briefing passages, from SQLite.
-            live = self._search_live()
-            if live and not self.settings.qdrant_url:
-                holds.enter_context(self.corpus.stores.use())  # open for the whole run: searched every turn
-            rag = self.config.retrieval == "rag"  # briefing mode injects the sampled passages: nothing to search
-            retriever = Retriever(self.corpus, snapshot=rag and not live, background=rag)
-            sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
-                                      random.Random(self.config.seed + self._count("done")), self.config.max_docs)
-            self.provider = self._provider_factory(self.gate)
-            simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
-                                  context_tokens=self._context_tokens())
-            batch_rng = random.Random(self.config.seed * 7919 + self._count("done"))
-            rng_lock = threading.Lock()
-
-            def make_batch(n: int) -> list[Question]:
-                ids = sampler.sample()
-                with rng_lock:
-                    rng = random.Random(batch_rng.randrange(2**62))
-                questions, record = simulator.write_questions(retriever.passages_by_id(ids), n, rng)
-                call_id = self._save_call(None, record)
-                if self.config.retrieval == "rag":
-                    # The first turn's retrieval depends only on the question: do it now, for the batch in
-                    # one encode, so a worker taking a question can call the model straight away.
-                    for q, passages in zip(questions, retriever.search_many([q.text for q in questions],
-                                                                            self.config.top_k,
-                                                                            mode=self.config.retrieval_mode)):
-                        q.first_passages = passages
-                for q in questions:
-                    q.meta["instruction_call_id"] = call_id
-                return questions
-
-            c = self.config.max_concurrency
-            pool = QuestionPool(make_batch, self.config.instructions_per_sample, unasked=self._unasked_items,
-                                low_water=max(2, c // 4), max_prefetch=max(1, c // 6) if c > 1 else 0)
-            heartbeat.start()
-            workers = [threading.Thread(target=self._worker, args=(simulator, pool), name=f"gen-{i}", daemon=True)
-                       for i in range(worker_count(c))]
-            try:
-                if c > 1:
-                    pool.prime(len(workers) + c)
-                for t in workers:
-                    t.start()
-                for t in workers:
-                    t.join()
-            finally:
-                left = pool.close()
-                if not self._storage_error:
-                    self._park_questions(left)
-            retriever.check()
+            self._generate(scope)
+            if scope.retriever is not None:
+                scope.retriever.check()
         except DatabaseGoneError as e:
             self._storage_error = self._storage_error or e
             self._stop(str(e))
@@ -385,16 +344,75 @@ class GenerationRun:
             raise
         finally:
             self._heartbeat_stop.set()
-            if heartbeat.is_alive():
-                heartbeat.join()
+            if scope.heartbeat.is_alive():
+                scope.heartbeat.join()
             if self.provider is not None:
                 self.provider.close()
-            if retriever is not None:
-                retriever.close()  # a background load may still be using the store: never past the hold below
-            holds.close()
+            if scope.retriever is not None:
+                scope.retriever.close()  # a background load may still be using the store: never past the hold below
+            scope.holds.close()
         if self._storage_error:
             raise self._storage_error
         return self._finish()
+
+    def _generate(self, scope: RunScope) -> None:
+        """The run's work once it owns the run: questions and conversations until the target is saved."""
+        prompt_texts = self._prompt_texts()
+        # The retriever gets ready in the background while the provider's client is built and the first
+        # instruction calls are in flight: those need only briefing passages, from SQLite.
+        retriever = self._open_retriever(scope)
+        sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
+                                  random.Random(self.config.seed + self._count("done")), self.config.max_docs)
+        self.provider = self._provider_factory(self.gate)
+        simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
+                              context_tokens=self._context_tokens())
+        batch_rng = random.Random(self.config.seed * 7919 + self._count("done"))
+        rng_lock = threading.Lock()
+
+        def make_batch(n: int) -> list[Question]:
+            ids = sampler.sample()
+            with rng_lock:
+                rng = random.Random(batch_rng.randrange(2**62))
+            questions, record = simulator.write_questions(retriever.passages_by_id(ids), n, rng)
+            call_id = self._save_call(None, record)
+            if self.config.retrieval == "rag":
+                # The first turn's retrieval depends only on the question: do it now, for the batch in
+                # one encode, so a worker taking a question can call the model straight away.
+                for q, passages in zip(questions, retriever.search_many([q.text for q in questions],
+                                                                        self.config.top_k,
+                                                                        mode=self.config.retrieval_mode)):
+                    q.first_passages = passages
+            for q in questions:
+                q.meta["instruction_call_id"] = call_id
+            return questions
+
+        c = self.config.max_concurrency
+        pool = QuestionPool(make_batch, self.config.instructions_per_sample, unasked=self._unasked_items,
+                            low_water=max(2, c // 4), max_prefetch=max(1, c // 6) if c > 1 else 0)
+        scope.heartbeat.start()
+        workers = [threading.Thread(target=self._worker, args=(simulator, pool), name=f"gen-{i}", daemon=True)
+                   for i in range(worker_count(c))]
+        try:
+            if c > 1:
+                pool.prime(len(workers) + c)
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+        finally:
+            left = pool.close()
+            if not self._storage_error:
+                self._park_questions(left)
+
+    def _open_retriever(self, scope: RunScope) -> Retriever:
+        """The run's retriever; it gets ready in the background while the first calls are in flight."""
+        # Servers and large Edge collections are searched live, the rest from a snapshot of the vectors.
+        live = self._search_live()
+        if live and not self.settings.qdrant_url:
+            scope.holds.enter_context(self.corpus.stores.use())  # open for the whole run: searched every turn
+        rag = self.config.retrieval == "rag"  # briefing mode injects the sampled passages: nothing to search
+        scope.retriever = Retriever(self.corpus, snapshot=rag and not live, background=rag)
+        return scope.retriever
 
     def _context_tokens(self) -> int:
         """The model's context window in tokens, where we know it (sizes the carried passages)."""

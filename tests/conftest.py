@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,18 @@ def new_app(page: str | None = None):
     if page:
         at.switch_page(page).run()
     assert not at.exception, at.exception
+    return at
+
+
+def rerun_until_success(at, text: str, timeout_s: float = 60.0):
+    """Re-run ``at`` until a success message holds ``text`` (AppTest does not re-run a run_every fragment
+    by itself, so a page watching a background job is re-run as the job advances)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        at.run()
+        if any(text in s.value for s in at.success):
+            break
+        time.sleep(0.3)
     return at
 
 

@@ -42,6 +42,20 @@ def keys_unique(fake):
     return len(fake.batch_keys_submitted) == len(set(fake.batch_keys_submitted))
 
 
+def run_until_a_job_is_named(wb, fake, config):
+    """Start a batch run in a thread and return once its first job's name is stored (the job is at "Google")."""
+    import threading
+
+    run = batch_run(wb, fake, config)
+    worker = threading.Thread(target=run.run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return run, worker
+
+
 def test_batch_rounds_save_exactly_n_grounded_conversations_and_failed_entries_go_into_the_next_round(indexed_wb, fake):
     failed = []
 
@@ -176,16 +190,8 @@ def test_sigkill_while_a_job_runs_then_resume_polls_it_and_saves_exactly_n(index
 
 def test_a_stop_between_creating_a_job_and_storing_its_name_finds_the_job_instead_of_sending_it_again(indexed_wb,
                                                                                                      fake):
-    import threading
-
     fake.batch_running_s = 3600  # the first round stays RUNNING at "Google"
-    run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=1, seed=7, batch=True))
-    worker = threading.Thread(target=run.run)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while not indexed_wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    run, worker = run_until_a_job_is_named(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=1, seed=7, batch=True))
     with pytest.raises(RunOwnedError):  # polling holds the run's lease: a second resume is refused
         batch_run(indexed_wb, fake, run_id=run.run_id)
     run.cancel()
@@ -205,16 +211,8 @@ def test_a_stop_between_creating_a_job_and_storing_its_name_finds_the_job_instea
 
 
 def test_a_job_deleted_at_google_while_no_process_polled_it_is_sent_again_on_resume(indexed_wb, fake):
-    import threading
-
     fake.batch_running_s = 3600
-    run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=2, max_turns=1, seed=11, batch=True))
-    worker = threading.Thread(target=run.run)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while not indexed_wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id]):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    run, worker = run_until_a_job_is_named(indexed_wb, fake, RunConfig(num_dialogs=2, max_turns=1, seed=11, batch=True))
     run.cancel()
     worker.join(30)
     name = indexed_wb.db.scalar("SELECT name FROM batch_jobs WHERE run_id=?", [run.run_id])
@@ -229,7 +227,7 @@ def test_a_job_deleted_at_google_while_no_process_polled_it_is_sent_again_on_res
 
 
 def test_the_generate_page_starts_a_large_run_through_the_batch_api(indexed_app_env, monkeypatch):
-    from tests.conftest import new_app
+    from tests.conftest import new_app, rerun_until_success
 
     with FakeGemini() as fake:
         fake.batch_pending_s, fake.batch_running_s = 0.05, 0.1
@@ -243,12 +241,7 @@ def test_the_generate_page_starts_a_large_run_through_the_batch_api(indexed_app_
         assert "Batch API prices (half)" in " ".join(c.value for c in at.caption)
         at.button(key="generate.start").click().run()
         assert not at.exception
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            at.run()
-            if any("Completed" in s.value for s in at.success):
-                break
-            time.sleep(0.3)
+        rerun_until_success(at, "Completed")
         assert any("Completed: 3 conversations" in s.value for s in at.success)
         # Every call went through batch jobs: not one interactive generateContent.
         assert len(fake.batch_jobs) >= 2 and not any(p.endswith(":generateContent") for p in fake.by_path)

@@ -1,7 +1,6 @@
 """Home page (pipeline counts match the database, demo batch) and Dashboard through AppTest."""
 
 import json
-import time
 
 import pytest
 
@@ -10,7 +9,7 @@ from core.engine import GenerationRun, RunConfig
 from core.fake_gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.workbench import Workbench
-from tests.conftest import make_settings, new_app
+from tests.conftest import make_settings, new_app, rerun_until_success
 
 KEY = "AIza-home-key-1234"
 
@@ -50,12 +49,7 @@ def test_home_demo_batch_runs_with_the_configured_provider(env):
     at = new_app()
     at.button(key="home.demo").click().run()
     assert not at.exception
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        at.run()
-        if any("Demo done" in s.value for s in at.success):
-            break
-        time.sleep(0.3)
+    rerun_until_success(at, "Demo done")
     assert any("Demo done" in s.value for s in at.success)
     assert Database(env / "groundwork.db").scalar("SELECT COUNT(*) FROM conversations") == 8
 

@@ -1,7 +1,7 @@
 """Pages through Streamlit's AppTest, on real data dirs."""
 
 
-from tests.conftest import new_app
+from tests.conftest import new_app, rerun_until_success
 
 
 def test_home_indexes_the_sample_corpus_on_first_open(app_env):
@@ -36,8 +36,6 @@ def test_corpus_page_ingest_reports_bad_folder(indexed_app_env):
 
 
 def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypatch):
-    import time
-
     from core.fake_gemini import FakeGemini
 
     with FakeGemini(latency=0.05) as fake:
@@ -51,13 +49,7 @@ def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypat
         at.button(key="generate.start").click().run()
         assert not at.exception
         run_id = at.session_state["generate.run_id"]
-        deadline = time.monotonic() + 60
-        # AppTest does not re-run a run_every fragment by itself: rerun as the job advances.
-        while time.monotonic() < deadline:
-            at.run()
-            if any("Completed" in s.value for s in at.success):
-                break
-            time.sleep(0.3)
+        rerun_until_success(at, "Completed")
         assert not at.exception
         assert any("Completed: 3 conversations" in s.value for s in at.success)
         runs = at.dataframe[-1].value.set_index("id")

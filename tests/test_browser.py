@@ -442,5 +442,5 @@ def test_generate_with_the_offline_model_in_the_browser(app, page):
 
     question = db.scalar("SELECT t.content FROM turns t JOIN conversations c ON c.id = t.conversation_id "
                          "WHERE c.provider='local' AND t.role='user' ORDER BY c.created_at DESC, t.idx LIMIT 1")
-    assert check_question(question, "").ok and len(question.split()) >= 4, question
+    assert check_question(question, "").ok, question
 

@@ -18,7 +18,7 @@ from core.quality.verdicts import SentenceVerdict, TurnVerdict
 from core.quality.sentences import Sentence, sentence_kind, split_sentences
 from core.quality.lexical import (_blank, _compounds, _content_words, _names, _numbers, _stem, _words, acronyms,
                                   derivable, tokens_upper, typed_numbers)
-from core.quality.quantities import quantities, unsupported_quantities
+from core.quality.quantities import Quantity, quantities, unsupported_quantities
 from core.quality.citations import CitationFlag, IdentifierPool, _citation_flags, _source_texts, extract_identifiers
 from core.quality.contradictions import _contradiction, _contradicts_passages, _negated_and_plain, _polarity_flip
 
@@ -270,6 +270,7 @@ class GroundingChecker:
         passages_negated, passages_plain = _negated_and_plain("\n".join(p.get("text") or "" for p in turn.passages))
         passage_text = {p.get("id"): p.get("text") or "" for p in turn.passages}
         source_words = sorted({w for w in _content_words(source_text) if not w.isdigit()})
+        source_quantities = quantities(source_text)  # once per turn, not once per sentence
         source_matrix: list[np.ndarray] = []  # their vectors, encoded when a sentence first needs them
         scored: list[SentenceScore] = []
         for sentence, kind in zip(sentences, kinds):
@@ -292,7 +293,7 @@ class GroundingChecker:
             # passages full of amounts (where some pair adds up to almost any number).
             near = [windows.texts[i] for i in np.argsort(-sims)[:3]] if sims is not None else []
             values = typed_numbers(" ".join(near + list(turn.context)))
-            reasons = _missing_facts(sentence.text, pool, numbers, names, values, tokens, source_text)
+            reasons = _missing_facts(sentence.text, pool, numbers, names, values, tokens, source_quantities)
             contradicted = False
             if turn.passages and not reasons:
                 why = _contradicts_passages(sentence.text, passages_negated, passages_plain)
@@ -365,7 +366,7 @@ def _windows_of(passage: str) -> list[str]:
 
 def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names: set[str],
                    values: Sequence[tuple[Decimal, bool]] = (), tokens: set[str] = frozenset(),
-                   sources: str = "") -> list[str]:
+                   sources: Sequence[Quantity] = ()) -> list[str]:
     """Identifiers, numbers, names and acronyms in a claim that the passages (and the user) never mention.
 
     A figure that is the sum, difference, product, ratio or percentage of two figures of the passages,
@@ -400,7 +401,7 @@ def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names
     # "10 kg" beside "8 kg" is caught although a 10 appears elsewhere, and "two days" matches "48 hours".
     amount_spans = [(i.start, i.end) for i in idents if i.type == "amount"]
     if sources:
-        known_dimensions = {q.dimension for q in quantities(sources)}
+        known_dimensions = {q.dimension for q in sources}
         wrong = unsupported_quantities(sentence, sources)
         for q, said in wrong:
             if not any(s <= q.start < e for s, e in amount_spans):

@@ -10,6 +10,7 @@ one currency) in a base unit catches the first and accepts the second, in any do
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -105,10 +106,11 @@ def _derived(value: Decimal, same: list[Decimal]) -> bool:
     return False
 
 
-def unsupported_quantities(sentence: str, sources: str) -> list[tuple[Quantity, list[Quantity]]]:
+def unsupported_quantities(sentence: str, sources: str | Sequence[Quantity]) -> list[tuple[Quantity, list[Quantity]]]:
     """The sentence's quantities that no quantity of the same dimension in ``sources`` states or adds up
-    to (amounts of money only), each with what the sources do say. A dimension the sources never mention is not judged here."""
-    known = quantities(sources)
+    to (amounts of money only), each with what the sources do say. A dimension the sources never mention is
+    not judged here. ``sources``: the text, or its :func:`quantities` when a caller checks many sentences."""
+    known = quantities(sources) if isinstance(sources, str) else list(sources)
     out = []
     mine = quantities(sentence)
     for q in mine:

@@ -7,6 +7,7 @@ whole server process, shared by every browser session and safe across threads.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
@@ -236,3 +237,15 @@ def open_run_in_review(run_id: str) -> None:
     st.session_state["review.filter"] = {"status": "any", "run_id": run_id}
     st.session_state["review.current"] = None
     st.session_state["review.page"] = 1
+
+
+def draw_polled(draw: Callable[[], None], active: bool, every_s: float = 1.0) -> None:
+    """Draw ``draw`` as a fragment re-run every ``every_s`` seconds while ``active``, else once with the page.
+
+    A panel whose buttons leave the page ("Open in Review") must not stay a timed fragment once its work is
+    done: a timed re-run that reaches the server after ``st.switch_page`` blanks the page switched to.
+    """
+    if active:
+        st.fragment(run_every=every_s)(draw)()
+    else:
+        draw()

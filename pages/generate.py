@@ -111,8 +111,7 @@ if submitted:
         ui_cache.show_error(e)
 
 
-@st.fragment(run_every=1.0)
-def live_progress() -> None:
+def run_panel() -> None:
     run_id = st.session_state.get("generate.run_id")
     if not run_id:
         return
@@ -168,7 +167,8 @@ def live_progress() -> None:
             st.switch_page("pages/review.py")
 
 
-live_progress()
+_job = manager.get(st.session_state["generate.run_id"]) if st.session_state.get("generate.run_id") else None
+ui_cache.draw_polled(run_panel, active=bool(_job and _job.alive))  # live while the run works
 
 st.subheader("Runs")
 runs = list_runs(wb.db)

@@ -108,7 +108,6 @@ with demo_col:
         except Exception as e:
             ui_cache.show_error(e)
 
-    @st.fragment(run_every=1.0)
     def demo_progress() -> None:
         run_id = st.session_state.get(DEMO_RUN_KEY)
         if not run_id:
@@ -135,7 +134,8 @@ with demo_col:
             ui_cache.open_run_in_review(run_id)
             st.switch_page("pages/review.py")
 
-    demo_progress()
+    demo_job = ui_cache.jobs().get(st.session_state[DEMO_RUN_KEY]) if st.session_state.get(DEMO_RUN_KEY) else None
+    ui_cache.draw_polled(demo_progress, active=bool(demo_job and demo_job.alive))  # live while the demo runs
 with example_col:
     st.markdown("**Example set** — reviewed conversations over the sample corpus, written for the project, "
                 "loaded into a separate data dir so your own data is untouched.")

@@ -170,16 +170,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     worker = threading.Thread(target=work, name="generate", daemon=True)
     worker.start()
     progress = Progress(args.quiet)
+    grade, graded = not args.no_grade, None
     try:
-        while worker.is_alive():
-            worker.join(0.5)
-            snap = run.monitor.snapshot()
-            progress("conversations", snap["saved"], run.config.num_dialogs)
-    except KeyboardInterrupt:
+        try:
+            while worker.is_alive():
+                worker.join(0.5)
+                snap = run.monitor.snapshot()
+                progress("conversations", snap["saved"], run.config.num_dialogs)
+        except KeyboardInterrupt:
+            progress.close()
+            print("cancelling: finishing calls in flight; everything completed is kept …", file=sys.stderr)
+            run.cancel()
+            worker.join(60)
+            grade = False  # a cancel means stop now; Review and export check what was saved
         progress.close()
-        print("cancelling: finishing calls in flight; everything completed is kept …", file=sys.stderr)
-        run.cancel()
-        worker.join(60)
+        if grade and "error" not in outcome:
+            graded = _grade_run(wb, run.run_id, progress)
     finally:
         progress.close()
         wb.close()
@@ -193,6 +199,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"reason: {final.reason}")
     if snap.get("rejections"):
         print("replies rejected and asked again: " + "; ".join(f"{n} × {why}" for why, n in snap["rejections"].items()))
+    if graded:
+        print(graded)
     if final.status != "completed":
         print(f"resume with: groundwork generate --resume {run.run_id}", file=sys.stderr)
     if run.config.output:
@@ -265,6 +273,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     db = Database(settings.db_path)
     progress = Progress(args.quiet)
     try:
+        if not args.no_grade:
+            _grade_selection(settings, db, options.filter, progress)
         result = export(db, options, args.out or default_out_dir(settings), settings=settings, progress=progress)
     finally:
         progress.close()
@@ -277,6 +287,41 @@ def cmd_export(args: argparse.Namespace) -> int:
         if warning not in already:
             print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _grade_run(wb, run_id: str, progress: Progress) -> str | None:
+    """The offline grounding checks on a run's saved conversations (as the Generate page does), so Review
+    opens with its badges and export knows what is flagged. Advisory: a failure is reported, not raised."""
+    from core.quality import FLAGGED_SQL, WEAKLY_GROUNDED_BELOW, score_conversations
+
+    try:
+        checked = score_conversations(wb.db, wb.embedder, run_id=run_id,
+                                      progress=lambda done, total: progress("grounding checks", done, total))
+    except KeyboardInterrupt:
+        print("grounding checks stopped: Review and export check the rest", file=sys.stderr)
+        return None
+    except Exception as e:  # the conversations are saved; only their badges wait
+        print(f"grounding checks failed ({type(e).__name__}: {e}); Review checks each conversation on open",
+              file=sys.stderr)
+        return None
+    flagged = wb.db.scalar(f"SELECT COUNT(*) FROM conversations c WHERE c.run_id=? AND {FLAGGED_SQL}",
+                           [run_id, WEAKLY_GROUNDED_BELOW])
+    return (f"grounding checks: {checked} conversation(s) checked, {flagged} of the run flagged"
+            + (" — open them in Review (Quality flag filter) before exporting" if flagged else ""))
+
+
+def _grade_selection(settings, db, f, progress: Progress) -> None:
+    """Check the selected conversations never checked, so the manifest's grounding counts are complete."""
+    from core.embeddings import Embedder
+    from core.quality import score_ids
+    from core.review import ReviewStore
+
+    ids = ReviewStore(db).unchecked_ids(f)
+    if ids:
+        print(f"checking the grounding of {len(ids)} conversation(s) never checked (skip with --no-grade) …",
+              file=sys.stderr)
+        score_ids(db, Embedder(settings.embedding_model), ids,
+                  progress=lambda done, total: progress("grounding checks", done, total))
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
@@ -397,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "minutes to hours per round; resumable while jobs run). Gemini only")
     p.add_argument("--resume", metavar="RUN_ID", help="finish an incomplete run (a batch run resumes polling its job)")
     p.add_argument("--wait", type=float, default=30.0)
+    p.add_argument("--no-grade", action="store_true",
+                   help="skip the offline grounding checks after the run (Review checks each conversation on open)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 
@@ -443,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-near-duplicates", action="store_true",
                    help="keep only the best-rated conversation of each near-duplicate cluster")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <data dir>/exports/export-<time>)")
+    p.add_argument("--no-grade", action="store_true",
+                   help="do not run the offline grounding checks on selected conversations never checked (the "
+                        "manifest then counts them as unchecked)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_export)
 

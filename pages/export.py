@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import ui_cache
+from core import quality, ui_cache
 from core.access import confine_path
 from core.errors import GroundworkError
 from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
@@ -94,6 +94,19 @@ options = ExportOptions(formats=list(formats), context=context, filter=selection
                         with_system_prompt=with_system,
                         dedupe=dedupe, tokenizer=tokenizer.strip(), max_tokens=int(max_tokens),
                         drop_near_duplicates=drop_near)
+unchecked = store.unchecked_ids(selection) if selected else []
+if unchecked:  # their flags are unknown, not absent: offer the check before counting flags
+    st.info(f"**{len(unchecked):,}** of the {selected:,} selected conversations were never checked for grounding "
+            "(a run stopped before its checks): the flagged count below leaves them out.", icon=":material/help:")
+    if st.button(f"Check {len(unchecked):,} now", key="export.grade", icon=":material/fact_check:"):
+        bar = st.progress(0.0, text="grounding checks")
+        try:
+            quality.score_ids(wb.db, wb.embedder, unchecked, progress=lambda done, total: bar.progress(
+                done / total, text=f"grounding checks: {done:,}/{total:,}"))
+        except Exception as e:
+            ui_cache.show_error(e)
+        else:
+            st.rerun()
 flagged = store.flagged_count(selection) if selected else 0
 if flagged:
     st.warning(f"**{flagged:,}** of the {selected:,} selected conversations are flagged by the grounding checks "

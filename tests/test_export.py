@@ -432,6 +432,31 @@ def test_memory_stays_flat_as_the_export_grows(tmp_path):
     db.close()
 
 
+def test_the_manifest_and_card_count_what_the_grounding_checks_said_about_the_exported_conversations(reviewed,
+                                                                                                  tmp_path):
+    from core.quality import score_ids
+
+    wb, store = reviewed["wb"], ReviewStore(reviewed["wb"].db)
+    invented = next(c for c in reviewed["ids"] if c not in (reviewed["edited"], reviewed["bad"]))
+    store.edit_message(invented, 1, "Under Smith v. Jones, 512 U.S. 874 (1994), the tenant owes $48,250 on "
+                                    "March 3, 2019.", "ana")  # a case, an amount, a date no passage holds
+    unchecked = reviewed["ids"][-1] if reviewed["ids"][-1] != invented else reviewed["ids"][-2]
+    assert store.unchecked_ids(ANY) == sorted(reviewed["ids"], key=lambda c: (
+        wb.db.scalar("SELECT created_at FROM conversations WHERE id=?", [c]), c))
+    score_ids(wb.db, wb.embedder, [c for c in reviewed["ids"] if c != unchecked])
+    assert store.unchecked_ids(ANY) == [unchecked]
+    result = export(wb.db, ExportOptions(formats=["openai"], filter=ANY, split=None), tmp_path / "out")
+    checks = result.manifest["grounding_checks"]
+    flagged = store.flagged_count(ANY)
+    assert flagged >= 1 and checks["flagged"] == flagged  # the same rule as Review's and Export's warnings
+    assert wb.db.scalar("SELECT citation_flags FROM conversations WHERE id=?", [invented]) >= 1
+    assert checks["unchecked"] == 1 and checks["passed"] + checks["flagged"] + 1 == len(reviewed["ids"])
+    assert any(f"{flagged} of the 10 exported conversations are flagged" in w for w in result.manifest["warnings"])
+    assert any(w.startswith("1 exported conversations were never checked") for w in result.manifest["warnings"])
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"{checks['passed']} conversations passed, {flagged} flagged" in card and "1 never checked" in card
+
+
 # ---- CLI ----------------------------------------------------------------------------------------------------
 def cli(data_dir, *args):
     env = {**os.environ, "GROUNDWORK_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
@@ -443,10 +468,20 @@ def test_cli_export_happy_path_and_bad_input(reviewed, tmp_path):
     wb = reviewed["wb"]
     data = wb.settings.data_path
     out = tmp_path / "cli-out"
+    # --no-grade: the conversations were never checked, and the manifest and stderr say so.
+    done = cli(data, "--status", "any", "--no-grade", "--out", str(tmp_path / "unchecked"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "unchecked" / "manifest.json").read_text())
+    assert manifest["grounding_checks"]["unchecked"] == 10 and "10 exported conversations were never checked" \
+        in done.stderr
     done = cli(data, "--format", "openai", "--format", "sharegpt", "--format", "kto", "--status", "any",
                "--context", "user", "--split", "0.5", "--seed", "1", "--with-system-prompt", "--out", str(out),
                "--quiet")
     assert done.returncode == 0, done.stderr
+    # By default the export checks what was never checked first: every conversation has a verdict.
+    checks = json.loads((out / "manifest.json").read_text())["grounding_checks"]
+    assert checks["unchecked"] == 0 and checks["passed"] + checks["flagged"] == 10
+    assert checks["flagged"] == ReviewStore(wb.db).flagged_count(ANY)
     lines = done.stdout.splitlines()
     assert lines[0] == f"manifest: {out / 'manifest.json'}"
     manifest = json.loads((out / "manifest.json").read_text())

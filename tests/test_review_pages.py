@@ -233,6 +233,25 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
     assert ReviewFilter.from_dict(at.session_state["review.filter"]).tag == "gold"
 
 
+def test_export_page_checks_the_conversations_never_checked_before_it_counts_flags(review_env):
+    data_dir, ids = review_env
+    db = db_of(data_dir)
+    for cid in ids[:3]:
+        ReviewStore(db).approve(cid, "ana")
+    db.close()
+    at = new_app("pages/export.py")  # approved: three conversations no run or Review page ever checked
+    assert any("**3** of the 3 selected conversations were never checked" in i.value for i in at.info)
+    at.button(key="export.grade").click().run()
+    assert not at.exception and not any("never checked" in i.value for i in at.info)
+    db = db_of(data_dir)
+    unchecked = {r["id"] for r in db.rows("SELECT id FROM conversations WHERE grounded_at IS NULL")}
+    flagged = ReviewStore(db).flagged_count(ReviewFilter(status="approved"))
+    db.close()
+    assert unchecked == set(ids[3:])  # the selection only
+    assert bool(flagged) == any(f"**{flagged}** of the 3 selected conversations are flagged" in w.value
+                                for w in at.warning)
+
+
 def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edit(review_env, embedder):
     from core import quality
 

@@ -88,6 +88,11 @@ def render_card(manifest: dict[str, Any]) -> str:
         p = manifest["profile"]
         body.append(f"  - k = {p['distractors']} distractors per answer; {p['no_oracle_share']:.0%} of rows end on "
                     f"an answer shown distractors only, whose target is: “{p['refusal']}”")
+    checks = manifest.get("grounding_checks")
+    if checks:
+        body.append(f"- **Grounding checks** ({checks['method']}, offline): {checks['passed']} conversations passed, "
+                    f"{checks['flagged']} flagged (score under {checks['weakly_grounded_below']} or an identifier no "
+                    f"passage contains), {checks['unchecked']} never checked")
     body += ["", "## Which trainer reads what", "",
              "Answers a reviewer marked bad are never in a trained position: chat rows stop before the first "
              "bad answer; the `completion` format keeps later answers with the bad one in the prompt only.", "",

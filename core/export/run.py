@@ -26,7 +26,7 @@ from core.export.rows import Conversation, RowBuilder, Skip, judge_rejects, turn
 from core.export.split import GROUP_BY, METHOD, DocumentGroups, QuestionOverlap
 from core.export.tokens import MESSAGE_OVERHEAD_TOKENS, load_tokenizer, row_tokens
 from core.export.writer import Output, prepare_out_dir
-from core.quality import keep_best_of_clusters
+from core.quality import GROUNDING_METHOD, WEAKLY_GROUNDED_BELOW, is_flagged, keep_best_of_clusters
 from core.review import ReviewFilter, ReviewStore, preferences_of
 
 ProgressFn = Callable[[str, int, int], None]
@@ -69,6 +69,7 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
                                              "ORDER BY c.created_at, c.id", params)]
         keep = set(keep_best_of_clusters(db, ids))
     near_duplicates_dropped = 0
+    checks: Counter[str] = Counter()  # the grounding checks' verdicts on the exported conversations
     out = prepare_out_dir(out_dir)
     counter, tokenizer_warning = load_tokenizer(options.tokenizer, settings)
     split = options.split
@@ -175,6 +176,9 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
                                       shows_passages=options.context != "none")
                 unseen += sum(1 for t in conv.turns if t.get("unseen"))
             conversations_per_side[conv.side] += 1
+            row = conv.row
+            checks["unchecked" if row["grounded_at"] is None else
+                   "flagged" if is_flagged(row["grounding"], row["citation_flags"]) else "passed"] += 1
             if conv.side == "validation":
                 validation_ids.add(conv.row["id"])
                 for t in conv.turns:
@@ -234,6 +238,14 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
         if sum(labels.values()) and (not labels["approved"] or not labels["rejected"]):
             warnings.append("kto: every row has the same label; KTO learns from both, so include approved and "
                             "discarded conversations (--status any).")
+    if checks["flagged"]:
+        warnings.append(f"{checks['flagged']} of the {sum(checks.values())} exported conversations are flagged by "
+                        "the grounding checks (weakly grounded, or an identifier none of their passages contains): "
+                        "review them, or leave them out with the Quality flag filter.")
+    if checks["unchecked"]:
+        warnings.append(f"{checks['unchecked']} exported conversations were never checked for grounding, so their "
+                        "flags are unknown: check them (the Export page's button, or export from the CLI without "
+                        "--no-grade) before training on them.")
     if split_record is not None:
         if sum(counts[fmt]["validation"] for fmt in options.formats) == 0:
             largest = split_record["largest_group"]
@@ -262,6 +274,9 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
         "with_system_prompt": options.with_system_prompt,
         "custom_system_prompt": bool(options.system_prompt.strip()),
         "split": split_record,
+        "grounding_checks": {"method": GROUNDING_METHOD, "weakly_grounded_below": WEAKLY_GROUNDED_BELOW,
+                             "passed": checks["passed"], "flagged": checks["flagged"],
+                             "unchecked": checks["unchecked"]},
         "dedupe": options.dedupe,
         "tokenizer": {"name": counter.name, "max_tokens": options.max_tokens or None,
                       "counting": f"message texts (long ones line by line) plus {MESSAGE_OVERHEAD_TOKENS} "

@@ -34,8 +34,8 @@ from core.quality.grounding import (  # noqa: F401
     WEAKLY_GROUNDED_BELOW, WINDOW_SIZES, WindowCache, shared_window_cache,
 )
 from core.quality.grounding_store import (  # noqa: F401
-    ConversationGrounding, grounding_details, grounding_scores, quality_summary, regrade_stale, score_conversation,
-    score_conversations, store_verdicts, verify_conversation, weakly_grounded, with_citation_flags,
+    FLAGGED_SQL, ConversationGrounding, grounding_details, grounding_scores, is_flagged, quality_summary, regrade_stale,
+    score_conversation, score_conversations, score_ids, store_verdicts, verify_conversation, weakly_grounded, with_citation_flags,
 )
 from core.quality.duplicates import (  # noqa: F401
     CONVERSATION_DUP_THRESHOLD, CONVERSATION_TEXT_CHARS, DuplicateCluster, QUESTION_DUP_THRESHOLD, conversation_vectors,

@@ -86,13 +86,28 @@ def score_conversations(db: Database, embedder: Embedder, *, run_id: str | None 
         where.append("(grounded_at IS NULL OR EXISTS (SELECT 1 FROM turns t WHERE t.conversation_id = conversations.id "
                      "AND t.edited_at >= conversations.grounded_at))")  # same millisecond: re-grade
     sql = "SELECT id FROM conversations" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at"
-    ids = [r["id"] for r in db.rows(sql, params)]
+    return score_ids(db, embedder, [r["id"] for r in db.rows(sql, params)], progress=progress, checker=checker)
+
+
+def score_ids(db: Database, embedder: Embedder, ids: list[str], *, progress: ProgressFn | None = None,
+              checker: GroundingChecker | None = None) -> int:
+    """Score these conversations (one checker, so passage windows are encoded once); how many were scored."""
     checker = checker or GroundingChecker(embedder)
     for n, cid in enumerate(ids, 1):
         score_conversation(db, embedder, cid, checker)
         if progress:
             progress(n, len(ids))
     return len(ids)
+
+
+def is_flagged(grounding: float | None, citation_flags: int | None) -> bool:
+    """The conversation-level flag Review and Export ask about: weakly grounded, or an identifier that none of
+    its passages contains (the same rule as :data:`FLAGGED_SQL`)."""
+    return (grounding is not None and grounding < WEAKLY_GROUNDED_BELOW) or (citation_flags or 0) > 0
+
+
+# ``is_flagged`` as SQL on a ``conversations`` row aliased ``c``; its one parameter is WEAKLY_GROUNDED_BELOW.
+FLAGGED_SQL = "((c.grounding IS NOT NULL AND c.grounding < ?) OR c.citation_flags > 0)"
 
 
 def verify_conversation(db: Database, verifier: Verifier, conversation_id: str) -> list[TurnVerdict]:

@@ -27,6 +27,7 @@ class Job:
     alerts: list[str] = field(default_factory=list)
     grounded: int | None = None  # conversations scored by the offline grounding checks once the run ended
     grounding_error: str = ""
+    grading: tuple[int, int] = (0, 0)  # (checked, to check) while those checks run: the page shows it
 
     @property
     def alive(self) -> bool:
@@ -73,7 +74,8 @@ class JobManager:
         try:
             from core.quality import score_conversations
 
-            job.grounded = score_conversations(self.workbench.db, self.workbench.embedder, run_id=run_id)
+            job.grounded = score_conversations(self.workbench.db, self.workbench.embedder, run_id=run_id,
+                                               progress=lambda done, total: setattr(job, "grading", (done, total)))
         except Exception as e:  # grounding is advisory: Review scores on open if this did not finish
             job.grounding_error = str(e)
 

@@ -154,7 +154,9 @@ def run_panel() -> None:
                 manager.cancel(run_id)
                 st.info("Cancelling: calls in flight finish, everything completed is kept.")
         else:
-            st.caption("Checking the grounding of every saved answer (offline) …")
+            done, total = job.grading
+            st.caption("Checking the grounding of every saved answer (offline) …"
+                       + (f" {done:,}/{total:,} conversations" if total else ""))
     else:
         if job and job.error:
             st.error(job.error)

@@ -28,10 +28,16 @@ class Job:
     grounded: int | None = None  # conversations scored by the offline grounding checks once the run ended
     grounding_error: str = ""
     grading: tuple[int, int] = (0, 0)  # (checked, to check) while those checks run: the page shows it
+    run_done: bool = False  # the run itself has ended; the thread may still be running the grounding checks
 
     @property
     def alive(self) -> bool:
         return self.thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """The run is generating (or finishing its calls in flight); False once only the checks are left."""
+        return self.alive and not self.run_done
 
 
 class JobManager:
@@ -52,8 +58,8 @@ class JobManager:
         """
         wb = self.workbench
         with self._lock:
-            if run_id and run_id in self._jobs and self._jobs[run_id].alive:
-                return run_id
+            if run_id and run_id in self._jobs and self._jobs[run_id].running:
+                return run_id  # a resume while its grounding checks run starts the run again; the checks go on
             # A batch run (config.batch, or a resumed run whose recipe says so) goes through the Batch API.
             run = generation_run(settings or wb.settings, wb.db, wb.corpus, provider_factory, config=config,
                                  run_id=run_id)
@@ -70,6 +76,7 @@ class JobManager:
             job.run.run()
         except Exception as e:  # shown on the page; the run row already says incomplete
             job.error = str(e)
+        job.run_done = True  # the page says completed or stopped, and offers Resume, while the checks run
         # Evidence first: the offline grounding checks run on what was saved, so Review opens with badges.
         try:
             from core.quality import score_conversations
@@ -92,7 +99,8 @@ class JobManager:
             job.run.cancel()
 
     def active(self) -> list[str]:
-        return [rid for rid, job in self._jobs.items() if job.alive]
+        """Runs generating in this process (not those whose grounding checks alone are left)."""
+        return [rid for rid, job in self._jobs.items() if job.running]
 
     def shutdown(self, timeout: float = 30.0) -> None:
         for job in self._jobs.values():

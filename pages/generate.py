@@ -121,14 +121,15 @@ def run_panel() -> None:
         return
     # When the run changes state (or stops), redraw the whole page: the Runs table, the Resume choice
     # and the sidebar must say the same as this header.
-    seen = (progress.status, bool(job and job.alive))
+    running, checking = bool(job and job.running), bool(job and job.alive and not job.running)
+    seen = (progress.status, running, checking)
     if st.session_state.get("generate.seen") not in (None, seen):
         st.session_state["generate.seen"] = seen
         st.rerun()
     st.session_state["generate.seen"] = seen
     m = progress.metrics
     st.subheader(f"Run {run_id}")
-    eta = eta_text(progress) if job and job.alive else ""
+    eta = eta_text(progress) if running else ""
     st.progress(progress.fraction, text=f"{m['saved']}/{progress.target} conversations · {progress.status}"
                 + (f" · {eta}" if eta else ""))
     # A wrapping row: metrics as wide as their content never cut their labels or values short.
@@ -148,25 +149,27 @@ def run_panel() -> None:
     if m.get("rejections"):
         st.caption("Replies rejected by the checks and asked again: "
                    + "; ".join(f"{n} × {why}" for why, n in m["rejections"].items()))
-    if job and job.alive:
+    if running:
         if progress.status in ("running", "pending"):
             if st.button("Cancel", key="generate.cancel", icon=":material/stop_circle:"):
                 manager.cancel(run_id)
                 st.info("Cancelling: calls in flight finish, everything completed is kept.")
         else:
-            done, total = job.grading
-            st.caption("Checking the grounding of every saved answer (offline) …"
-                       + (f" {done:,}/{total:,} conversations" if total else ""))
-    else:
-        if job and job.error:
-            st.error(job.error)
-        elif progress.status == "completed":
-            st.success(f"Completed: {progress.saved} conversations saved.")
-        elif progress.reason:
-            st.warning(f"Stopped: {progress.reason}. Resume it below.")
-        if progress.saved and st.button("Open in Review", key="generate.open_review", icon=":material/rate_review:"):
-            ui_cache.open_run_in_review(run_id)
-            st.switch_page("pages/review.py")
+            st.caption("Stopping: calls in flight finish …")
+        return
+    if job and job.error:
+        st.error(job.error)
+    elif progress.status == "completed":
+        st.success(f"Completed: {progress.saved} conversations saved.")
+    elif progress.reason:
+        st.warning(f"Stopped: {progress.reason}. Resume it below.")
+    if checking:  # no page-leaving button in a timed fragment (see draw_polled): Open in Review comes after
+        done, total = job.grading
+        st.caption("Checking the grounding of every saved answer (offline) …"
+                   + (f" {done:,}/{total:,} conversations" if total else "") + " Open in Review follows.")
+    elif progress.saved and st.button("Open in Review", key="generate.open_review", icon=":material/rate_review:"):
+        ui_cache.open_run_in_review(run_id)
+        st.switch_page("pages/review.py")
 
 
 _job = manager.get(st.session_state["generate.run_id"]) if st.session_state.get("generate.run_id") else None

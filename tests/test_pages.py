@@ -54,12 +54,16 @@ def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypat
         assert any("Completed: 3 conversations" in s.value for s in at.success)
         runs = at.dataframe[-1].value.set_index("id")
         assert runs.loc[run_id, "status"] == "completed" and runs.loc[run_id, "saved"] == 3  # not a stale table
-        # "Completed" waits for the grounding checks of the three, counted as they went for the page to show.
+        # The grounding checks of the three follow the run, counted for the page; Open in Review comes after.
         from core import ui_cache
 
-        assert ui_cache.jobs().get(run_id).grading == (3, 3)
+        job = ui_cache.jobs().get(run_id)
+        job.thread.join(120)
+        assert job.run_done and job.grading == (3, 3)
         assert ui_cache.workbench().db.scalar("SELECT COUNT(*) FROM conversations WHERE run_id=? AND grounded_at "
                                               "IS NOT NULL", [run_id]) == 3
+        at.run()
+        assert any(b.key == "generate.open_review" for b in at.button)
         shown = [e.value for kind in (at.markdown, at.caption, at.success, at.info) for e in kind]
         assert shown and "AIza-page-test-key" not in str(shown)
         # The form lasts the browser session: another page and back, the numbers are still there.

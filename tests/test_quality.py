@@ -219,7 +219,7 @@ def test_grounding_is_stored_per_turn_and_weakly_grounded_conversations_are_list
                                  [whitaker[1:2]], run_id="run-2")
     calls = []
     assert score_conversations(wb.db, embedder, run_id="run-1", progress=lambda d, t: calls.append((d, t))) == 2
-    assert calls == [(1, 2), (2, 2)]
+    assert calls == [(0, 2), (1, 2), (2, 2)]  # the total first
     assert wb.db.scalar("SELECT grounded_at FROM conversations WHERE id=?", [other_run]) is None
 
     row = wb.db.one("SELECT grounding, citation_flags, grounded_at FROM conversations WHERE id=?", [mixed])

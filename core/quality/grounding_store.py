@@ -93,6 +93,8 @@ def score_ids(db: Database, embedder: Embedder, ids: list[str], *, progress: Pro
               checker: GroundingChecker | None = None) -> int:
     """Score these conversations (one checker, so passage windows are encoded once); how many were scored."""
     checker = checker or GroundingChecker(embedder)
+    if progress and ids:
+        progress(0, len(ids))  # the total at once: the first conversation can take a while
     for n, cid in enumerate(ids, 1):
         score_conversation(db, embedder, cid, checker)
         if progress:

@@ -292,7 +292,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _grade_run(wb, run_id: str, progress: Progress) -> str | None:
     """The offline grounding checks on a run's saved conversations (as the Generate page does), so Review
     opens with its badges and export knows what is flagged. Advisory: a failure is reported, not raised."""
-    from core.quality import FLAGGED_SQL, WEAKLY_GROUNDED_BELOW, score_conversations
+    from core.quality import score_conversations
+    from core.review import ReviewFilter, ReviewStore
 
     try:
         checked = score_conversations(wb.db, wb.embedder, run_id=run_id,
@@ -304,8 +305,7 @@ def _grade_run(wb, run_id: str, progress: Progress) -> str | None:
         print(f"grounding checks failed ({type(e).__name__}: {e}); Review checks each conversation on open",
               file=sys.stderr)
         return None
-    flagged = wb.db.scalar(f"SELECT COUNT(*) FROM conversations c WHERE c.run_id=? AND {FLAGGED_SQL}",
-                           [run_id, WEAKLY_GROUNDED_BELOW])
+    flagged = ReviewStore(wb.db).flagged_count(ReviewFilter(status="any", run_id=run_id))
     return (f"grounding checks: {checked} conversation(s) checked, {flagged} of the run flagged"
             + (" — open them in Review (Quality flag filter) before exporting" if flagged else ""))
 

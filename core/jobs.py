@@ -25,8 +25,7 @@ class Job:
     thread: threading.Thread
     error: str = ""
     alerts: list[str] = field(default_factory=list)
-    grounded: int | None = None  # conversations scored by the offline grounding checks once the run ended
-    grounding_error: str = ""
+    grounding_error: str = ""  # why the offline grounding checks after the run stopped, if they did
     grading: tuple[int, int] = (0, 0)  # (checked, to check) while those checks run: the page shows it
     run_done: bool = False  # the run itself has ended; the thread may still be running the grounding checks
 
@@ -81,8 +80,8 @@ class JobManager:
         try:
             from core.quality import score_conversations
 
-            job.grounded = score_conversations(self.workbench.db, self.workbench.embedder, run_id=run_id,
-                                               progress=lambda done, total: setattr(job, "grading", (done, total)))
+            score_conversations(self.workbench.db, self.workbench.embedder, run_id=run_id,
+                                progress=lambda done, total: setattr(job, "grading", (done, total)))
         except Exception as e:  # grounding is advisory: Review scores on open if this did not finish
             job.grounding_error = str(e)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from core.db import Database, dumps, fts_query, loads, new_id, now
 from core.errors import NotFoundError, ValidationError
-from core.quality import FLAGGED_SQL, WEAKLY_GROUNDED_BELOW
+from core.quality import WEAKLY_GROUNDED_BELOW
 
 STATUSES = ("new", "approved", "discarded")
 STATUS_CHOICES = ("any", *STATUSES)
@@ -33,6 +33,9 @@ QUALITY_CONDITIONS = {
     "near-duplicate": "c.dup_of IS NOT NULL",
 }
 QUALITY_CHOICES = ("any", *QUALITY_CONDITIONS)
+# What approving or exporting asks about (core.quality.is_flagged); its one parameter is WEAKLY_GROUNDED_BELOW.
+FLAGGED_CONDITION = (f"(({QUALITY_CONDITIONS['weakly grounded']}) OR "
+                     f"({QUALITY_CONDITIONS['unverified identifiers']}))")
 DISCARD_REASONS = ("ungrounded: not supported by the passages", "wrong or misleading answer",
                    "unnatural conversation", "off topic", "duplicate", "other")
 MAX_TAG_CHARS = 50
@@ -177,15 +180,15 @@ class ReviewStore:
         """How many conversations matching ``f`` the quality checks flagged (weakly grounded or identifiers
         absent from their passages): asked about before approving or exporting them."""
         where, params = f.where()
-        return int(self.db.scalar(f"SELECT COUNT(*) FROM conversations c WHERE {where} AND {FLAGGED_SQL}",
+        return int(self.db.scalar(f"SELECT COUNT(*) FROM conversations c WHERE {where} AND {FLAGGED_CONDITION}",
                                   [*params, WEAKLY_GROUNDED_BELOW]) or 0)
 
     def unchecked_ids(self, f: ReviewFilter) -> list[str]:
         """Conversations matching ``f`` that the grounding checks never scored (a run killed before it graded,
         a database from before grading ran with every run): their flags are unknown, not absent."""
         where, params = f.where()
-        return [r["id"] for r in self.db.rows(f"SELECT c.id FROM conversations c WHERE {where} AND c.grounded_at IS NULL "
-                                              "ORDER BY c.created_at, c.id", params)]
+        return [r["id"] for r in self.db.rows(f"SELECT c.id FROM conversations c WHERE {where} "
+                                              "AND c.grounded_at IS NULL ORDER BY c.created_at, c.id", params)]
 
     def status_counts(self, f: ReviewFilter) -> dict[str, int]:
         """Conversations per status under every other condition of ``f`` (so the counts add up to "any")."""

@@ -167,7 +167,11 @@ def run_panel() -> None:
         done, total = job.grading
         st.caption("Checking the grounding of every saved answer (offline) …"
                    + (f" {done:,}/{total:,} conversations" if total else "") + " Open in Review follows.")
-    elif progress.saved and st.button("Open in Review", key="generate.open_review", icon=":material/rate_review:"):
+    elif job and job.grounding_error:
+        st.caption(f"Grounding checks stopped ({job.grounding_error[:200]}); Review checks each conversation on "
+                   "open.")
+    if not checking and progress.saved and st.button("Open in Review", key="generate.open_review",
+                                                     icon=":material/rate_review:"):
         ui_cache.open_run_in_review(run_id)
         st.switch_page("pages/review.py")
 

@@ -34,7 +34,7 @@ from core.quality.grounding import (  # noqa: F401
     WEAKLY_GROUNDED_BELOW, WINDOW_SIZES, WindowCache, shared_window_cache,
 )
 from core.quality.grounding_store import (  # noqa: F401
-    FLAGGED_SQL, ConversationGrounding, grounding_details, grounding_scores, is_flagged, quality_summary, regrade_stale,
+    ConversationGrounding, grounding_details, grounding_scores, is_flagged, quality_summary, regrade_stale,
     score_conversation, score_conversations, score_ids, store_verdicts, verify_conversation, weakly_grounded, with_citation_flags,
 )
 from core.quality.duplicates import (  # noqa: F401

@@ -104,12 +104,8 @@ def score_ids(db: Database, embedder: Embedder, ids: list[str], *, progress: Pro
 
 def is_flagged(grounding: float | None, citation_flags: int | None) -> bool:
     """The conversation-level flag Review and Export ask about: weakly grounded, or an identifier that none of
-    its passages contains (the same rule as :data:`FLAGGED_SQL`)."""
+    its passages contains (in SQL: core.review's "weakly grounded" or "unverified identifiers" condition)."""
     return (grounding is not None and grounding < WEAKLY_GROUNDED_BELOW) or (citation_flags or 0) > 0
-
-
-# ``is_flagged`` as SQL on a ``conversations`` row aliased ``c``; its one parameter is WEAKLY_GROUNDED_BELOW.
-FLAGGED_SQL = "((c.grounding IS NOT NULL AND c.grounding < ?) OR c.citation_flags > 0)"
 
 
 def verify_conversation(db: Database, verifier: Verifier, conversation_id: str) -> list[TurnVerdict]:

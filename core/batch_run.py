@@ -30,8 +30,9 @@ from core.errors import RunStopped, ValidationError
 from core.providers.base import CallGate, LLMError, LLMProvider, LLMRequest, LLMResult, Message
 from core.reply_checks import TRUNCATED
 from core.run_config import RunConfig
+from core.anchoring import used_passages
 from core.simulator import (MAX_TOKENS_CAP, CallRecord, ConversationState, PreparedCall, Question, Simulator,
-                            TurnPassages, format_passages, questions_from)
+                            TurnPassages, format_briefing, format_passages, questions_from)
 
 NEEDS_GEMINI = ("Batch mode needs Gemini: the Batch API is Gemini's. Set GEMINI_API_KEY and choose the gemini "
                 "provider, or run without batch mode on the offline or OpenAI-compatible provider.")
@@ -80,6 +81,7 @@ class BatchGenerationRun(GenerationRun):
                                        random.Random(self.config.seed + self._count("done")), self.config.max_docs)
         self.simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
                                    context_tokens=self._context_tokens())
+        self._seed_questions(self.simulator)
         scope.heartbeat.start()
         self._rounds()
 
@@ -294,7 +296,8 @@ class BatchGenerationRun(GenerationRun):
             questions = questions_from(checked.questions[:payload["n"]], plan, record, passages)
             if self.config.retrieval == "rag":
                 for q, found in zip(questions, self.simulator.retriever.search_many(
-                        [q.text for q in questions], self.config.top_k, mode=self.config.retrieval_mode)):
+                        [q.text for q in questions], self.config.top_k, mode=self.config.retrieval_mode,
+                        conversation_docs=[q.briefing_documents for q in questions], anchored=True)):
                     q.first_passages = found
         elif not why.startswith("error"):
             self.simulator._reject("instruction", why)
@@ -348,8 +351,10 @@ class BatchGenerationRun(GenerationRun):
             record = CallRecord(row["purpose"], prepared.system, [asdict(m) for m in prepared.messages], result,
                                 text=checked.text, query=getattr(checked, "query", ""), trimmed=checked.trimmed)
             if row["purpose"] == "respondent":
+                shown = [*passages.new, *passages.carried]
+                used_ids = {p.id for p in used_passages(record.text, shown)}
                 turn = {"role": "assistant", "content": record.text, "query": passages.query, "call": record,
-                        "retrieval": [p.as_dict() for p in [*passages.new, *passages.carried]]}
+                        "retrieval": [{**p.as_dict(), "used": p.id in used_ids} for p in shown]}
             else:
                 turn = {"role": "user", "content": record.text, "retrieval": None, "query": None, "call": record}
                 extra["proposed_query"] = record.query
@@ -410,7 +415,7 @@ class BatchGenerationRun(GenerationRun):
         meta = loads(item["briefing_ids"], {})
         ids = meta.get("ids", [])
         briefing = self.simulator.retriever.passages_by_id(ids)
-        question = Question(item["question"], meta.get("meta", {}), ids, format_passages(briefing),
+        question = Question(item["question"], meta.get("meta", {}), ids, format_briefing(briefing),
                             briefing_passages=briefing)
         stored = loads(item["batch_state"], {}) or {}
         turns = stored.get("turns") or [{"role": "user", "content": item["question"], "retrieval": None,

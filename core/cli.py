@@ -85,7 +85,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     try:
         total = None
         for path in args.paths:
-            report = wb.corpus.ingest_path(path, text_field=args.text_field, progress=progress)
+            report = wb.corpus.ingest_path(path, text_field=args.text_field, progress=progress,
+                                           title_key=args.title_key)
             progress.close()
             for line in report.problems + report.duplicates:
                 print(f"warning: {line}", file=sys.stderr)
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files or folders (recursive): txt md html pdf docx jsonl csv")
     _add_store_options(p)
     p.add_argument("--text-field", help="text field of JSONL/CSV rows (default: the content key)")
+    p.add_argument("--title-key", default=_env("GROUNDWORK_TITLE_KEY"),
+                   help="title field of JSONL/CSV rows (env GROUNDWORK_TITLE_KEY; default: the first of title, "
+                        "name, case_name, heading, subject); re-indexing with it retitles without re-embedding")
     p.add_argument("--chunk-size", type=int, help="chunk size in characters (env GROUNDWORK_CHUNK_SIZE)")
     p.add_argument("--chunk-overlap", type=int, help="chunk overlap in characters")
     p.add_argument("--wait", type=float, default=30.0,

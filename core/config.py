@@ -37,6 +37,9 @@ class Settings:
     collection: str = _setting("groundwork", "GROUNDWORK_COLLECTION", "Qdrant collection holding the corpus.")
     content_key: str = _setting("text", "GROUNDWORK_CONTENT_KEY",
                                 "Payload field that holds a passage's text (must match indexing).")
+    title_key: str = _setting("", "GROUNDWORK_TITLE_KEY",
+                              "Field of JSONL/CSV rows holding each document's title. Empty: the first of title, "
+                              "name, case_name, heading, subject; a file name only when none is there.")
     embedding_model: str = _setting(
         PACKAGED_EMBEDDING_MODEL, "GROUNDWORK_EMBEDDING_MODEL",
         "sentence-transformers model name or local path. The default ships inside the "

@@ -30,6 +30,7 @@ from core.vectorstore import LOCAL_MODE_COMFORT_POINTS, Hit, PointFilter, Vector
 ProgressFn = Callable[[str, int, int], None]
 
 EMBED_GROUP_CHUNKS = 256  # chunks embedded and upserted together: big enough to keep the model busy
+TITLES_TTL_S = 5.0  # how long a read of the documents' titles is reused
 
 
 @dataclass
@@ -37,6 +38,7 @@ class IngestReport:
     added_documents: int = 0
     added_chunks: int = 0
     already_indexed: int = 0
+    retitled: int = 0  # already indexed documents whose title changed (no re-embedding)
     resumed: int = 0
     truncated_chunks: int = 0
     rechunked: list[str] = field(default_factory=list)  # documents chunked before, re-chunked to fit the model
@@ -49,6 +51,8 @@ class IngestReport:
         parts = [f"{self.added_documents} documents ({self.added_chunks} chunks) indexed"]
         if self.already_indexed:
             parts.append(f"{self.already_indexed} already indexed")
+        if self.retitled:
+            parts.append(f"{self.retitled} retitled without re-embedding")
         if self.resumed:
             parts.append(f"{self.resumed} finished from an interrupted ingest")
         if self.rechunked:
@@ -123,10 +127,11 @@ class Corpus:
         self.content_key = settings.content_key
         self.embed_group_chunks = EMBED_GROUP_CHUNKS
         self._verified = False
+        self._titles: tuple[float, dict[str, str]] | None = None
 
     # ---- ingest -------------------------------------------------------------------------------
     def ingest_path(self, path: str | Path, text_field: str | None = None,
-                    progress: ProgressFn | None = None) -> IngestReport:
+                    progress: ProgressFn | None = None, title_key: str | None = None) -> IngestReport:
         """Index a file or a folder (recursively). Files that fail are reported, the rest indexed."""
         path = Path(path)
         if not path.exists():
@@ -134,7 +139,8 @@ class Corpus:
         started = time.monotonic()
         if progress:
             progress("reading files", 0, 1)
-        loaded = load_path(path, text_field=text_field or self.content_key)
+        loaded = load_path(path, text_field=text_field or self.content_key,
+                           title_key=title_key or self.settings.title_key or None)
         report = IngestReport(problems=list(loaded.problems), skipped=list(loaded.skipped),
                               duplicates=[f"{dup} repeats {kept}" for kept, dup in loaded.duplicates])
         if not loaded.documents and not loaded.problems:
@@ -185,9 +191,16 @@ class Corpus:
         for d in documents:
             source = _relative(d.source_path, base)
             doc_id = ids.document_id(self.collection, source, d.text)
-            existing = self.db.one("SELECT status, chunker, n_chunks FROM documents WHERE id=?", [doc_id])
+            existing = self.db.one("SELECT status, chunker, n_chunks, title FROM documents WHERE id=?", [doc_id])
             if existing and existing["status"] == "complete" and existing["chunker"] == CHUNKER_VERSION:
                 report.already_indexed += 1
+                if d.title and d.title != existing["title"]:
+                    # A better title (a new --title-key, a loader that now reads case_name) needs no new
+                    # vectors: passages take their title from this row, not from the vector payload.
+                    with self.db.write() as w:
+                        w.execute("UPDATE documents SET title=? WHERE id=?", [d.title, doc_id])
+                    report.retitled += 1
+                    self._titles = None
                 continue
             content_hash = ids.content_hash(d.text)
             twin = seen_hashes.get(content_hash) or self.db.one(
@@ -319,9 +332,27 @@ class Corpus:
 
     def _passage(self, hit: Hit) -> Passage:
         p = hit.payload
+        document_id = str(p.get("document_id", ""))
         return Passage(id=hit.id, score=hit.score, text=str(p.get(self.content_key, "")),
-                       document_id=str(p.get("document_id", "")), title=str(p.get("title", "")),
+                       document_id=document_id, title=self.title_of(document_id, str(p.get("title", ""))),
                        source_path=str(p.get("source_path", "")), position=int(p.get("position", 0) or 0))
+
+    def title_of(self, document_id: str, fallback: str = "") -> str:
+        """A document's title as SQLite has it now (re-indexing may have improved it since its vectors were
+        written, and the payload keeps the old one)."""
+        titles = self.titles()
+        return titles.get(document_id) or fallback
+
+    def titles(self) -> dict[str, str]:
+        """Document id -> title for this collection, re-read at most every few seconds (another process may
+        re-index)."""
+        cached = self._titles
+        if cached is not None and time.monotonic() - cached[0] < TITLES_TTL_S:
+            return cached[1]
+        rows = self.db.rows("SELECT id, title FROM documents WHERE collection=?", [self.collection])
+        titles = {r["id"]: r["title"] or "" for r in rows}
+        self._titles = (time.monotonic(), titles)
+        return titles
 
     def index_status(self) -> dict[str, Any] | None:
         """The embedded Edge store's search index for this collection (mode, building or not); None elsewhere."""

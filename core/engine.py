@@ -40,7 +40,7 @@ from core.providers.base import CallGate, LLMProvider, QuotaExhaustedError
 from core.question_pool import QuestionPool
 from core.retrieval import Retriever
 from core.run_config import QuestionMix, RunConfig
-from core.simulator import CallRecord, Question, Simulator, _messages, format_passages
+from core.simulator import CallRecord, Question, Simulator, _messages, format_briefing, format_passages
 from core.vectorstore import SNAPSHOT_MAX_POINTS, store_location
 
 # Names other modules and tests import from here (the engine's public face before it was split up).
@@ -366,6 +366,7 @@ class GenerationRun:
         self.provider = self._provider_factory(self.gate)
         simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
                               context_tokens=self._context_tokens())
+        self._seed_questions(simulator)
         batch_rng = random.Random(self.config.seed * 7919 + self._count("done"))
         rng_lock = threading.Lock()
 
@@ -378,9 +379,10 @@ class GenerationRun:
             if self.config.retrieval == "rag":
                 # The first turn's retrieval depends only on the question: do it now, for the batch in
                 # one encode, so a worker taking a question can call the model straight away.
-                for q, passages in zip(questions, retriever.search_many([q.text for q in questions],
-                                                                        self.config.top_k,
-                                                                        mode=self.config.retrieval_mode)):
+                # The opening turn is about the briefing's documents: searched within them too, anchored.
+                for q, passages in zip(questions, retriever.search_many(
+                        [q.text for q in questions], self.config.top_k, mode=self.config.retrieval_mode,
+                        conversation_docs=[q.briefing_documents for q in questions], anchored=True)):
                     q.first_passages = passages
             for q in questions:
                 q.meta["instruction_call_id"] = call_id
@@ -403,6 +405,13 @@ class GenerationRun:
             left = pool.close()
             if not self._storage_error:
                 self._park_questions(left)
+
+    def _seed_questions(self, simulator: Simulator) -> None:
+        """A resumed run keeps new opening questions apart from the ones it saved (or parked) before."""
+        for row in self.db.rows("SELECT question FROM conversations WHERE run_id=? AND question IS NOT NULL "
+                                "UNION SELECT question FROM work_items WHERE run_id=? AND question IS NOT NULL",
+                                [self.run_id, self.run_id]):
+            simulator.opening_questions.add(row["question"])
 
     def _open_retriever(self, scope: RunScope) -> Retriever:
         """The run's retriever; it gets ready in the background while the first calls are in flight."""
@@ -597,7 +606,7 @@ class GenerationRun:
             meta = loads(item["briefing_ids"], {})
             ids = meta.get("ids", [])
             briefing = simulator.retriever.passages_by_id(ids)
-            question = Question(item["question"], meta.get("meta", {}), ids, format_passages(briefing),
+            question = Question(item["question"], meta.get("meta", {}), ids, format_briefing(briefing),
                                 briefing_passages=briefing)
         else:
             question = pool.take(self._open_items, self._should_stop)

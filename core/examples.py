@@ -15,7 +15,7 @@ import numpy as np
 
 from core.db import dumps, new_id, now
 from core.conversation_store import store_conversation
-from core.simulator import Question, format_passages
+from core.simulator import Question, format_briefing
 from core.errors import ValidationError
 from core.corpus import Passage
 from core.workbench import Workbench
@@ -73,7 +73,7 @@ def import_examples(wb: Workbench, path: Path = EXAMPLES_FILE) -> int:
                           "created_at": now(), "finished_at": now()})
         for ex, briefing, turns in prepared:
             question = Question(turns[0]["content"], {**ex.get("question_meta", {}), "example_id": ex["id"]},
-                                [p.id for p in briefing], format_passages(briefing))
+                                [p.id for p in briefing], format_briefing(briefing))
             cid = store_conversation(w, run_id=run_id, work_item_id=ex["id"], provider="examples",
                                      model="written for the project", prompt_versions={}, question=question,
                                      result={"turns": turns, "calls": []},

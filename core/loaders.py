@@ -30,7 +30,9 @@ MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 _TEXT_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".html", ".htm"})
-_TITLE_FIELDS = ("title", "name")
+# Fields that name a record, in order: the first present and non-empty is its title ("case_name" for court
+# opinion dumps, "heading"/"subject" for notes and mail). A file name is the title only when none is there.
+_TITLE_FIELDS = ("title", "name", "case_name", "heading", "subject")
 _MAX_TITLE_CHARS = 200
 # Provenance keys the loader sets in metadata; a record field of the same name is kept as "field_<name>".
 _RESERVED_METADATA = frozenset({"format", "line", "pages", "encoding"})
@@ -96,12 +98,14 @@ class LoadResult:
 
 
 def load_file(path: Path, text_field: str = "text", display_name: str | None = None, *,
-              problems: list[str] | None = None) -> list[LoadedDocument]:
+              problems: list[str] | None = None, title_key: str | None = None) -> list[LoadedDocument]:
     """Read one file into documents.
 
     Args:
         path: The file on disk.
         text_field: For JSONL and CSV, the field holding each document's text.
+        title_key: For JSONL and CSV, the field holding each document's title, tried before the usual
+            ones (``title``, ``name``, ``case_name``, ``heading``, ``subject``).
         display_name: How the user knows the file (its path relative to the loaded folder, or an
             upload's original name); used in messages, titles and ``source_path``. Defaults to
             the file name.
@@ -152,9 +156,9 @@ def load_file(path: Path, text_field: str = "text", display_name: str | None = N
         elif extension == ".docx":
             documents = [_load_docx(path, name, source)]
         elif extension == ".jsonl":
-            documents = _load_jsonl(path, name, source, text_field, notes)
+            documents = _load_jsonl(path, name, source, text_field, notes, title_key)
         else:
-            documents = _load_csv(path, name, source, text_field, notes)
+            documents = _load_csv(path, name, source, text_field, notes, title_key)
     except MemoryError:
         raise IngestError(f"{name} is too large to load into memory: split it into smaller files.") from None
     if problems is None:
@@ -163,7 +167,7 @@ def load_file(path: Path, text_field: str = "text", display_name: str | None = N
     return documents
 
 
-def load_path(path: Path, text_field: str = "text") -> LoadResult:
+def load_path(path: Path, text_field: str = "text", title_key: str | None = None) -> LoadResult:
     """Load a file, or every supported file under a folder, without letting one bad file stop the rest.
 
     Folders are walked recursively in sorted order; hidden files and folders (and Office lock
@@ -184,7 +188,7 @@ def load_path(path: Path, text_field: str = "text") -> LoadResult:
     if not path.exists():
         raise IngestError(f"{path} does not exist: check the path.")
     if path.is_file():
-        return load_files([path], [path.name], text_field=text_field)
+        return load_files([path], [path.name], text_field=text_field, title_key=title_key)
 
     files: list[Path] = []
     names: list[str] = []
@@ -200,13 +204,13 @@ def load_path(path: Path, text_field: str = "text") -> LoadResult:
                 file = Path(folder) / filename
                 files.append(file)
                 names.append(file.relative_to(path).as_posix())
-    result = load_files(files, names, text_field=text_field)
+    result = load_files(files, names, text_field=text_field, title_key=title_key)
     result.problems[:0] = walk_problems
     return result
 
 
 def load_files(paths: Sequence[Path], display_names: Sequence[str] | None = None,
-               text_field: str = "text") -> LoadResult:
+               text_field: str = "text", title_key: str | None = None) -> LoadResult:
     """Load several files (e.g. one batch of uploads) as :func:`load_path` loads a folder.
 
     Args:
@@ -225,7 +229,8 @@ def load_files(paths: Sequence[Path], display_names: Sequence[str] | None = None
             result.skipped.append(name)
             continue
         try:
-            result.documents.extend(load_file(Path(file), text_field, name, problems=result.problems))
+            result.documents.extend(load_file(Path(file), text_field, name, problems=result.problems,
+                                              title_key=title_key))
         except IngestError as exc:
             result.problems.append(str(exc))
         except OSError as exc:
@@ -522,7 +527,7 @@ def _load_docx(path: Path, name: str, source: str) -> LoadedDocument:
 
 
 def _load_jsonl(path: Path, name: str, source: str, text_field: str,
-                problems: list[str]) -> list[LoadedDocument]:
+                problems: list[str], title_key: str | None = None) -> list[LoadedDocument]:
     text, _ = _decode(_read_bytes(path, name), name)
     records: list[tuple[int, dict[str, Any]]] = []
     bad_lines: list[str] = []  # "<file> line N: <what is wrong>"
@@ -547,7 +552,7 @@ def _load_jsonl(path: Path, name: str, source: str, text_field: str,
                               f"each line must be one JSON object.")
         raise IngestError(f"{name} is empty: nothing to index.")
     record_notes: list[str] = []
-    documents = _records_to_documents(records, name, source, "jsonl", text_field, record_notes)
+    documents = _records_to_documents(records, name, source, "jsonl", text_field, record_notes, title_key)
     # Only now, so a file that fails as a whole reports just its reason.
     problems.extend(f"{bad_line}; fix or remove that line." for bad_line in bad_lines)
     problems.extend(record_notes)
@@ -555,7 +560,7 @@ def _load_jsonl(path: Path, name: str, source: str, text_field: str,
 
 
 def _load_csv(path: Path, name: str, source: str, text_field: str,
-              problems: list[str]) -> list[LoadedDocument]:
+              problems: list[str], title_key: str | None = None) -> list[LoadedDocument]:
     text, _ = _decode(_read_bytes(path, name), name)
     # The csv module refuses fields over 128 KiB by default; one document may be far longer.
     if csv.field_size_limit() < MAX_DOCUMENT_BYTES + 1:
@@ -583,7 +588,7 @@ def _load_csv(path: Path, name: str, source: str, text_field: str,
         problems.append(message + "; the rows after it were left out.")
     if not records:
         raise IngestError(f"{name} has a header but no rows: nothing to index.")
-    return _records_to_documents(records, name, source, "csv", text_field, problems)
+    return _records_to_documents(records, name, source, "csv", text_field, problems, title_key)
 
 
 def _guess_delimiter(text: str) -> str:
@@ -595,7 +600,8 @@ def _guess_delimiter(text: str) -> str:
 
 
 def _records_to_documents(records: list[tuple[int, dict[str, Any]]], name: str, source: str, file_format: str,
-                          text_field: str, problems: list[str]) -> list[LoadedDocument]:
+                          text_field: str, problems: list[str], title_key: str | None = None
+                          ) -> list[LoadedDocument]:
     """Documents from (line number, record) pairs; records without usable text become problems."""
     documents: list[LoadedDocument] = []
     notes: list[str] = []
@@ -629,7 +635,8 @@ def _records_to_documents(records: list[tuple[int, dict[str, Any]]], name: str, 
         for key, item in record.items():
             if key != text_field and _is_scalar(item):
                 metadata[f"field_{key}" if key in _RESERVED_METADATA else key] = item
-        title = next((str(record[key]).strip() for key in _record_title_keys(record) if str(record[key]).strip()), "")
+        title = next((str(record[key]).strip() for key in _record_title_keys(record, title_key)
+                      if str(record[key]).strip()), "")
         documents.append(LoadedDocument(_shorten(title) or f"{_base_name(name)} line {number}", text, source, metadata))
 
     fields_list = ", ".join(f'"{key}"' for key in fields_seen) or "none"
@@ -649,10 +656,12 @@ def _records_to_documents(records: list[tuple[int, dict[str, Any]]], name: str, 
     return documents
 
 
-def _record_title_keys(record: dict[str, Any]) -> list[str]:
-    """Keys naming the record, "title" before "name", matched case-insensitively."""
+def _record_title_keys(record: dict[str, Any], title_key: str | None = None) -> list[str]:
+    """Keys naming the record: ``title_key`` first, then ``_TITLE_FIELDS`` in order, matched case-insensitively."""
     by_lower = {key.lower(): key for key in reversed(list(record))}
-    return [by_lower[key] for key in _TITLE_FIELDS if key in by_lower and _is_scalar(record[by_lower[key]])
+    wanted = [title_key.lower()] if title_key else []
+    wanted += [k for k in _TITLE_FIELDS if k not in wanted]
+    return [by_lower[key] for key in wanted if key in by_lower and _is_scalar(record[by_lower[key]])
             and record[by_lower[key]] is not None]
 
 

@@ -22,7 +22,12 @@ ECHO = "an echo of the prompt's instructions"
 TRANSCRIPT = "ran on into a transcript"
 NOT_A_QUESTION = "opening question is not a question"
 OFF_BRIEFING = "opening question is not about the briefing"
-REASONS = (TRUNCATED, EMPTY, NO_WORDS, LOOP, ECHO, TRANSCRIPT, NOT_A_QUESTION, OFF_BRIEFING)
+FROM_PROMPT = "opening question is built from the prompt, not the briefing"
+REPEATED = "opening question repeats one already in the run"
+NOT_JSON = "not the JSON asked for"
+BLOCKED = "blocked by the provider"
+REASONS = (TRUNCATED, EMPTY, NO_WORDS, LOOP, ECHO, TRANSCRIPT, NOT_A_QUESTION, OFF_BRIEFING, FROM_PROMPT, REPEATED,
+           NOT_JSON, BLOCKED)
 
 # A line that starts a new speaker's turn: the simulated user writing the assistant's reply too.
 _SPEAKER = re.compile(r"(?im)^\s*(?:\*\*)?(assistant|ai|bot|agent|tutor|support|respondent|user|you|me|customer|"
@@ -81,17 +86,69 @@ def check_reply(text: str, finish_reason: str = "STOP", *, user_turn: bool = Fal
     return Checked(text, "", trimmed)
 
 
-def check_question(text: str, briefing: str) -> Checked:
-    """An opening question: a sound reply, phrased as a question or request, sharing words with the briefing."""
+def check_question(text: str, briefing: str, prompt: str = "", seen: "OpeningQuestions | None" = None) -> Checked:
+    """An opening question: a sound reply, phrased as a question or request, about the briefing's own content
+    (distinctive words shared with the passages, not with the prompt around them), new to the run.
+
+    Args:
+        text: the question.
+        briefing: the briefing passages' text (only the passages: no markup, no notice).
+        prompt: the instruction prompt's own text (without the passages); its words do not count as shared.
+        seen: the run's opening questions so far; a question the same or nearly the same as one is rejected.
+    """
     checked = check_reply(text, user_turn=True)
     if not checked.ok:
         return checked
     q = checked.text
     if "?" not in q and not _INTERROGATIVE.match(q):
         return Checked("", NOT_A_QUESTION)
-    if briefing and not _shares_words(q, briefing):
-        return Checked("", OFF_BRIEFING)
+    if briefing:
+        reason = _about_briefing(q, briefing, prompt)
+        if reason:
+            return Checked("", reason)
+    if seen is not None and not seen.add(q):
+        return Checked("", REPEATED)
     return checked
+
+
+class OpeningQuestions:
+    """The opening questions of a run, to keep one from being asked twice (the same or nearly the same).
+
+    Thread-safe: the question writers of a run check and add concurrently.
+    """
+
+    NEAR = 0.8  # word-set overlap (Jaccard) from which two questions are the same question
+
+    def __init__(self, questions: "list[str] | tuple[str, ...]" = ()):
+        import threading
+
+        self._lock = threading.Lock()
+        self._exact: set[str] = set()
+        self._sets: list[frozenset[str]] = []
+        for q in questions:
+            self.add(q)
+
+    @staticmethod
+    def _words(text: str) -> frozenset[str]:
+        return frozenset(re.findall(r"[^\W_]+", text.lower()))
+
+    def add(self, question: str) -> bool:
+        """Record ``question``; False (and nothing recorded) if it repeats one already there."""
+        words = self._words(question)
+        key = " ".join(sorted(words))
+        with self._lock:
+            if key in self._exact:
+                return False
+            for other in self._sets:
+                union = len(words | other)
+                if union and len(words & other) / union >= self.NEAR:
+                    return False
+            self._exact.add(key)
+            self._sets.append(words)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._sets)
 
 
 def _first_speaker_turn(text: str) -> tuple[str, str]:
@@ -132,9 +189,43 @@ def _echoes(text: str, prompt: str) -> bool:
     return copied / len(lines) >= 0.6
 
 
-def _shares_words(question: str, briefing: str) -> bool:
-    """At least one content word (or its first five letters, for inflections) in common."""
-    def stems(text: str) -> set[str]:
-        return {t[:5] for t in query_terms(text) if len(t) >= 4 and not t.isdigit()} | \
-               {t for t in query_terms(text) if any(c.isdigit() for c in t)}
-    return bool(stems(question) & stems(briefing))
+def _stems(text: str) -> set[str]:
+    """Content words cut to five letters (inflections match), numbers and identifiers whole."""
+    terms = query_terms(text)
+    return {t[:5] for t in terms if len(t) >= 4 and not any(c.isdigit() for c in t)} | \
+           {t for t in terms if any(c.isdigit() for c in t)}
+
+
+_PROMPT_STEMS_CACHE: dict[str, set[str]] = {}
+
+
+def _prompt_stems(prompt: str) -> set[str]:
+    from core.standalone_query import PROMPT_TEXT
+
+    key = prompt or ""
+    if key not in _PROMPT_STEMS_CACHE:
+        if len(_PROMPT_STEMS_CACHE) > 64:
+            _PROMPT_STEMS_CACHE.clear()
+        _PROMPT_STEMS_CACHE[key] = _stems(PROMPT_TEXT) | _stems(prompt)
+    return _PROMPT_STEMS_CACHE[key]
+
+
+def _about_briefing(question: str, briefing: str, prompt: str = "") -> str:
+    """"" when the question is about the briefing's own content, else the reason it is not.
+
+    It must share distinctive words with the passages: words the prompt around them does not use (a
+    question built from "passages marked new retrieved for the latest message" shares "passages" with
+    nothing but the prompt). Two such words; or one that is a name or a figure (capitalised in the
+    passages, or with digits); or one, when none of the question's other words come from the prompt.
+    """
+    q, b, p = _stems(question), _stems(briefing), _prompt_stems(prompt)
+    shared = (q & b) - p
+    from_prompt = (q & p) - b
+    if len(shared) >= 2:
+        return ""
+    if len(shared) == 1:
+        (stem,) = shared
+        named = any(c.isdigit() for c in stem) or re.search(r"\b" + re.escape(stem[:1].upper() + stem[1:]), briefing)
+        if named or not from_prompt:  # one plain word is enough only when nothing else came from the prompt
+            return ""
+    return FROM_PROMPT if from_prompt else OFF_BRIEFING

@@ -140,25 +140,31 @@ class Retriever:
 
     # ---- fused ----------------------------------------------------------------------------------
     def search(self, query: str, k: int, conversation_docs: Sequence[str] | None = None,
-               exclude_ids: Sequence[str] = (), mode: str = "hybrid") -> list[Passage]:
+               exclude_ids: Sequence[str] = (), mode: str = "hybrid", anchored: bool = False) -> list[Passage]:
         """Top-k passages for ``query``: dense and lexical fused by reciprocal rank (``mode="hybrid"``).
 
         ``conversation_docs`` adds a third ranking, dense search within the documents the conversation is
         already about, so a follow-up that leans on the conversation ("why did the court decide that
-        way?") still finds its passages when the words alone would point elsewhere.
+        way?") still finds its passages when the words alone would point elsewhere. ``anchored``: the
+        turn is about those documents, so no other document is pushed in for variety and the
+        conversation's ranking counts double.
         """
         if not query.strip():
             return []
         vector = self.corpus.embedder.encode_query(query)
-        return self.search_vector(vector, query, k, conversation_docs, exclude_ids, mode)
+        return self.search_vector(vector, query, k, conversation_docs, exclude_ids, mode, anchored)
 
-    def search_many(self, queries: list[str], k: int, mode: str = "hybrid") -> list[list[Passage]]:
-        """Top-k for several queries, their vectors encoded in one pass."""
+    def search_many(self, queries: list[str], k: int, mode: str = "hybrid",
+                    conversation_docs: Sequence[Sequence[str] | None] | None = None,
+                    anchored: bool = False) -> list[list[Passage]]:
+        """Top-k for several queries, their vectors encoded in one pass (each with its own documents, if given)."""
         vectors = self.corpus.embedder.encode_queries(queries)
-        return [self.search_vector(v, q, k, mode=mode) for v, q in zip(vectors, queries)]
+        docs = list(conversation_docs) if conversation_docs is not None else [None] * len(queries)
+        return [self.search_vector(v, q, k, mode=mode, conversation_docs=d, anchored=anchored and bool(d))
+                for v, q, d in zip(vectors, queries, docs)]
 
     def search_vector(self, vector: np.ndarray, query: str, k: int, conversation_docs: Sequence[str] | None = None,
-                      exclude_ids: Sequence[str] = (), mode: str = "hybrid") -> list[Passage]:
+                      exclude_ids: Sequence[str] = (), mode: str = "hybrid", anchored: bool = False) -> list[Passage]:
         depth = max(CANDIDATES, 4 * k)
         sides: dict[str, list[Passage]] = {"dense": self.dense(vector, depth, exclude_ids=exclude_ids)}
         if mode == "dense":
@@ -167,6 +173,8 @@ class Retriever:
         if conversation_docs:
             sides["conversation"] = self.dense(vector, depth, document_ids=list(conversation_docs),
                                                exclude_ids=exclude_ids)
+        if anchored and conversation_docs:
+            return fuse(sides, k, per_document=k, weights={"conversation": ANCHOR_WEIGHT})
         return fuse(sides, k)
 
     def passages_by_id(self, ids: list[str]) -> list[Passage]:
@@ -208,9 +216,13 @@ def conversation_documents(earlier: Sequence[Sequence[Passage]], briefing_docume
 CHUNK_CACHE = 50_000  # chunk rows a retriever keeps (the text of ~50k chunks: tens of MB at most)
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: ranks past ~60 add almost nothing
 CANDIDATES = 20  # how deep each side is read before fusing
+# In a turn anchored on the conversation's documents, their ranking outvotes a passage that only the
+# words of the query favour (the sibling document that happens to use the same words).
+ANCHOR_WEIGHT = 2.0
 
 
-def fuse(sides: dict[str, list[Passage]], k: int) -> list[Passage]:
+def fuse(sides: dict[str, list[Passage]], k: int, per_document: int | None = None,
+         weights: dict[str, float] | None = None) -> list[Passage]:
     """Reciprocal rank fusion of ranked lists; each hit keeps its rank on every side that found it.
 
     Two corrections to plain RRF, both about what a top-3 must not lose:
@@ -219,19 +231,23 @@ def fuse(sides: dict[str, list[Passage]], k: int) -> list[Passage]:
     - with k >= 3, one document fills at most k - 1 places, so a question that moves to another
       document (a case the first one cited) still sees it, and an answer sees an alternative.
     Scores are scaled so that a passage ranked first on every side scores 1.0; they compare hits of
-    one query, not queries.
+    one query, not queries. ``per_document`` overrides the cap (a turn about one document is not given
+    another for variety); ``weights`` scale a side's votes.
     """
+    weights = weights or {}
     fused: dict[str, float] = {}
     ranks: dict[str, dict[str, int]] = {}
     first: dict[str, Passage] = {}
     for side, hits in sides.items():
+        weight = weights.get(side, 1.0)
         for rank, p in enumerate(hits, 1):
-            fused[p.id] = fused.get(p.id, 0.0) + 1.0 / (RRF_K + rank)
+            fused[p.id] = fused.get(p.id, 0.0) + weight / (RRF_K + rank)
             ranks.setdefault(p.id, {})[side] = rank
             first.setdefault(p.id, p)
     order = sorted(fused, key=lambda pid: (-fused[pid], min(ranks[pid].values()), pid))
     champions = [pid for pid in order if 1 in ranks[pid].values()]
-    per_document = k - 1 if k >= 3 else k
+    if per_document is None:
+        per_document = k - 1 if k >= 3 else k
     chosen: list[str] = champions[:k]
     for pid in order:
         if len(chosen) >= k:
@@ -239,7 +255,7 @@ def fuse(sides: dict[str, list[Passage]], k: int) -> list[Passage]:
         doc = first[pid].document_id
         if pid not in chosen and sum(first[c].document_id == doc for c in chosen) < per_document:
             chosen.append(pid)
-    best = len(sides) / (RRF_K + 1)
+    best = sum(weights.get(side, 1.0) for side in sides) / (RRF_K + 1)
     chosen.sort(key=order.index)
     return [_ranked(first[pid], ranks[pid], fused[pid] / best) for pid in chosen]
 

@@ -18,10 +18,12 @@ from core.corpus import Passage
 from core.errors import RunStopped
 from core.monitor import RunMonitor
 from core.providers.base import LLMError, LLMProvider, LLMRequest, LLMResult, Message
-from core.reply_checks import EMPTY, TRUNCATED, Checked, check_question, check_reply
-from core.retrieval import Retriever, conversation_documents
+from core.anchoring import TitleIndex, anchor_documents, evidence_to_carry, turn_focus, used_passages
+from core.reply_checks import (BLOCKED, EMPTY, NOT_JSON, TRUNCATED, Checked, OpeningQuestions, check_question,
+                               check_reply)
+from core.retrieval import Retriever
 from core.standalone_query import standalone_query, usable_query
-from core.turn_context import DEFAULT_CONTEXT_TOKENS, carried_passages, carry_budget, format_passages
+from core.turn_context import DEFAULT_CONTEXT_TOKENS, carry_budget, format_briefing, format_passages
 from core.run_config import QuestionMix, RunConfig, PERSONAS, QUESTION_TYPES, DIFFICULTIES
 
 
@@ -92,7 +94,9 @@ class ConversationState:
     turns: list[dict[str, Any]]  # as stored: role, content, retrieval, query, call
     calls: list[CallRecord] = field(default_factory=list)
     earlier: list[list[Passage]] = field(default_factory=list)  # each assistant turn's new passages
+    used: list[list[Passage]] = field(default_factory=list)  # each assistant turn's passages its answer used
     proposed_query: str = ""  # the simulated user's own search query for its latest message
+    focus: str = ""  # how the latest turn was searched: anchor | named | elsewhere | open | opening
 
     @property
     def user_messages(self) -> list[str]:
@@ -108,6 +112,7 @@ class TurnPassages:
     query: str | None  # None: briefing mode, nothing was searched
     new: list[Passage]
     carried: list[Passage]
+    focus: str = ""  # anchor | named | elsewhere | open | opening (how the documents to search were chosen)
 
 
 @dataclass
@@ -125,7 +130,7 @@ def questions_from(kept: list[str], plan: list[dict[str, Any]], record: CallReco
                    briefing_passages: list[Passage]) -> list[Question]:
     """The questions an instruction call wrote, each with its plan entry and briefing."""
     ids = [p.id for p in briefing_passages]
-    briefing = format_passages(briefing_passages)
+    briefing = format_briefing(briefing_passages)
     return [Question(text=t, meta={**plan[i % len(plan)], "instruction_tokens": record.result.total_tokens},
                      briefing_ids=ids, briefing=briefing, briefing_passages=list(briefing_passages))
             for i, t in enumerate(kept)]
@@ -137,6 +142,7 @@ FOLLOW_UP_SCHEMA = {
     "required": ["message", "search_query"],
 }
 MAX_TOKENS_CAP = 8192  # a reply cut off at the token limit is retried with twice the budget, up to this
+PROSE_BEFORE_PLAIN = 3  # prose replies to a structured follow-up (and no JSON one) before prose is accepted
 
 
 class Simulator:
@@ -162,6 +168,12 @@ class Simulator:
         # query is built without it. Every other provider returns the message and a query in one reply.
         self.structured_follow_ups = config.follow_up_queries == "model" or (
             config.follow_up_queries == "auto" and getattr(provider, "name", "") != "local")
+        # The run's opening questions: one asked twice (the same or nearly) is rejected. The engine seeds it
+        # with the questions of conversations a resumed run already saved.
+        self.opening_questions = OpeningQuestions()
+        self._prose_replies = 0  # structured follow-ups that came back as plain prose
+        self._json_follow_ups = 0  # ... and as the JSON asked for
+        self._titles: tuple[dict[str, str], TitleIndex] | None = None
 
     # ---- one call, checked ------------------------------------------------------------------------
     def call(self, purpose: str, system: str, messages: list[Message], json_schema: dict | None = None,
@@ -177,21 +189,24 @@ class Simulator:
             request = LLMRequest(messages=messages, system=system, temperature=self.config.temperature,
                                  max_tokens=max_tokens, json_schema=json_schema, priority=calls_left,
                                  seed=None if seed is None else (seed + 7919 * attempt) % 2**31)
+            blocked = ""
             try:
                 result = self.provider.generate(request)
             except LLMError as e:
                 if self.monitor:
                     self.monitor.record_call_error(e.kind)
-                if e.kind not in ("max_tokens", "empty"):
+                if e.kind not in _ASKED_AGAIN:
                     raise
-                # No text at all: a rejection like any other (the checks below name it), asked again.
+                # No usable text (cut off, empty, blocked by a safety filter, malformed): a rejection like any
+                # other, asked again with a new seed before the conversation fails.
+                blocked = BLOCKED if e.kind in ("safety", "recitation") else NOT_JSON if e.kind == "malformed" else ""
                 result = LLMResult(text="", model=getattr(self.provider, "model", ""),
                                    finish_reason="MAX_TOKENS" if e.kind == "max_tokens" else "STOP")
             else:
                 if self.monitor:
                     self.monitor.record_call(result.latency_ms / 1000, result.prompt_tokens,
                                              result.completion_tokens, result.thinking_tokens)
-            checked = check(result)
+            checked = Checked("", blocked) if blocked else check(result)
             if checked.ok:
                 return CallRecord(purpose, system, [asdict(m) for m in messages], result, text=checked.text,
                                   query=getattr(checked, "query", ""), trimmed=checked.trimmed)
@@ -201,6 +216,18 @@ class Simulator:
                 max_tokens = min(max_tokens * 2, MAX_TOKENS_CAP)
         raise LLMError(f"The {purpose} reply was rejected {1 + self.config.reply_retries} times; last: {reason}.",
                        kind="rejected", retryable=False)
+
+    def _prose_follow_up(self) -> bool:
+        """Called for a structured follow-up that came back as plain prose: True once the provider has shown
+        it ignores the schema (``PROSE_BEFORE_PLAIN`` prose replies and no JSON one yet), from when on prose
+        is taken as the message. Until then prose is asked again like any other reply that is not JSON."""
+        with self._lock:
+            self._prose_replies += 1
+            return self._prose_replies >= PROSE_BEFORE_PLAIN and not self._json_follow_ups
+
+    def _json_follow_up(self) -> None:
+        with self._lock:
+            self._json_follow_ups += 1
 
     def _reject(self, purpose: str, reason: str) -> None:
         key = f"{purpose}: {reason}"
@@ -217,24 +244,30 @@ class Simulator:
         Its check keeps the questions that pass :func:`check_question` (``Checked.questions``).
         """
         plan = question_plan(n, self.config.question_mix, rng)
-        briefing = format_passages(briefing_passages)
+        # The question writer's material is the passages alone: no retrieval status, no words about turns.
+        briefing = format_briefing(briefing_passages)
         briefing_text = "\n\n".join(p.text for p in briefing_passages)
         system = prompt_lib.render(self.prompt_texts["instruction"], briefing=briefing, n=n,
                                    question_plan=plan_lines(plan))
+        prompt_only = prompt_lib.render(self.prompt_texts["instruction"], briefing="", n=n,
+                                        question_plan=plan_lines(plan))
         user = Message("user", f"Write the {n} questions now, following the plan, as JSON: "
                                '{"questions": ["...", "..."]}.')
 
         def check(result: LLMResult) -> Checked:
             if (result.finish_reason or "").upper() == "MAX_TOKENS":
                 return Checked("", TRUNCATED)
-            data = result.json()  # not JSON: an LLMError (malformed), as from the provider itself
+            try:
+                data = json.loads(result.text)
+            except (json.JSONDecodeError, TypeError):
+                return Checked("", NOT_JSON)  # asked again, never taken as a question
             items = data.get("questions") if isinstance(data, dict) else data
             texts = [q.strip() if isinstance(q, str) else str((q or {}).get("question", "")).strip()
                      for q in (items if isinstance(items, list) else [])]
             kept: list[str] = []
             last = EMPTY
             for t in texts:
-                checked = check_question(t, briefing_text)
+                checked = check_question(t, briefing_text, prompt_only, seen=self.opening_questions)
                 if checked.ok:
                     kept.append(checked.text)
                 else:
@@ -272,49 +305,89 @@ class Simulator:
                                     "query": t.get("query"), "call": None} for t in turns])
         for t in turns:
             if t["role"] == "assistant":
-                state.earlier.append([p for p in (Passage.from_dict(r) for r in t.get("retrieval") or [])
-                                      if not p.carried])
+                shown = [Passage.from_dict(r) for r in t.get("retrieval") or []]
+                state.earlier.append([p for p in shown if not p.carried])
+                stored = [r.get("used") for r in t.get("retrieval") or []]
+                if stored and all(u is not None for u in stored):
+                    used = [p for p, u in zip(shown, stored) if u]
+                else:  # saved before answers' evidence was recorded: work it out from the answer
+                    used = used_passages(t["content"], shown)
+                state.used.append(used)
         return state
+
+    def title_index(self) -> tuple[dict[str, str], TitleIndex]:
+        """The corpus's titles and which documents a text names (built once per simulator)."""
+        if self._titles is None:
+            corpus = getattr(self.retriever, "corpus", None)
+            titles = corpus.titles() if corpus is not None else {}
+            self._titles = (titles, TitleIndex.build(titles))
+        return self._titles
 
     def next_query(self, state: ConversationState) -> str | None:
         """The search query for the next assistant turn (None in briefing mode: nothing is searched)."""
+        return self._plan_search(state)[0]
+
+    def _plan_search(self, state: ConversationState) -> tuple[str | None, list[str] | None, bool, str]:
+        """The next turn's query, the documents to search within (None: all), whether the turn is anchored on
+        them, and why (opening | anchor | named | elsewhere | open | plain)."""
+        question = state.question
         if self.config.retrieval == "briefing" or self.retriever is None:
-            return None
+            return None, None, False, ""
+        if not state.answers:
+            return state.history[-1].content, question.briefing_documents or None, True, "opening"
         if not self.config.conversation_aware:
-            return state.history[-1].content
-        return standalone_query(state.user_messages, state.question.subject, state.proposed_query)
+            return state.history[-1].content, None, False, "plain"
+        titles, index = self.title_index()
+        anchor = anchor_documents(question.briefing_documents, state.used)
+        focus = turn_focus(state.history[-1].content, state.proposed_query, anchor, titles, index)
+        subject = focus.subject or ([] if focus.reason in ("named", "elsewhere") else question.subject)
+        query = standalone_query(state.user_messages, subject, state.proposed_query,
+                                 opening_subject=focus.reason == "anchor")
+        return query, focus.documents, focus.anchored, focus.reason
 
     def retrieve(self, state: ConversationState, query: str | None) -> list[Passage]:
         """This turn's new passages."""
+        return self._retrieve(state, query, *self._plan_search(state)[1:3])
+
+    def _retrieve(self, state: ConversationState, query: str | None, docs: list[str] | None,
+                  anchored: bool) -> list[Passage]:
         question = state.question
         if query is None:
             return self.retriever.passages_by_id(question.briefing_ids) if self.retriever else []
         if state.answers == 0 and question.first_passages is not None:
             return question.first_passages
-        docs = (conversation_documents(state.earlier, question.briefing_documents)
-                if self.config.conversation_aware and state.answers else None)
         return self.retriever.search(query, self.config.top_k, conversation_docs=docs,
-                                     mode=self.config.retrieval_mode)
+                                     mode=self.config.retrieval_mode, anchored=anchored)
 
     def passages_for(self, state: ConversationState) -> TurnPassages:
-        """The next assistant turn's search query, new passages and carried ones."""
-        query = self.next_query(state)
-        new = self.retrieve(state, query)
-        carried = carried_passages(state.earlier, new, carry_budget(self.context_tokens, self.config.max_tokens,
-                                                                    self.config.carry_tokens))
-        return TurnPassages(query, new, carried)
+        """The next assistant turn's search query, new passages and carried ones (what earlier answers used)."""
+        query, docs, anchored, reason = self._plan_search(state)
+        new = self._retrieve(state, query, docs, anchored)
+        carried = evidence_to_carry(state.used, new, carry_budget(self.context_tokens, self.config.max_tokens,
+                                                                  self.config.carry_tokens))
+        return TurnPassages(query, new, carried, reason)
 
     def answer(self, state: ConversationState, seed: int | None = None, calls_left: int = 0,
                passages: TurnPassages | None = None) -> dict[str, Any]:
         """Retrieve, carry, respond: the next assistant turn, appended to ``state`` and returned."""
         passages = passages or self.passages_for(state)
         record = self.respond(state.history, passages.new, passages.carried, seed=seed, calls_left=calls_left)
+        return self.record_answer(state, passages, record)
+
+    def record_answer(self, state: ConversationState, passages: TurnPassages, record: CallRecord) -> dict[str, Any]:
+        """Append an answer (sent here or in a batch job) to ``state``, with which of its passages it used."""
+        shown = [*passages.new, *passages.carried]
+        used = used_passages(record.text, shown)
+        used_ids = {p.id for p in used}
+        retrieval = [{**p.as_dict(), "used": p.id in used_ids} for p in shown]
         turn = {"role": "assistant", "content": record.text, "query": passages.query, "call": record,
-                "retrieval": [p.as_dict() for p in [*passages.new, *passages.carried]]}
+                "retrieval": retrieval, "focus": passages.focus}
         state.history.append(Message("assistant", record.text))
         state.turns.append(turn)
         state.calls.append(record)
         state.earlier.append(list(passages.new))
+        state.used.append(used)
+        state.focus = passages.focus
         return turn
 
     def ask(self, state: ConversationState, seed: int | None = None, calls_left: int = 0) -> dict[str, Any]:
@@ -353,7 +426,8 @@ class Simulator:
                                "on the conversation), \"search_query\": the same request as a standalone search "
                                "query that names what it is about (case, parties, product, topic) without the "
                                "conversation}.")
-        return PreparedCall("correspondent", system, [user], FOLLOW_UP_SCHEMA, lambda r: _check_follow_up(r, system))
+        return PreparedCall("correspondent", system, [user], FOLLOW_UP_SCHEMA,
+                            lambda r: _check_follow_up(r, system, self._prose_follow_up, self._json_follow_up))
 
     def follow_up(self, history: list[Message], question: Question, seed: int | None = None,
                   calls_left: int = 0) -> CallRecord:
@@ -388,19 +462,38 @@ class _Questions(Checked):
     questions: list[str] = field(default_factory=list)
 
 
-def _check_follow_up(result: LLMResult, system: str) -> Checked:
+_ASKED_AGAIN = ("max_tokens", "empty", "safety", "recitation", "malformed")  # provider errors that are rejections
+
+
+def _looks_like_json(text: str) -> bool:
+    return text.lstrip().startswith(("{", "[", "```", '"message"'))
+
+
+def _check_follow_up(result: LLMResult, system: str, prose_ok: Callable[[], bool] = lambda: False,
+                     json_ok: Callable[[], None] = lambda: None) -> Checked:
     """A structured follow-up: its message checked as a user turn, its search query kept if usable.
 
-    A reply that is not the JSON asked for (a provider or proxy that ignores structured output) is
-    taken as the message itself; its search query is then built from the conversation.
+    A reply that is not the JSON asked for (cut off mid-string, an object without a message) is rejected
+    and asked again: its text is never saved as the user's message. Plain prose is rejected the same way
+    unless ``prose_ok`` says the provider has shown it ignores the schema (then prose is the message and
+    the search query is built from the conversation).
     """
-    message, query = result.text, ""
+    if (result.finish_reason or "").upper() in ("MAX_TOKENS", "LENGTH"):
+        return Checked("", TRUNCATED)
+    if not (result.text or "").strip():
+        return Checked("", EMPTY)
     try:
         data = json.loads(result.text)
     except (json.JSONDecodeError, TypeError):
         data = None
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        message, query = data["message"], data.get("search_query") if isinstance(data.get("search_query"), str) else ""
+    if not isinstance(data, dict) or not isinstance(data.get("message"), str):
+        if data is None and not _looks_like_json(result.text) and prose_ok():
+            checked = check_reply(result.text, result.finish_reason, user_turn=True, prompt=system)
+            return _FollowUp(checked.text, checked.reason, checked.trimmed, query="")
+        return Checked("", NOT_JSON)
+    json_ok()
+    message = data["message"]
+    query = data.get("search_query") if isinstance(data.get("search_query"), str) else ""
     checked = check_reply(message, result.finish_reason, user_turn=True, prompt=system)
     return _FollowUp(checked.text, checked.reason, checked.trimmed, query=usable_query(query))
 

@@ -24,7 +24,7 @@ from core.conversation_store import store_conversation
 from core.retrieval import Retriever
 from core.retrieval import search as hybrid_search
 from core.run_config import RunConfig
-from core.simulator import CallRecord, Question, Simulator, format_passages
+from core.simulator import CallRecord, Question, Simulator, format_briefing, format_passages
 from core.errors import GroundworkError, ValidationError
 from core.providers.base import CallGate, LLMError, LLMProvider
 from core.workbench import Workbench
@@ -207,7 +207,7 @@ class Workshop:
             yield Step("briefing", "Sampled briefing", passages=[p.as_dict() for p in briefing])
             if question.strip():
                 q = Question(question.strip(), {"source": "typed"}, [p.id for p in briefing],
-                             format_passages(briefing), briefing_passages=briefing)
+                             format_briefing(briefing), briefing_passages=briefing)
             else:
                 questions, record = sim.write_questions(briefing, 1, rng)
                 q = questions[0]

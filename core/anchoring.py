@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from core.corpus import Passage
 from core.lexical import query_terms
+from core.standalone_query import strip_noise
 from core.turn_context import estimate_tokens
 
 ANCHOR_LIMIT = 6  # documents a conversation may be about at once; more is no longer "the conversation"
+# A title word used in the text of more documents than this (and this share of the corpus) is vocabulary,
+# not a name: the state every opinion is decided in, the brand on every manual of one maker.
+NAME_MAX_DOCUMENTS = 3
+NAME_MAX_SHARE = 0.1
 
 # A word an answer shares with a passage counts by how few of the turn's passages have it: a word every
 # passage has (the shared vocabulary of sibling documents) says nothing about which one was used.
@@ -42,11 +47,13 @@ _NAME_TOKEN = re.compile(r"[^\W_](?:[\w\-']*[^\W_])?", re.UNICODE)
 
 # A follow-up that turns away from what the conversation has been about, without saying where to.
 _ELSEWHERE = re.compile(
-    r"\b(?:(?:the\s+)?other|another|a\s+different|the\s+second|a\s+second|a\s+similar)\s+"
+    r"\b(?:(?:the\s+)?other|another|a\s+different|the\s+second|a\s+second|a\s+similar|"
+    r"(?:a|the|that|an|any|which|what)\s+(?:later|earlier|prior|older|federal|appellate|lower[- ]court))\s+"
     r"(?:case|cases|opinion|decision|court|ruling|judgment|policy|company|employer|insurer|manual|product|"
     r"device|model|router|thermostat|document|article|source|plan|contract|brand|vendor)\b"
-    r"|\b(?:case|decision|opinion|authority)\s+(?:it|they|the\s+court|the\s+judge)\s+(?:cited|relied\s+on|"
+    r"|\b(?:case|decision|opinion|authority)\s+(?:it|they|she|he|the\s+court|the\s+judge)\s+(?:cited|relied\s+on|"
     r"followed|distinguished)\b"
+    r"|\b(?:relied|cited|followed)\s+(?:on\s+)?(?:it|this|that)\b|\bcited\s+(?:a|an)\b|\brelied\s+on\s+(?:a|an)\b"
     r"|\bcompared?\s+(?:it|this|that)\s+(?:to|with)\b", re.I)
 
 
@@ -150,16 +157,30 @@ def title_names(title: str) -> list[str]:
 
 @dataclass
 class TitleIndex:
-    """Which documents a piece of text names, by the distinctive words of their titles."""
+    """Which documents a piece of text names, by the distinctive words of their titles.
+
+    A title word names its document only if few documents' *text* uses it: "Columbia" in "Abernathy v.
+    Columbia Department of Motor Vehicles" is the state every opinion is decided in, not a name for one.
+    """
 
     names: dict[str, list[str]]  # document id -> its title's name words
     df: Counter  # name word -> how many titles have it
+    text_df: Callable[[str], int] | None = None  # name word -> how many documents' text uses it
+    n_documents: int = 0
+    _text_df_cache: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, titles: Mapping[str, str]) -> "TitleIndex":
+    def build(cls, titles: Mapping[str, str], text_df: Callable[[str], int] | None = None) -> "TitleIndex":
         names = {doc: title_names(title) for doc, title in titles.items()}
         names = {doc: words for doc, words in names.items() if words}
-        return cls(names, Counter(w for words in names.values() for w in set(words)))
+        return cls(names, Counter(w for words in names.values() for w in set(words)), text_df, len(titles))
+
+    def _common_in_text(self, word: str) -> bool:
+        if self.text_df is None:
+            return False
+        if word not in self._text_df_cache:
+            self._text_df_cache[word] = self.text_df(word)
+        return self._text_df_cache[word] > max(NAME_MAX_DOCUMENTS, NAME_MAX_SHARE * self.n_documents)
 
     def named(self, text: str) -> list[str]:
         """Documents whose title ``text`` names: one word only that title has, or two words of it.
@@ -176,7 +197,7 @@ class TitleIndex:
         rare_limit = max(1, len(self.names) // 20)  # a word in more than 5% of titles names a family, not one
         out = []
         for doc, words in self.names.items():
-            hits = [w for w in words if w in said]
+            hits = [w for w in words if w in said and not self._common_in_text(w)]
             if not hits:
                 continue
             unique = [w for w in hits if self.df[w] == 1]
@@ -204,13 +225,14 @@ class Focus:
 def turn_focus(message: str, proposed_query: str, anchor: Sequence[str], titles: Mapping[str, str],
                index: TitleIndex | None) -> Focus:
     """Where a follow-up is searched: the anchor, another document it names, or (pointing away) anywhere."""
-    text = f"{message}\n{proposed_query}"
+    # A passage header copied into the model's query names its title: markup is not the user naming it.
+    text = f"{message}\n{strip_noise(proposed_query or '')}"
     named = index.named(text) if index is not None else []
     outside = [d for d in named if d not in anchor]
     if outside:
         docs = outside[:ANCHOR_LIMIT]
         return Focus(docs, True, _subject(docs, titles), "named")
-    if points_elsewhere(message) and not named:
+    if points_elsewhere(message):
         return Focus(None, False, [], "elsewhere")
     if not anchor:
         return Focus(None, False, [], "open")

@@ -343,6 +343,18 @@ class Corpus:
         titles = self.titles()
         return titles.get(document_id) or fallback
 
+    def text_frequency(self, word: str) -> int:
+        """How many of this collection's documents use ``word`` (title or text): a name, or vocabulary."""
+        term = word.replace('"', "")
+        if not term:
+            return 0
+        try:
+            return int(self.db.scalar(
+                "SELECT COUNT(*) FROM documents_fts f JOIN documents d ON d.rowid = f.rowid "
+                "WHERE documents_fts MATCH ? AND d.collection = ?", [f'"{term}"', self.collection]) or 0)
+        except Exception:  # noqa: BLE001 - an FTS syntax corner case: count the word as a name, not vocabulary
+            return 0
+
     def titles(self) -> dict[str, str]:
         """Document id -> title for this collection, re-read at most every few seconds (another process may
         re-index)."""

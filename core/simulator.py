@@ -320,7 +320,7 @@ class Simulator:
         if self._titles is None:
             corpus = getattr(self.retriever, "corpus", None)
             titles = corpus.titles() if corpus is not None else {}
-            self._titles = (titles, TitleIndex.build(titles))
+            self._titles = (titles, TitleIndex.build(titles, corpus.text_frequency if corpus is not None else None))
         return self._titles
 
     def next_query(self, state: ConversationState) -> str | None:
@@ -340,9 +340,11 @@ class Simulator:
         titles, index = self.title_index()
         anchor = anchor_documents(question.briefing_documents, state.used)
         focus = turn_focus(state.history[-1].content, state.proposed_query, anchor, titles, index)
+        # Pointing away without a name ("a later case cited it"): the opening question's words still say what
+        # the conversation is about (the other document is usually found through the one it cites).
         subject = focus.subject or ([] if focus.reason in ("named", "elsewhere") else question.subject)
         query = standalone_query(state.user_messages, subject, state.proposed_query,
-                                 opening_subject=focus.reason == "anchor")
+                                 opening_subject=focus.reason in ("anchor", "elsewhere"))
         return query, focus.documents, focus.anchored, focus.reason
 
     def retrieve(self, state: ConversationState, query: str | None) -> list[Passage]:

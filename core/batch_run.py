@@ -31,6 +31,8 @@ from core.providers.base import CallGate, LLMError, LLMProvider, LLMRequest, LLM
 from core.reply_checks import TRUNCATED
 from core.run_config import RunConfig
 from core.anchoring import used_passages
+from core.reply_checks import BLOCKED, NOT_JSON
+from core.simulator import asked_again
 from core.simulator import (MAX_TOKENS_CAP, CallRecord, ConversationState, PreparedCall, Question, Simulator,
                             TurnPassages, format_briefing, format_passages, questions_from)
 
@@ -276,8 +278,8 @@ class BatchGenerationRun(GenerationRun):
     def _check_reply(self, prepared: PreparedCall, result: LLMResult | LLMError) -> tuple[Any, str]:
         """(checked reply or None, why not): an entry error, a reply the checks reject, or a reply with no text."""
         if isinstance(result, LLMError):
-            if result.kind in ("max_tokens", "empty"):
-                return None, TRUNCATED if result.kind == "max_tokens" else "empty"
+            if result.kind in asked_again(prepared.purpose):
+                return None, {"max_tokens": TRUNCATED, "empty": "empty", "malformed": NOT_JSON}.get(result.kind, BLOCKED)
             return None, f"error: {result}"
         try:
             checked = prepared.check(result)

@@ -127,12 +127,12 @@ _SENTENCES = (
     "The document notes that {a} and {b} are often confused, but they differ in scope.",
     "It also mentions {a} as the main reason behind {b}.",
 )
-_QUESTIONS = (
-    "What does the text say about {a}?",
+_QUESTIONS = (  # like a real model's questions, each names two things from its material
+    "What does the text say about {a} and {b}?",
     "How is {a} related to {b}?",
-    "Why does the document emphasise {a}?",
+    "Why does the document emphasise {a} over {b}?",
     "Can you explain the role of {a} in {b}?",
-    "What are the main points about {a}?",
+    "What are the main points about {a} and {b}?",
 )
 
 
@@ -144,8 +144,9 @@ def fake_text(words: list[str], rng: random.Random, sentences: int | None = None
 
 def fake_question(words: list[str], rng: random.Random) -> str:
     """A plausible question ending in "?" that mentions one of ``words`` (the first one at least once)."""
-    return rng.choice(_QUESTIONS).format(a=words[0] if rng.random() < 0.5 else rng.choice(words),
-                                         b=rng.choice(words))
+    a = words[0] if rng.random() < 0.5 else rng.choice(words)
+    others = [w for w in words if w != a] or words
+    return rng.choice(_QUESTIONS).format(a=a, b=rng.choice(others))
 
 
 def fake_json(schema: dict[str, Any], words: list[str], rng: random.Random) -> Any:

@@ -25,7 +25,7 @@ OFF_BRIEFING = "opening question is not about the briefing"
 FROM_PROMPT = "opening question is built from the prompt, not the briefing"
 REPEATED = "opening question repeats one already in the run"
 NOT_JSON = "not the JSON asked for"
-BLOCKED = "blocked by the provider"
+BLOCKED = "blocked by the provider's safety filter"
 REASONS = (TRUNCATED, EMPTY, NO_WORDS, LOOP, ECHO, TRANSCRIPT, NOT_A_QUESTION, OFF_BRIEFING, FROM_PROMPT, REPEATED,
            NOT_JSON, BLOCKED)
 
@@ -197,6 +197,9 @@ def _stems(text: str) -> set[str]:
 
 
 _PROMPT_STEMS_CACHE: dict[str, set[str]] = {}
+_MACHINERY = _stems("passage passages marked retrieved retrieval latest carried briefing corpus quoted excerpt "
+                    "excerpts snippet chunk status delimiter notice persona answerable unanswerable json schema "
+                    "instructions conversation assistant")
 
 
 def _prompt_stems(prompt: str) -> set[str]:
@@ -220,7 +223,9 @@ def _about_briefing(question: str, briefing: str, prompt: str = "") -> str:
     """
     q, b, p = _stems(question), _stems(briefing), _prompt_stems(prompt)
     shared = (q & b) - p
-    from_prompt = (q & p) - b
+    # Words only the prompt's machinery uses (passages, retrieved, briefing…), not everyday words it happens
+    # to contain ("role", "explain"): those make a question about the prompt.
+    from_prompt = (q & _MACHINERY) - b
     if len(shared) >= 2:
         return ""
     if len(shared) == 1:

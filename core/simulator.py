@@ -195,7 +195,7 @@ class Simulator:
             except LLMError as e:
                 if self.monitor:
                     self.monitor.record_call_error(e.kind)
-                if e.kind not in _ASKED_AGAIN:
+                if e.kind not in asked_again(purpose):
                     raise
                 # No usable text (cut off, empty, blocked by a safety filter, malformed): a rejection like any
                 # other, asked again with a new seed before the conversation fails.
@@ -464,7 +464,13 @@ class _Questions(Checked):
     questions: list[str] = field(default_factory=list)
 
 
-_ASKED_AGAIN = ("max_tokens", "empty", "safety", "recitation", "malformed")  # provider errors that are rejections
+def asked_again(purpose: str) -> tuple[str, ...]:
+    """Provider errors that are rejections of one reply, asked again with a new seed: no text, a cut-off reply,
+    and for the simulated user and the question writer a reply blocked by a safety filter or not the JSON
+    asked for (a new seed usually gets a usable one; the respondent's blocked answer fails its conversation)."""
+    if purpose in ("correspondent", "instruction"):
+        return ("max_tokens", "empty", "safety", "recitation", "malformed")
+    return ("max_tokens", "empty")
 
 
 def _looks_like_json(text: str) -> bool:

@@ -236,7 +236,7 @@ def test_the_pipeline_keeps_each_conversation_on_its_evidence(indexed_wb):
     assert rejections.get("question: opening question is built from the prompt, not the briefing", 0) >= 1
     assert rejections.get("question: opening question repeats one already in the run", 0) >= 1
     assert rejections.get("correspondent: not the JSON asked for", 0) >= 1
-    assert rejections.get("correspondent: blocked by the provider", 0) == 1
+    assert rejections.get("correspondent: blocked by the provider's safety filter", 0) == 1
 
     db = indexed_wb.db
     questions = [r["question"] for r in db.rows("SELECT question FROM conversations WHERE run_id=?", [run.run_id])]

@@ -11,7 +11,7 @@ from core.db import loads
 from core.engine import GenerationRun, RunConfig
 from core.fake_gemini import FakeGemini, leaning_user
 from core.providers.gemini import GeminiProvider
-from core.turn_context import DATA_NOTICE
+from core.turn_context import BRIEFING_NOTICE, DATA_NOTICE
 
 KEY = "AIzaSy-grounded-test-key-0000000000000"
 
@@ -130,7 +130,9 @@ def test_a_corpus_line_cannot_steer_the_answer(wb, tmp_path):
         assert run.run().saved == 4
     assert seen
     for system in seen:
-        notice = system.index(DATA_NOTICE)
+        # The respondent's passages sit under the data notice; a briefing (question writer, simulated user) under
+        # its own, shorter one that says nothing about turns.
+        notice = system.find(DATA_NOTICE) if DATA_NOTICE in system else system.index(BRIEFING_NOTICE)
         start, end = system.index("<passages>"), system.rindex("</passages>")
         assert notice < start < system.index("IGNORE PREVIOUS INSTRUCTIONS") < end
         block = system[start:end]

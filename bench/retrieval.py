@@ -87,6 +87,15 @@ def _sentence(text: str) -> str:
     return " ".join(p for p in parts[:2] if len(p) > 20) or parts[0]
 
 
+def conversation_documents(earlier: list, per_turn: int = 2, limit: int = 6) -> list[str]:
+    """The engine before #22: every document among each earlier turn's best passages joined the conversation."""
+    docs: dict[str, None] = {}
+    for passages in reversed(earlier):
+        for p in passages[:per_turn]:
+            docs.setdefault(p.document_id, None)
+    return list(docs)[:limit]
+
+
 class _Said:
     """What the bench's respondent said (the engine reads ``.text`` only)."""
 
@@ -97,7 +106,6 @@ class _Said:
 def evaluate(retriever, chains: list[dict], labels: dict[str, str], k: int = 3, misses: int = 0) -> dict:
     from core.corpus import Passage
     from core.providers.base import Message
-    from core.retrieval import conversation_documents
     from core.run_config import RunConfig
     from core.simulator import Question, Simulator
     from core.standalone_query import standalone_query

@@ -202,17 +202,6 @@ def found_by_label(ranks: dict[str, int]) -> str:
     return " · ".join(f"{side} #{rank}" for side, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
 
 
-def conversation_documents(earlier: Sequence[Sequence[Passage]], briefing_documents: Sequence[str] = (),
-                           per_turn: int = 2, limit: int = 6) -> list[str]:
-    """The documents a conversation has been about: its briefing's, then those of each earlier turn's best
-    passages (newest turn first), at most ``limit``. Follow-ups are searched within these too."""
-    docs: dict[str, None] = dict.fromkeys(d for d in briefing_documents if d)
-    for passages in reversed(earlier):
-        for p in [p for p in passages if not p.carried][:per_turn]:
-            docs.setdefault(p.document_id, None)
-    return list(docs)[:limit]
-
-
 CHUNK_CACHE = 50_000  # chunk rows a retriever keeps (the text of ~50k chunks: tens of MB at most)
 RRF_K = 60  # the usual reciprocal-rank-fusion constant: ranks past ~60 add almost nothing
 CANDIDATES = 20  # how deep each side is read before fusing

@@ -1,15 +1,14 @@
 """What the respondent reads at each turn: this turn's passages, the ones carried from earlier turns, framed as data.
 
 Passages carried from earlier turns keep a conversation answerable from its own sources: the passages
-that grounded turn 1 are still there in turn 2 (newest first, de-duplicated, within a token budget set
-from the model's context). Every passage sits inside explicit delimiters under a line saying it is
+earlier answers used are still there in later turns (chosen by ``core.anchoring``, newest first,
+de-duplicated, within a token budget set from the model's context). Every passage sits inside explicit delimiters under a line saying it is
 quoted material, so a corpus line like "ignore previous instructions" is data to the model, not a command.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from core.corpus import Passage
 
@@ -33,31 +32,6 @@ def carry_budget(context_tokens: int, max_tokens: int, configured: int = 0) -> i
     if configured > 0:
         return configured
     return max(0, min(CARRY_CAP_TOKENS, (context_tokens - max_tokens) // 4))
-
-
-def carried_passages(earlier: Sequence[Sequence[Passage]], new: Sequence[Passage], budget_tokens: int
-                     ) -> list[Passage]:
-    """Passages of earlier turns to show again: newest turn first, none twice, within ``budget_tokens``.
-
-    Args:
-        earlier: the passages retrieved for each earlier assistant turn (turn 1 first), without carried ones.
-        new: this turn's passages (never repeated as carried).
-        budget_tokens: the most tokens (estimated) the carried passages may take.
-    """
-    seen = {p.id for p in new}
-    out: list[Passage] = []
-    used = 0
-    for turn in range(len(earlier) - 1, -1, -1):
-        for p in earlier[turn]:
-            if p.id in seen or p.carried:
-                continue
-            cost = estimate_tokens(p.text)
-            if used + cost > budget_tokens:
-                continue  # a shorter passage further back may still fit
-            seen.add(p.id)
-            used += cost
-            out.append(replace(p, carried=True, from_turn=turn + 1))
-    return out
 
 
 def _attr(value: str) -> str:

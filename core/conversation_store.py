@@ -89,7 +89,7 @@ def conversation_record(db: Database, conversation_id: str) -> dict[str, Any]:
             {"turn": t["idx"], "query": t.get("query"), "passages": [
                 {"id": p["id"], "score": p["score"], "text": p["text"], "document_id": p.get("document_id"),
                  "title": p.get("title"), "source_path": p.get("source_path"), "carried": bool(p.get("carried")),
-                 "found_by": p.get("found_by", [])} for p in loads(t["retrieval"], [])]}
+                 "found_by": p.get("found_by", []), "used": p.get("used")} for p in loads(t["retrieval"], [])]}
             for t in turns if t["role"] == "assistant"],
         "tokens": {"prompt": c["prompt_tokens"], "completion": c["completion_tokens"],
                    "thinking": c["thinking_tokens"]},

@@ -14,7 +14,8 @@ from core.config import Settings
 from core.fake_gemini import FakeGemini, Fault
 from core.providers.base import CallGate, LLMError, LLMRequest, Message, QuotaExhaustedError
 from core.providers.gemini import GeminiProvider
-from core.providers.registry import make_provider, provider_info, redact, test_connection
+from core.providers.base import redact
+from core.providers.registry import make_provider, provider_info, test_connection
 
 KEY = "AIzaSy-FAKE-groundwork-test-key-0123456789"
 MAX_RETRIES = 3

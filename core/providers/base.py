@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -246,3 +246,13 @@ def until_pacific_midnight(now: "datetime | None" = None) -> str:
     midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=pacific)
     left = int((midnight - now).total_seconds() // 60)
     return f"in {left // 60} h {left % 60} min, at {midnight.astimezone(timezone.utc):%H:%M} UTC"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-empty secret value replaced by ``***`` (longest first, so overlaps go too).
+
+    Here, beside the interface every provider implements, so providers use it without importing the registry
+    that imports them."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

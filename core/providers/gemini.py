@@ -18,7 +18,7 @@ from google.genai._transformers import t_model
 from core.config import Settings
 from core.providers.base import (CallGate, LLMError, LLMRequest, LLMResult, QuotaExhaustedError, RetryPolicy,
                                  call_with_retries, until_pacific_midnight)
-from core.providers.registry import redact
+from core.providers.base import redact
 
 NO_KEY_MESSAGE = "No Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY) or paste one on the Settings page."
 KEY_REJECTED_MESSAGE = "The Gemini key was rejected: check GEMINI_API_KEY or the key typed on the Settings page."

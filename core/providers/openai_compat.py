@@ -12,7 +12,7 @@ import pydantic
 from core.config import Settings
 from core.providers.base import (CallGate, LLMError, LLMRequest, LLMResult, QuotaExhaustedError, RetryPolicy,
                                  call_with_retries)
-from core.providers.registry import redact
+from core.providers.base import redact
 
 logger = logging.getLogger(__name__)
 

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 
 from core.config import Settings
 from core.providers.base import CallGate, LLMError, LLMProvider, LLMRequest, Message, ProviderInfo
 
 # Errors that prove the server answered: the connection works even though this reply was unusable.
 _ANSWERED_KINDS = frozenset({"max_tokens", "safety", "recitation", "empty", "malformed"})
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every non-empty secret value replaced by ``***`` (longest first, so overlaps go too)."""
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def provider_name(settings: Settings, api_key: str | None = None) -> str:

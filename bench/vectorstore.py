@@ -132,7 +132,7 @@ def filters_for(n: int, seed: int = 0) -> list[tuple[list[str], str]]:
 def open_engine(engine: str, data: Path):
     from core.config import Settings
     from core.edge_store import EdgeStore
-    from core.vectorstore import open_store
+    from core.storehub import open_store
 
     settings = Settings(data_dir=str(data), embedded_engine=engine)
     if engine == "edge":  # both engines hold the corpus here on purpose: no "migrate me" check
@@ -169,7 +169,8 @@ sys.path[:0] = [sys.argv[1]]
 engine, data, vec_path, n, max_filtered = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 import qdrant_client, qdrant_edge  # imported before the baseline: only the store's own memory is counted
 from core.config import Settings
-from core.vectorstore import open_store, PointFilter
+from core.storehub import open_store
+from core.vectorstore import PointFilter
 sys.path[:0] = [sys.argv[7]]
 from vectorstore import filters_for, chunk_id, COLLECTION
 

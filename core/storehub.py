@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from core.config import Settings
+from core.edge_store import EdgeStore
 from core.errors import StoreLockedError
-from core.vectorstore import VectorStore
+from core.vectorstore import QdrantStore, VectorStore
 
 
 class StoreHub:
@@ -91,3 +93,16 @@ class StoreHub:
                 self._closer.cancel()
                 self._closer = None
             self._close_locked()
+
+
+def open_store(settings: Settings) -> VectorStore:
+    """The configured vector store: a server for a URL, else the embedded engine (Edge or local mode).
+
+    Here rather than in ``core.vectorstore``: the Edge store builds on that module's types, so the choice
+    between them sits above both."""
+    if settings.qdrant_url:
+        return QdrantStore(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+    if settings.embedded_engine == "local":
+        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+        return QdrantStore(path=str(settings.qdrant_path))
+    return EdgeStore(settings.edge_path, legacy_local_path=settings.qdrant_path)

@@ -160,18 +160,6 @@ class QdrantStore:
             pass
 
 
-def open_store(settings: Settings) -> VectorStore:
-    """The configured vector store: a server for a URL, else the embedded engine (Edge or local mode)."""
-    if settings.qdrant_url:
-        return QdrantStore(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
-    if settings.embedded_engine == "local":
-        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
-        return QdrantStore(path=str(settings.qdrant_path))
-    from core.edge_store import EdgeStore
-
-    return EdgeStore(settings.edge_path, legacy_local_path=settings.qdrant_path)
-
-
 def store_location(settings: Settings) -> tuple[str, str]:
     """(engine, location) the settings point at, without opening anything."""
     if settings.qdrant_url:

@@ -10,8 +10,7 @@ from core.config import Settings
 from core.corpus import Corpus
 from core.db import Database
 from core.embeddings import Embedder
-from core.storehub import StoreHub
-from core.vectorstore import open_store
+from core.storehub import StoreHub, open_store
 
 
 class Workbench:

@@ -21,7 +21,8 @@ from core import edge_store
 from core.edge_store import EdgeStore
 from core.errors import ModelMismatchError, StoreLockedError, VectorStoreError
 from core.migrate import load_snapshot, migrate
-from core.vectorstore import PointFilter, QdrantStore, open_store
+from core.storehub import open_store
+from core.vectorstore import PointFilter, QdrantStore
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings
 from tests.test_corpus import run_cli, write_docs

@@ -218,7 +218,7 @@ def _blocked_once():
     return fault_for
 
 
-def test_the_pipeline_keeps_each_conversation_on_its_evidence(indexed_wb):
+def test_the_pipeline_keeps_each_conversation_on_its_evidence(indexed_wb, tmp_path):
     user = RealisticUser()
     with FakeGemini(latency=0.0, responder=user, fault_for=_blocked_once()) as fake:
         settings = indexed_wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url,
@@ -275,3 +275,14 @@ def test_the_pipeline_keeps_each_conversation_on_its_evidence(indexed_wb):
     assert carried_on_topic == carried_total
     # The respondent sees each passage's title first: what it names when it says where a statement comes from.
     assert respondent_prompts and all(re.search(r'<passage n="1" title="[^"]+"', s) for s in respondent_prompts)
+
+    # Exports show each passage under its document's title (the respondent's header, as it saw it).
+    from core.export import ExportOptions, export
+    from tests.test_export import ANY
+    result = export(db, ExportOptions(filter=ANY, formats=["openai"], context="system", split=None),
+                    tmp_path / "out", settings=indexed_wb.settings)
+    rows = [json.loads(line) for name in result.manifest["files"] for line in
+            (result.out_dir / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    systems = [m["content"] for r in rows for m in r["messages"] if m["role"] == "system"]
+    assert systems and all(re.search(r'<passage n="1" title="[^"]+"', s) for s in systems)
+    assert not any(re.search(r'title="[^"]*\.jsonl', s) for s in systems)

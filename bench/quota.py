@@ -29,35 +29,13 @@ for _name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "GRO
 
 from core.config import Settings  # noqa: E402
 from core.fake_gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
-from core.fake_gemini_process import FakeGeminiProcess, RecordingGemini  # noqa: E402
+from core.fake_gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
 from core.gate import AdaptiveGate  # noqa: E402
 from core.providers.base import LLMRequest, Message  # noqa: E402
 from core.providers.gemini import GeminiProvider  # noqa: E402
 from machine import CpuMeter  # noqa: E402
 
 KEY = "AIzaSy-bench-dummy-key-000000000000000"
-
-
-class _InProcess:
-    """RecordingGemini in this process with FakeGeminiProcess's interface."""
-
-    def __init__(self, **options):
-        self.fake = RecordingGemini(**options)
-
-    def __enter__(self):
-        self.fake.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.fake.close()
-
-    @property
-    def base_url(self):
-        return self.fake.base_url
-
-    def stats(self, since=0.0):
-        with self.fake._lock:
-            return {"by_status": dict(self.fake.by_status), "answers": [a for a in self.fake.answers if a[0] >= since]}
 
 
 def drive(base_url: str, seconds: float, workers: int, concurrency: int,
@@ -121,7 +99,7 @@ def main() -> int:
         for shape in args.shapes.split(","):
             options = dict(latency=args.latency, rpm_quota=args.quota, rpm_window=args.window, quota_shape=shape,
                            window_kind=window_kind)
-            with (_InProcess if args.in_process else FakeGeminiProcess)(**options) as fake, CpuMeter() as meter:
+            with (InProcessFake if args.in_process else FakeGeminiProcess)(**options) as fake, CpuMeter() as meter:
                 gate, start, end = drive(fake.base_url, args.seconds, args.workers, args.workers, args.trace)
                 answers = fake.stats(since=start)["answers"]
             ok = sum(1 for a in answers if a[1] == 200)

@@ -156,6 +156,14 @@ class FakeGeminiProcess:
     def stats(self, since: float = 0.0) -> dict[str, Any]:
         return self._call("/_fake/stats", {"since": since})
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used so far (user + system; Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (AttributeError, OSError, IndexError, ValueError):
+            return 0.0
+
     def set_quota(self, rpm: int | None = None, tpm: int | None = None) -> None:
         self._call("/_fake/quota", {"rpm": rpm, "tpm": tpm})
 
@@ -181,6 +189,53 @@ class FakeGeminiProcess:
             self._proc = None
 
     def __enter__(self) -> "FakeGeminiProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class InProcessFake:
+    """:class:`RecordingGemini` in this process behind :class:`FakeGeminiProcess`'s interface (to compare the two)."""
+
+    def __init__(self, **options: Any):
+        self.fake = RecordingGemini(**options)
+
+    @property
+    def base_url(self) -> str:
+        return self.fake.base_url
+
+    def start(self) -> "InProcessFake":
+        self.fake.start()
+        return self
+
+    def stats(self, since: float = 0.0) -> dict[str, Any]:
+        fake = self.fake
+        with fake._lock:
+            return {"by_status": dict(fake.by_status), "by_path": dict(fake.by_path),
+                    "max_concurrency": fake.max_concurrency, "requests_total": fake.requests_total,
+                    "answers": [a for a in fake.answers if a[0] >= since],
+                    "samples": [s for s in fake.samples if s[0] >= since]}
+
+    def set_quota(self, rpm: int | None = None, tpm: int | None = None) -> None:
+        self.fake.set_quota(rpm=rpm, tpm=tpm)
+
+    def cpu_s(self) -> float:
+        return 0.0  # its CPU is this process's
+
+    def set_latency(self, latency: float) -> None:
+        self.fake.latency = latency
+
+    def reset_stats(self) -> None:
+        self.fake.reset_stats()
+        with self.fake._lock:
+            self.fake.answers.clear()
+            self.fake.samples.clear()
+
+    def close(self) -> None:
+        self.fake.close()
+
+    def __enter__(self) -> "InProcessFake":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

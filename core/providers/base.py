@@ -232,7 +232,8 @@ def _gave_up(error: LLMError, retries: int, label: str) -> LLMError:
             f"{label} kept answering 429 (a per-minute rate limit) for {tries}, waiting as asked each time. The run "
             f"already cuts its calls in flight on bursts of 429s and paces them to the quota it learns; it stops only "
             f"if no call gets through for a while. Setting GROUNDWORK_RPM_LIMIT to the quota paces it from the start.",
-            kind="rate_limited", retryable=True, status=error.status, retry_after=error.retry_after)
+            kind="rate_limited", retryable=True, status=error.status, retry_after=error.retry_after,
+            quota_metric=error.quota_metric, quota_value=error.quota_value)
     return LLMError(f"{error} (gave up after {tries})", kind=error.kind, retryable=True, status=error.status,
                     retry_after=error.retry_after)
 

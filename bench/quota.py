@@ -102,9 +102,12 @@ def main() -> int:
             with (InProcessFake if args.in_process else FakeGeminiProcess)(**options) as fake, CpuMeter() as meter:
                 gate, start, end = drive(fake.base_url, args.seconds, args.workers, args.workers, args.trace)
                 answers = fake.stats(since=start)["answers"]
+            # Over the seconds the workers were sending: the calls still in flight at the end count, the tail
+            # while they come back (nothing new sent) does not.
+            answers = [a for a in answers if a[0] < start + args.seconds + args.latency]
             ok = sum(1 for a in answers if a[1] == 200)
             limited = sum(1 for a in answers if a[1] == 429)
-            wall = end - start
+            wall = args.seconds
             used = ok / (args.quota * wall / args.window)
             share = limited / max(len(answers), 1)
             paces = {m: (round(p.limit, 1), round(p.window, 2)) for m, p in gate.paces.items()}

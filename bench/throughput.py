@@ -529,6 +529,55 @@ def quota_cases(env: Env, args, log, ai_ready: bool, corpus_json: Path) -> None:
         log(line)
 
 
+def run_cli(env: Env, latency: float, concurrency: int, dialogs: int, max_turns: int) -> dict:
+    """``groundwork generate`` in a fresh process, as a new user runs it: the SDK import, the embedding model's
+    load and the retriever's start are inside the run's clock (the run's own conversations/min, as it prints)."""
+    import re
+
+    data_dir = env.root / f"cli-{concurrency}-{time.monotonic_ns()}"
+    shutil.copytree(env.template, data_dir)
+    fake = make_fake(latency)
+    child_env = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)},
+                 "GEMINI_API_KEY": KEY, "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "core.cli", "generate", "--data-dir", str(data_dir), "--num-dialogs",
+                        str(dialogs), "--max-turns", str(max_turns), "--max-concurrency", str(concurrency),
+                        "--no-grade", "--seed", "1"], env=child_env, capture_output=True, text=True, cwd=str(data_dir),
+                       timeout=900)
+    process_s = time.monotonic() - t
+    stats = fake.stats()
+    fake.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    match = re.search(r"(\d+)/(\d+) saved.*?([\d.]+) conversations/min", p.stdout)
+    if p.returncode != 0 or not match:
+        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
+    saved, per_min = int(match.group(1)), float(match.group(3))
+    calls = generate_calls(stats)
+    run_s = 60 * saved / per_min if per_min else 0.0
+    return {"saved": saved, "conv_per_min": per_min, "calls": calls, "run_s": run_s, "process_s": process_s,
+            "efficiency": calls * latency / concurrency / run_s if run_s else 0.0}
+
+
+def cli_cases(env: Env, args, log) -> None:
+    log("")
+    log(f"as a new user runs it: groundwork generate in a fresh process (imports and model load inside the run's "
+        f"clock), {args.dialogs} dialogs, latency {args.latency:g} s; efficiency over the run's own elapsed time")
+    rows: dict[int, list[dict]] = {}
+    for rep in range(args.repeat):
+        for conc in [int(c) for c in args.cli_cases.split(",") if c]:
+            r = run_cli(env, args.latency, conc, args.dialogs, args.max_turns)
+            if "error" in r:
+                log(f"  cli c={conc}: failed: {r['error']}")
+                continue
+            rows.setdefault(conc, []).append(r)
+            log(f"  done: cli c={conc}: {r['saved']} saved, {r['conv_per_min']:.1f} conv/min, {r['calls']} calls, "
+                f"run {r['run_s']:.1f} s (process {r['process_s']:.1f} s), efficiency {r['efficiency']:.3f}")
+    for conc, rs in rows.items():
+        log(f"cli c={conc}: conv/min {_cell([r['conv_per_min'] for r in rs], '.1f')}, efficiency "
+            f"{_cell([r['efficiency'] for r in rs], '.3f')}")
+
+
 def fault_cases(env: Env, args, log) -> None:
     """One call in seven answered 429 (with QuotaFailure and RetryInfo, but no quota behind it) against one in
     seven answered 503: a stray 429 must cost about what a 503 costs, not teach the run a slow pace."""
@@ -578,6 +627,9 @@ def main() -> int:
                          "without quotaValue, bare: no details; default all)")
     ap.add_argument("--quota-windows", default=",".join(WINDOW_KINDS),
                     help="window kinds of the quota cases (sliding,fixed; default both)")
+    ap.add_argument("--cli-cases", default="32,8",
+                    help="concurrencies of `groundwork generate` run in a fresh process, as a new user runs it "
+                         "('' to skip; default 32,8)")
     ap.add_argument("--in-process", action="store_true",
                     help="run the fake Gemini in this process (default: its own process, as a real provider)")
     ap.add_argument("--quota-detail", action="store_true", help="per-window table and cold start of the rpm case")
@@ -585,6 +637,8 @@ def main() -> int:
     args = ap.parse_args()
     global FAKE_IN_PROCESS
     FAKE_IN_PROCESS = args.in_process
+    if args.only_quota:
+        args.cli_cases = ""
     if args.quick:
         args.dialogs = min(args.dialogs, 40)
         args.quota_dialogs = min(args.quota_dialogs, 120)
@@ -621,7 +675,7 @@ def main() -> int:
             from core.embeddings import packaged_model_path
 
             specs = []
-            for spec in args.cases.split(","):
+            for spec in filter(None, args.cases.split(",")):
                 conc_s, _, lat_s = spec.partition("@")
                 specs.append(((float(lat_s) if lat_s else args.latency), int(conc_s)))
             for rep in range(args.repeat):
@@ -701,6 +755,8 @@ def main() -> int:
 
         if not args.skip_quota:
             quota_cases(env, args, log, ai_ready, corpus_json)
+        if args.cli_cases:
+            cli_cases(env, args, log)
         if not args.skip_faults:
             fault_cases(env, args, log)
         log(f"load average at end {os.getloadavg()[0]:.2f}")

@@ -19,7 +19,7 @@ from core.providers.base import CallGate
 # One stray 429 in seven calls (an overloaded shard, a flaky proxy) reaches 6 of 8 about once per 5,000
 # calls; a full quota window answers every call 429 and reaches it at once.
 EVIDENCE_429S, EVIDENCE_OF = 6, 8
-PACE_SHARE = 0.97  # pace just under the quota learned: a bit of slack for the server's clock and ours
+PACE_SHARE = 0.985  # pace just under the quota learned: a bit of slack for the server's clock and ours
 STATED_SHARE = 0.99  # a quota whose size the server stated (quotaValue) needs slack only for the clocks
 PROBE_FIRST = 0.1  # after a quiet window at the pace, probe 10% higher, then 20%, 40%, ... (a raised quota)
 MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 300.0

@@ -477,9 +477,10 @@ def quota_cases(env: Env, args, log, ai_ready: bool, corpus_json: Path) -> None:
         "windows of W s starting empty" + ("; the changing limit is cut to half after 3 windows and raised to "
                                            "1.5x after 6" if "change" in wanted else ""))
     per_case: dict[str, dict[str, list]] = {}
-    for rep in range(args.repeat):
-        if args.repeat > 1:
-            log(f"quota round {rep + 1} of {args.repeat}")
+    rounds_n = args.quota_repeat if args.quota_repeat is not None else args.repeat
+    for rep in range(rounds_n):
+        if rounds_n > 1:
+            log(f"quota round {rep + 1} of {rounds_n}")
         for label, options, changes in cases:
             rpm, tpm = options.get("rpm_quota", 0), options.get("tpm_quota", 0)
             got = per_case.setdefault(label, {"ours": [], "ai": []})
@@ -503,7 +504,7 @@ def quota_cases(env: Env, args, log, ai_ready: bool, corpus_json: Path) -> None:
                     log(f"  done: {ai.line().strip()}  quota used {s_ai['used_share']:.3f}, 429 share "
                         f"{s_ai['share_429']:.3f}")
     log("")
-    rounds = f" (median and range of {args.repeat} rounds)" if args.repeat > 1 else ""
+    rounds = f" (median and range of {rounds_n} rounds)" if rounds_n > 1 else ""
     log(f"quota cases{rounds}: ours / AfterImage")
     log(f"{'quota case':34s} {'ours c/min':>18s} {'AI c/min':>18s} {'ratio':>6s} {'ours used':>19s} "
         f"{'ours 429':>19s} {'AI used':>19s} {'AI 429':>19s}")
@@ -627,6 +628,8 @@ def main() -> int:
                          "without quotaValue, bare: no details; default all)")
     ap.add_argument("--quota-windows", default=",".join(WINDOW_KINDS),
                     help="window kinds of the quota cases (sliding,fixed; default both)")
+    ap.add_argument("--quota-repeat", type=int, default=None,
+                    help="rounds of the quota cases (default: --repeat)")
     ap.add_argument("--cli-cases", default="32,8",
                     help="concurrencies of `groundwork generate` run in a fresh process, as a new user runs it "
                          "('' to skip; default 32,8)")

@@ -43,6 +43,7 @@ class Pace:
     probe: float = PROBE_FIRST
     good_limit: float = 0.0  # the highest limit that ran a whole window without a 429 (set when learned)
     waited_at: float = 0.0  # last time a call had to wait for this pace (it binds)
+    probe_failed_at: float = -1e9  # last time a probe above good_limit met a 429
 
     def expire(self, t: float) -> None:
         while self.sent and t - self.sent[0][0] >= self.window:
@@ -77,8 +78,9 @@ class AdaptiveGate(CallGate):
     Shared by every worker of a run, so the whole run backs off together instead of each worker hammering
     the quota on its own. A 429 on its own teaches nothing (the provider's retry waits as asked): a stray
     429 costs that one call a few seconds. A cluster of 429s (see EVIDENCE_429S) means a quota: the gate
-    learns its window (from RetryInfo, or from when calls succeed again) and its size (what succeeded in
-    that window, or the tokens it carried for a tokens-per-minute quota) and paces calls just under it.
+    learns its window (from RetryInfo; without it, by holding calls and probing until one succeeds again,
+    see REOPEN_PROBE_SHARE) and its size (the 429's quotaValue when stated, else what succeeded in that
+    window, or the tokens it carried for a tokens-per-minute quota) and paces calls just under it.
     The learned pace is a hypothesis: a window at the pace without 429s probes it higher (the quota may
     have been raised), a new cluster lowers it again (the quota may have been cut), so it tracks a quota
     that changes mid-run. ``stalled`` turns true when 429s continue and nothing has succeeded for
@@ -220,9 +222,15 @@ class AdaptiveGate(CallGate):
                 if pace.limit > pace.good_limit:
                     # A probe above the pace that held: back to it at once, and next time try halfway between.
                     pace.probe = max(PROBE_FIRST, (pace.limit / pace.good_limit - 1) / 2)
-                    pace.limit, pace.probed_at = pace.good_limit, t
+                    pace.limit, pace.probed_at, pace.probe_failed_at = pace.good_limit, t, t
             if kind != "rate_limited" or sum(self._recent) < EVIDENCE_429S:
                 return  # a stray 429 (or a daily quota, which pacing cannot help): the retry waits as asked
+            pace = self.paces.get(metric if metric in ("requests", "tokens") else "requests")
+            if pace is not None and t - pace.probe_failed_at < pace.window:
+                # The aftermath of a probe that overshot: a fixed window answers every call 429 until it ends,
+                # a cluster that says nothing new (the pace is back where it held). A cut shows up again later.
+                self._recent.clear()
+                return
             metric = metric if metric in ("requests", "tokens") else "requests"
             self._recent.clear()  # one cluster is one piece of evidence
             # A cluster is also congestion: fewer calls in flight, but never fewer than a learned pace needs.

@@ -1,12 +1,14 @@
-"""Generation throughput benchmark: Groundwork's GenerationRun against an in-process FakeGemini, then AfterImage.
+"""Generation throughput benchmark: Groundwork's GenerationRun against a FakeGemini in its own process (as every
+real provider is; ``--in-process`` to share this one), then AfterImage against the same.
 
 Cases (100 dialogs, max_turns 3 unless told otherwise):
   1. latency 0.5 s, concurrency 8       -> efficiency target >= 0.9
   2. latency 0.5 s, concurrency 32      -> efficiency target >= 0.75
   3. latency 0 s,   concurrency 32      -> conversations/min (CPU bound: everything shares 2 cores)
   4. AfterImage 0.18.1 on cases 2 and 3 (own venv, subprocess) -> ours/theirs at 0 s >= 2.5x
-  5. quotas, ours and AfterImage on the same fake, concurrency 32, cold start, windows of W s:
-     requests per window, tokens per window, requests per window cut to half and raised to 1.5x mid-run
+  5. quotas, ours and AfterImage on the same fake, concurrency 32, cold start, windows of W s: requests per
+     window (and with --quota-cases: tokens per window, requests cut to half and raised to 1.5x mid-run), each
+     with 429s in three shapes (quotaValue + RetryInfo, RetryInfo only, bare) on a sliding and a fixed window
      -> >= 0.95 of the quota used, <= 10% of calls answered 429, conversations/min vs AfterImage's
   6. one call in 7 answered 429 (QuotaFailure + RetryInfo, no quota behind it) vs one in 7 answered 503
      -> the 429 run within 1.5x of the 503 run's wall time
@@ -47,7 +49,8 @@ for _name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY"
     os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core.fake_gemini import FakeGemini  # noqa: E402
+from core.fake_gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
+from core.fake_gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
 from diagnose import breakdown, instrument_engine  # noqa: E402
 from machine import CpuMeter, Usage  # noqa: E402
 
@@ -58,35 +61,29 @@ AI_VENV = HERE / ".cache" / "afterimage-venv"
 AI_PY = AI_VENV / "bin" / "python"
 
 
-class RecordingFake(FakeGemini):
-    """FakeGemini that also logs (time, status) of every generateContent answer, for per-window counts."""
-
-    def __init__(self, count_tokens: bool = False, **options):
-        super().__init__(**options)
-        self.count_tokens = count_tokens  # also log each 200's totalTokenCount (tpm quota cases)
-        self.answers: list[tuple[float, int, int]] = []
-        # A client that closes an idle keep-alive connection is normal; do not print a traceback for it.
-        self._server.handle_error = lambda request, client_address: None
-
-    def _answer(self, method, path, model, key, body):
-        reply = super()._answer(method, path, model, key, body)
-        if path.endswith(":generateContent"):
-            tokens = (json.loads(reply.body)["usageMetadata"]["totalTokenCount"]
-                      if self.count_tokens and reply.status == 200 else 0)
-            with self._lock:
-                self.answers.append((time.monotonic(), reply.status, tokens))
-        return reply
+FAKE_IN_PROCESS = False  # --in-process: the fake shares this process (and its GIL) with the run
 
 
-def generate_calls(fake: FakeGemini) -> int:
-    return sum(n for p, n in fake.by_path.items() if p.endswith(":generateContent"))
+def make_fake(latency: float, options: dict | None = None):
+    """The fake Gemini for one case, started: in its own process unless --in-process."""
+    options = {k: v for k, v in (options or {}).items() if k != "count_tokens"}
+    return (InProcessFake if FAKE_IN_PROCESS else FakeGeminiProcess)(latency=latency, **options).start()
+
+
+def generate_calls(stats: dict) -> int:
+    return sum(n for p, n in stats["by_path"].items() if p.endswith(":generateContent"))
+
+
+def mean_in_flight(stats: dict, t0: float, t1: float) -> float:
+    """Mean generateContent calls in flight at the server between t0 and t1 (its own samples)."""
+    xs = [n for t, n in stats["samples"] if t0 <= t <= t1]
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 @dataclass
 class Sampler:
-    """Samples server in-flight count and the run's gate every ``every`` seconds on a background thread."""
+    """Samples the run's gate every ``every`` seconds on a background thread (the server samples itself)."""
 
-    fake: FakeGemini
     gate: object | None = None
     every: float = 0.02
     samples: list[tuple[float, int, float, int, bool]] = field(default_factory=list)
@@ -101,7 +98,7 @@ class Sampler:
             limit = getattr(g, "limit", 0.0) if g else 0.0
             in_flight = getattr(g, "in_flight", 0) if g else 0
             paused = bool(g and getattr(g, "_paused_until", 0.0) > time.monotonic())
-            self.samples.append((time.monotonic(), self.fake.in_flight, limit, in_flight, paused))
+            self.samples.append((time.monotonic(), 0, limit, in_flight, paused))
 
     def __enter__(self) -> "Sampler":
         self._thread.start()
@@ -110,9 +107,6 @@ class Sampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-    def mean_server_in_flight(self) -> float:
-        return sum(s[1] for s in self.samples) / max(len(self.samples), 1)
 
 
 class Env:
@@ -194,7 +188,7 @@ HEADER = (f"{'case':34s} {'saved':>9s} {'conv/min':>9s} {'calls/conv':>10s} {'ef
           f"{'wall s':>8s} {'setup s':>8s} {'avg inf':>7s} {'max':>4s}")
 
 
-def schedule_changes(fake: FakeGemini, changes: list | None) -> list[threading.Timer]:
+def schedule_changes(fake, changes: list | None) -> list[threading.Timer]:
     """Quota changes ``[(seconds after start, rpm, tpm), ...]`` applied to ``fake`` by timers (a limit changing
     mid-run); the clock starts now, so call this right before the run starts."""
     timers = []
@@ -215,7 +209,7 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
     res = Result(label, latency, concurrency, dialogs)
     t = time.perf_counter()
     wb = env.fresh_workbench()
-    fake = RecordingFake(latency=latency, **(fake_options or {})).start()
+    fake = make_fake(latency, fake_options)
     settings = wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url)
     run = GenerationRun(settings, wb.db, wb.corpus, lambda gate: GeminiProvider(settings, gate=gate),
                         config=RunConfig(num_dialogs=dialogs, max_turns=max_turns, max_concurrency=concurrency,
@@ -225,8 +219,8 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
         gate = run.gate
         cls = type(gate)
 
-        def on_429(retry_after, kind="rate_limited", metric=None):
-            cls.record_rate_limited(gate, retry_after, kind, metric)
+        def on_429(retry_after, kind="rate_limited", metric=None, quota_value=None):
+            cls.record_rate_limited(gate, retry_after, kind, metric, quota_value)
             events.append((time.monotonic(), "429", gate.limit, retry_after or 0.0))
 
         def on_ok(tokens=0):
@@ -238,7 +232,8 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
     res.setup_s = time.perf_counter() - t
     with contextlib.ExitStack() as stack:
         clock = stack.enter_context(instrument_engine()) if diagnose else None
-        sampler = stack.enter_context(Sampler(fake, run.gate))
+        sampler = stack.enter_context(Sampler(run.gate))
+        fake_cpu = fake.cpu_s()
         meter = stack.enter_context(CpuMeter())
         timers = schedule_changes(fake, changes)
         t0 = time.monotonic()
@@ -246,15 +241,27 @@ def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: in
         res.wall_s = time.monotonic() - t0
         for timer in timers:
             timer.cancel()
-    res.usage = meter.usage
+    fake_cpu = fake.cpu_s() - fake_cpu
+    # The fake's own process is not this one: the meter counted its CPU among the others'.
+    res.usage = Usage(meter.usage.wall_s, meter.usage.own_cpu_s, meter.usage.others_cpu_s - fake_cpu)
+    res.extra_lines.append(f"    fake server process: {fake_cpu / max(res.wall_s, 1e-9):.2f} cores"
+                           if not FAKE_IN_PROCESS else "    fake server: in this process (its CPU is ours)")
+    stats = fake.stats()
+    # The server's in-flight samples go into the gate's samples (slot 1) for the per-window tables.
+    server = stats["samples"]
+    samples, j = [], 0
+    for s in sampler.samples:
+        while j + 1 < len(server) and server[j + 1][0] <= s[0]:
+            j += 1
+        samples.append((s[0], server[j][1] if server else 0, *s[2:]))
     if clock is not None:
-        res.extra_lines += breakdown(clock, worker_count(concurrency), res.wall_s, generate_calls(fake), latency)
+        res.extra_lines += breakdown(clock, worker_count(concurrency), res.wall_s, generate_calls(stats), latency)
     res.saved, res.status = progress.saved, progress.status
-    res.calls = generate_calls(fake)
-    res.by_status = dict(fake.by_status)
-    res.mean_in_flight = sampler.mean_server_in_flight()
-    res.max_in_flight = fake.max_concurrency
-    res.extra = {"t0": t0, "answers": list(fake.answers), "events": events, "samples": sampler.samples,
+    res.calls = generate_calls(stats)
+    res.by_status = {int(k): v for k, v in stats["by_status"].items()}
+    res.mean_in_flight = mean_in_flight(stats, t0, t0 + res.wall_s)
+    res.max_in_flight = stats["max_concurrency"]
+    res.extra = {"t0": t0, "answers": [tuple(a) for a in stats["answers"]], "events": events, "samples": samples,
                  "reason": progress.reason, "tokens": run.monitor.prompt_tokens + run.monitor.completion_tokens
                  + run.monitor.thinking_tokens, "paces": {m: (round(p.limit, 1), round(p.window, 2))
                                                          for m, p in run.gate.paces.items()}}
@@ -301,21 +308,24 @@ def run_afterimage(env: Env, label: str, latency: float, concurrency: int, dialo
                    corpus_json: Path, model_path: str, fake_options: dict | None = None,
                    changes: list | None = None) -> Result:
     res = Result(label, latency, concurrency, dialogs)
-    fake = RecordingFake(latency=latency, **(fake_options or {})).start()
+    fake = make_fake(latency, fake_options)
     timers = schedule_changes(fake, changes)
     child_env = {k: v for k, v in os.environ.items()
                  if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "PYTHONPATH", "VIRTUAL_ENV")}
     cmd = [str(AI_PY), str(HERE / "afterimage_driver.py"), fake.base_url, str(dialogs), str(max_turns),
            str(concurrency), "--corpus-json", str(corpus_json), "--model-path", model_path]
     t = time.perf_counter()
+    fake_cpu = fake.cpu_s()
     with CpuMeter() as meter:
         p = subprocess.run(cmd, capture_output=True, text=True, env=child_env, cwd="/", timeout=900)
     total_s = time.perf_counter() - t
+    fake_cpu = fake.cpu_s() - fake_cpu
     for timer in timers:
         timer.cancel()
-    res.calls = generate_calls(fake)
-    res.by_status = dict(fake.by_status)
-    res.max_in_flight = fake.max_concurrency
+    stats = fake.stats()
+    res.calls = generate_calls(stats)
+    res.by_status = {int(k): v for k, v in stats["by_status"].items()}
+    res.max_in_flight = stats["max_concurrency"]
     fake.close()
     out = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not out:
@@ -325,7 +335,7 @@ def run_afterimage(env: Env, label: str, latency: float, concurrency: int, dialo
     data = json.loads(out[-1])
     res.saved, res.wall_s, res.status = min(data["saved"], dialogs), data["wall_s"], "completed"
     # Its generate() starts after its own setup; the first generateContent answer marks it well enough.
-    answers = list(fake.answers)
+    answers = [tuple(a) for a in stats["answers"]]
     first = min((a[0] for a in answers), default=time.monotonic()) - latency
     data.update(t0=first, answers=answers, samples=[], events=[])
     res.setup_s = total_s - data["generate_s"]
@@ -334,9 +344,13 @@ def run_afterimage(env: Env, label: str, latency: float, concurrency: int, dialo
     # The meter also covered the child's start-up (imports, model, index): keep the generate() part, i.e. the
     # child's CPU during generate() plus this process's (the fake server's), others scaled to that time.
     u = meter.usage
-    fake_cpu = max(u.own_cpu_s - data["total_cpu_s"], 0.0)
-    res.usage = Usage(data["generate_s"], data["cpu_s"] + fake_cpu,
-                      u.others_cpu_s * data["generate_s"] / max(u.wall_s, 1e-9))
+    if FAKE_IN_PROCESS:
+        fake_cpu = max(u.own_cpu_s - data["total_cpu_s"], 0.0)
+        others = u.others_cpu_s
+    else:  # the fake's process counted among the others; ours is only the child's
+        others = u.others_cpu_s - fake_cpu
+        fake_cpu = 0.0
+    res.usage = Usage(data["generate_s"], data["cpu_s"] + fake_cpu, others * data["generate_s"] / max(u.wall_s, 1e-9))
     return res
 
 
@@ -424,75 +438,157 @@ def quota_summary(res: Result, window: float, rpm: int, tpm: int, changes: list 
             "ok": len(ok), "429": limited}
 
 
+def _median_range(xs: list[float]) -> tuple[float, float, float]:
+    ys = sorted(xs)
+    n = len(ys)
+    median = ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
+    return median, ys[0], ys[-1]
+
+
+def _cell(xs: list[float], fmt: str) -> str:
+    """One value, or the median and range of several rounds: 0.962 (0.951-0.970)."""
+    if not xs:
+        return "-"
+    median, lo, hi = _median_range(xs)
+    return format(median, fmt) + (f" ({format(lo, fmt)}-{format(hi, fmt)})" if len(xs) > 1 else "")
+
+
 def quota_cases(env: Env, args, log, ai_ready: bool, corpus_json: Path) -> None:
-    """Ours and AfterImage under the same quotas: requests per window, tokens per window, a limit cut and raised."""
+    """Ours and AfterImage under the same quotas (requests per window; tokens per window and a limit cut and raised
+    on request), each with 429s in every shape asked for on every window kind asked for, ``--repeat`` rounds."""
     from core.embeddings import packaged_model_path
 
     q, w = args.quota, args.window
-    cases = [
-        (f"rpm {q}/{w:g}s", {"rpm_quota": q, "rpm_window": w}, None),
-        (f"tpm {args.tpm}/{w:g}s", {"tpm_quota": args.tpm, "rpm_window": w}, None),
-        (f"rpm {q}->{q // 2}->{q * 3 // 2}/{w:g}s", {"rpm_quota": q, "rpm_window": w},
+    kinds = [
+        ("rpm", f"rpm {q}/{w:g}s", {"rpm_quota": q, "rpm_window": w}, None),
+        ("tpm", f"tpm {args.tpm}/{w:g}s", {"tpm_quota": args.tpm, "rpm_window": w}, None),
+        ("change", f"rpm {q}->{q // 2}->{q * 3 // 2}/{w:g}s", {"rpm_quota": q, "rpm_window": w},
          [(3 * w, q // 2, None), (6 * w, q * 3 // 2, None)]),
     ]
     wanted = args.quota_cases.split(",")
-    selected = [c for c, key in zip(cases, ("rpm", "tpm", "change")) if key in wanted]
+    cases = [(f"{label} {window} {shape}", {**options, "quota_shape": shape, "window_kind": window}, changes)
+             for key, label, options, changes in kinds if key in wanted
+             for window in args.quota_windows.split(",") for shape in args.quota_shapes.split(",")]
     log("")
     log(f"quota cases: windows of {w:g} s (Gemini's per-minute window scaled down {60 / w:g}x), latency "
         f"{args.quota_latency:g} s, concurrency 32, cold start, {args.quota_dialogs} dialogs, GeminiProvider with "
-        "its default retry policy; the changing limit is cut to half after 3 windows and raised to 1.5x after 6")
-    rows = []
-    for label, options, changes in selected:
-        rpm, tpm = options.get("rpm_quota", 0), options.get("tpm_quota", 0)
-        fake_options = {**options, "count_tokens": bool(tpm)}
-        r = run_ours(env, f"groundwork quota {label}", args.quota_latency, 32, args.quota_dialogs, args.max_turns,
-                     fake_options=fake_options, instrument_gate=True, changes=changes)
-        s_ours = quota_summary(r, w, rpm, tpm, changes)
-        log(f"  done: {r.line().strip()}  [{r.status}]  {r.usage.describe()}")
-        log(f"    quota used {s_ours['used_share']:.3f}, 429 share {s_ours['share_429']:.3f}, tokens/call "
-            f"{r.extra['tokens'] / max(s_ours['ok'], 1):.0f}, learned paces {r.extra['paces']}")
-        if args.quota_detail and label == selected[0][0]:
-            quota_report(r, q, w, log)
-        ai = None
-        if ai_ready:
-            ai = run_afterimage(env, f"afterimage quota {label}", args.quota_latency, 32, args.quota_dialogs,
-                                args.max_turns, corpus_json, str(packaged_model_path()), fake_options, changes)
-            if ai.status == "failed":
-                log(f"  AfterImage failed: {' | '.join(ai.extra['error'])}")
-                ai = None
-            else:
-                s_ai = quota_summary(ai, w, rpm, tpm, changes)
-                log(f"  done: {ai.line().strip()}  quota used {s_ai['used_share']:.3f}, 429 share "
-                    f"{s_ai['share_429']:.3f}")
-        rows.append((label, r, s_ours, ai, quota_summary(ai, w, rpm, tpm, changes) if ai else None))
+        "its default retry policy; 429 shapes: value = QuotaFailure with quotaValue + RetryInfo, retry_info = "
+        "QuotaFailure without quotaValue + RetryInfo, bare = no details; sliding window = the last W s, fixed = "
+        "windows of W s starting empty" + ("; the changing limit is cut to half after 3 windows and raised to "
+                                           "1.5x after 6" if "change" in wanted else ""))
+    per_case: dict[str, dict[str, list]] = {}
+    rounds_n = args.quota_repeat if args.quota_repeat is not None else args.repeat
+    for rep in range(rounds_n):
+        if rounds_n > 1:
+            log(f"quota round {rep + 1} of {rounds_n}")
+        for label, options, changes in cases:
+            rpm, tpm = options.get("rpm_quota", 0), options.get("tpm_quota", 0)
+            got = per_case.setdefault(label, {"ours": [], "ai": []})
+            r = run_ours(env, f"groundwork quota {label}", args.quota_latency, 32, args.quota_dialogs,
+                         args.max_turns, fake_options=options, instrument_gate=True, changes=changes)
+            s_ours = quota_summary(r, w, rpm, tpm, changes)
+            got["ours"].append((r, s_ours))
+            log(f"  done: {r.line().strip()}  [{r.status}]  {r.usage.describe()}")
+            log(f"    quota used {s_ours['used_share']:.3f}, 429 share {s_ours['share_429']:.3f}, tokens/call "
+                f"{r.extra['tokens'] / max(s_ours['ok'], 1):.0f}, learned paces {r.extra['paces']}")
+            if args.quota_detail and rep == 0 and label == cases[0][0]:
+                quota_report(r, q, w, log)
+            if ai_ready:
+                ai = run_afterimage(env, f"afterimage quota {label}", args.quota_latency, 32, args.quota_dialogs,
+                                    args.max_turns, corpus_json, str(packaged_model_path()), options, changes)
+                if ai.status == "failed":
+                    log(f"  AfterImage failed: {' | '.join(ai.extra['error'])}")
+                else:
+                    s_ai = quota_summary(ai, w, rpm, tpm, changes)
+                    got["ai"].append((ai, s_ai))
+                    log(f"  done: {ai.line().strip()}  quota used {s_ai['used_share']:.3f}, 429 share "
+                        f"{s_ai['share_429']:.3f}")
     log("")
-    log(f"{'quota case':28s} {'ours c/min':>10s} {'AI c/min':>9s} {'ratio':>6s} {'ours used':>9s} {'ours 429':>8s} "
-        f"{'ours calls/conv':>15s} {'AI used':>8s} {'AI 429':>7s} {'AI calls/conv':>13s}")
-    for label, r, so, ai, sa in rows:
-        ratio = f"{r.conv_per_min / ai.conv_per_min:.2f}x" if ai and ai.conv_per_min else "-"
-        log(f"{label:28s} {r.conv_per_min:10.1f} {ai.conv_per_min if ai else 0:9.1f} {ratio:>6s} "
-            f"{so['used_share']:9.3f} {so['share_429']:8.3f} {r.calls_per_conv:15.2f} "
-            f"{sa['used_share'] if sa else 0:8.3f} {sa['share_429'] if sa else 0:7.3f} "
-            f"{ai.calls_per_conv if ai else 0:13.2f}")
-        log(f"target: {label}: quota used {so['used_share']:.3f} >= 0.95 -> "
-            f"{'MET' if so['used_share'] >= 0.95 else 'MISSED'}; 429 share {so['share_429']:.3f} <= 0.10 -> "
-            f"{'MET' if so['share_429'] <= 0.10 else 'MISSED'}"
-            + (f"; conv/min {r.conv_per_min:.1f} >= AfterImage's {ai.conv_per_min:.1f} -> "
-               f"{'MET' if r.conv_per_min >= ai.conv_per_min else 'MISSED'}" if ai else ""))
+    rounds = f" (median and range of {rounds_n} rounds)" if rounds_n > 1 else ""
+    log(f"quota cases{rounds}: ours / AfterImage")
+    log(f"{'quota case':34s} {'ours c/min':>18s} {'AI c/min':>18s} {'ratio':>6s} {'ours used':>19s} "
+        f"{'ours 429':>19s} {'AI used':>19s} {'AI 429':>19s}")
+    for label, got in per_case.items():
+        ours, ai = got["ours"], got["ai"]
+        ratio = ("%.2fx" % (_median_range([r.conv_per_min for r, _ in ours])[0]
+                            / _median_range([a.conv_per_min for a, _ in ai])[0]) if ai else "-")
+        log(f"{label:34s} {_cell([r.conv_per_min for r, _ in ours], '.1f'):>18s} "
+            f"{_cell([a.conv_per_min for a, _ in ai], '.1f'):>18s} {ratio:>6s} "
+            f"{_cell([x['used_share'] for _, x in ours], '.3f'):>19s} "
+            f"{_cell([x['share_429'] for _, x in ours], '.3f'):>19s} "
+            f"{_cell([x['used_share'] for _, x in ai], '.3f'):>19s} {_cell([x['share_429'] for _, x in ai], '.3f'):>19s}")
+    for label, got in per_case.items():
+        used = _median_range([x["used_share"] for _, x in got["ours"]])[0]
+        share = _median_range([x["share_429"] for _, x in got["ours"]])[0]
+        line = (f"target: {label}: quota used {used:.3f} >= 0.95 -> {'MET' if used >= 0.95 else 'MISSED'}; "
+                f"429 share {share:.3f} <= 0.10 -> {'MET' if share <= 0.10 else 'MISSED'}")
+        if got["ai"]:
+            ours_cpm = _median_range([r.conv_per_min for r, _ in got["ours"]])[0]
+            ai_cpm = _median_range([a.conv_per_min for a, _ in got["ai"]])[0]
+            line += (f"; conv/min {ours_cpm:.1f} >= AfterImage's {ai_cpm:.1f} -> "
+                     f"{'MET' if ours_cpm >= ai_cpm else 'MISSED'}")
+        log(line)
+
+
+def run_cli(env: Env, latency: float, concurrency: int, dialogs: int, max_turns: int) -> dict:
+    """``groundwork generate`` in a fresh process, as a new user runs it: the SDK import, the embedding model's
+    load and the retriever's start are inside the run's clock (the run's own conversations/min, as it prints)."""
+    import re
+
+    data_dir = env.root / f"cli-{concurrency}-{time.monotonic_ns()}"
+    shutil.copytree(env.template, data_dir)
+    fake = make_fake(latency)
+    child_env = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)},
+                 "GEMINI_API_KEY": KEY, "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "core.cli", "generate", "--data-dir", str(data_dir), "--num-dialogs",
+                        str(dialogs), "--max-turns", str(max_turns), "--max-concurrency", str(concurrency),
+                        "--no-grade", "--seed", "1"], env=child_env, capture_output=True, text=True, cwd=str(data_dir),
+                       timeout=900)
+    process_s = time.monotonic() - t
+    stats = fake.stats()
+    fake.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
+    match = re.search(r"(\d+)/(\d+) saved.*?([\d.]+) conversations/min", p.stdout)
+    if p.returncode != 0 or not match:
+        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
+    saved, per_min = int(match.group(1)), float(match.group(3))
+    calls = generate_calls(stats)
+    run_s = 60 * saved / per_min if per_min else 0.0
+    return {"saved": saved, "conv_per_min": per_min, "calls": calls, "run_s": run_s, "process_s": process_s,
+            "efficiency": calls * latency / concurrency / run_s if run_s else 0.0}
+
+
+def cli_cases(env: Env, args, log) -> None:
+    log("")
+    log(f"as a new user runs it: groundwork generate in a fresh process (imports and model load inside the run's "
+        f"clock), {args.dialogs} dialogs, latency {args.latency:g} s; efficiency over the run's own elapsed time")
+    rows: dict[int, list[dict]] = {}
+    for rep in range(args.repeat):
+        for conc in [int(c) for c in args.cli_cases.split(",") if c]:
+            r = run_cli(env, args.latency, conc, args.dialogs, args.max_turns)
+            if "error" in r:
+                log(f"  cli c={conc}: failed: {r['error']}")
+                continue
+            rows.setdefault(conc, []).append(r)
+            log(f"  done: cli c={conc}: {r['saved']} saved, {r['conv_per_min']:.1f} conv/min, {r['calls']} calls, "
+                f"run {r['run_s']:.1f} s (process {r['process_s']:.1f} s), efficiency {r['efficiency']:.3f}")
+    for conc, rs in rows.items():
+        log(f"cli c={conc}: conv/min {_cell([r['conv_per_min'] for r in rs], '.1f')}, efficiency "
+            f"{_cell([r['efficiency'] for r in rs], '.3f')}")
 
 
 def fault_cases(env: Env, args, log) -> None:
     """One call in seven answered 429 (with QuotaFailure and RetryInfo, but no quota behind it) against one in
     seven answered 503: a stray 429 must cost about what a 503 costs, not teach the run a slow pace."""
-    from core.fake_gemini import Fault
-
     log("")
     log(f"stray faults: every 7th generateContent call fails, latency {args.latency:g} s, c=32, {args.dialogs} dialogs")
     walls = {}
     for kind in ("unavailable", "rate_minute"):
         r = run_ours(env, f"groundwork 1 in 7 {'429' if kind == 'rate_minute' else '503'}", args.latency, 32,
                      args.dialogs, args.max_turns,
-                     fake_options={"fault_for": lambda n, body, kind=kind: Fault(kind) if n % 7 == 0 else None})
+                     fake_options={"fault_every": 7, "fault_kind": kind})
         walls[kind] = r.wall_s
         log(f"  done: {r.line().strip()}  [{r.status}] answers {dict(sorted(r.by_status.items()))}, learned paces "
             f"{r.extra['paces']}")
@@ -526,10 +622,26 @@ def main() -> int:
     ap.add_argument("--quota-dialogs", type=int, default=300, help="dialogs in the quota case (default 300)")
     ap.add_argument("--quota-latency", type=float, default=0.5)
     ap.add_argument("--tpm", type=int, default=150_000, help="tokens per window in the tpm quota case")
-    ap.add_argument("--quota-cases", default="rpm,tpm,change", help="which quota cases (rpm,tpm,change)")
+    ap.add_argument("--quota-cases", default="rpm", help="which quota cases (rpm,tpm,change; default rpm)")
+    ap.add_argument("--quota-shapes", default=",".join(QUOTA_SHAPES),
+                    help="429 shapes of the quota cases (value: quotaValue + RetryInfo, retry_info: RetryInfo "
+                         "without quotaValue, bare: no details; default all)")
+    ap.add_argument("--quota-windows", default=",".join(WINDOW_KINDS),
+                    help="window kinds of the quota cases (sliding,fixed; default both)")
+    ap.add_argument("--quota-repeat", type=int, default=None,
+                    help="rounds of the quota cases (default: --repeat)")
+    ap.add_argument("--cli-cases", default="32,8",
+                    help="concurrencies of `groundwork generate` run in a fresh process, as a new user runs it "
+                         "('' to skip; default 32,8)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run the fake Gemini in this process (default: its own process, as a real provider)")
     ap.add_argument("--quota-detail", action="store_true", help="per-window table and cold start of the rpm case")
     ap.add_argument("--skip-faults", action="store_true", help="skip the 1-in-7 429 vs 503 runs")
     args = ap.parse_args()
+    global FAKE_IN_PROCESS
+    FAKE_IN_PROCESS = args.in_process
+    if args.only_quota:
+        args.cli_cases = ""
     if args.quick:
         args.dialogs = min(args.dialogs, 40)
         args.quota_dialogs = min(args.quota_dialogs, 120)
@@ -545,7 +657,8 @@ def main() -> int:
             f"{env.index_s:.1f} s ({env.report.added_documents} documents, {env.report.added_chunks} chunks); "
             "each case runs on a fresh copy of that data dir")
         log(f"workload: {args.dialogs} dialogs, max_turns {args.max_turns} (turns uniform 1..{args.max_turns}), "
-            "GeminiProvider (google-genai) -> in-process FakeGemini on 127.0.0.1; only run.run() is timed")
+            "GeminiProvider (google-genai) -> FakeGemini on 127.0.0.1 "
+            + ("in this process" if args.in_process else "in its own process") + "; only run.run() is timed")
         results: list[Result] = []
         ai_results: dict[tuple[float, int], Result] = {}
         ai_note = ""
@@ -565,7 +678,7 @@ def main() -> int:
             from core.embeddings import packaged_model_path
 
             specs = []
-            for spec in args.cases.split(","):
+            for spec in filter(None, args.cases.split(",")):
                 conc_s, _, lat_s = spec.partition("@")
                 specs.append(((float(lat_s) if lat_s else args.latency), int(conc_s)))
             for rep in range(args.repeat):
@@ -598,6 +711,7 @@ def main() -> int:
             if len(rs) > 1:
                 r.label = label
                 r.spread = (min(x.conv_per_min for x in rs), max(x.conv_per_min for x in rs))
+            r.rounds = rs
             results.append(r)
             if label.startswith("afterimage"):
                 ai_results[(r.latency, r.concurrency)] = r
@@ -617,16 +731,20 @@ def main() -> int:
             for r in results:
                 if r.label.startswith("groundwork") and r.efficiency is not None:
                     target = 0.9 if r.concurrency <= 8 else 0.75
-                    log(f"target: {r.label.strip()} efficiency {r.efficiency:.3f} >= {target} -> "
-                        f"{'MET' if r.efficiency >= target else 'MISSED'}")
+                    effs = [x.efficiency for x in r.rounds]
+                    median = _median_range(effs)[0]
+                    log(f"target: {r.label.strip()} efficiency {_cell(effs, '.3f')} >= {target} -> "
+                        f"{'MET' if median >= target else 'MISSED'}")
             ours = {(r.latency, r.concurrency): r for r in results if r.label.startswith("groundwork")}
             for key, target in (((args.latency, 32), None), ((0.0, 32), 2.5)):
                 if key in ai_results and key in ours and ai_results[key].conv_per_min:
-                    ratio = ours[key].conv_per_min / ai_results[key].conv_per_min
+                    ours_cpm = _median_range([x.conv_per_min for x in ours[key].rounds])[0]
+                    ai_cpm = _median_range([x.conv_per_min for x in ai_results[key].rounds])[0]
+                    ratio = ours_cpm / ai_cpm
                     verdict = (f">= {target}x -> {'MET' if ratio >= target else 'MISSED'}" if target
                                else "(no target)")
                     log(f"{'target: ' if target else ''}ours/theirs conversations/min at latency {key[0]:g} s, "
-                        f"c={key[1]}: {ours[key].conv_per_min:.1f} / {ai_results[key].conv_per_min:.1f} = "
+                        f"c={key[1]}: {ours_cpm:.1f} / {ai_cpm:.1f} = "
                         f"{ratio:.2f}x {verdict}")
             if ai_results:
                 g = next(iter(ai_results.values())).extra.get("grounding")
@@ -640,6 +758,8 @@ def main() -> int:
 
         if not args.skip_quota:
             quota_cases(env, args, log, ai_ready, corpus_json)
+        if args.cli_cases:
+            cli_cases(env, args, log)
         if not args.skip_faults:
             fault_cases(env, args, log)
         log(f"load average at end {os.getloadavg()[0]:.2f}")

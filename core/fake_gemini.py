@@ -42,6 +42,12 @@ _GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISS
 PER_MINUTE_QUOTA_ID = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
 TOKENS_PER_MINUTE_QUOTA_ID = "GenerateContentInputTokensPerModelPerMinute-FreeTier"
 PER_DAY_QUOTA_ID = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+# How a quota 429 is written. "value": QuotaFailure with quotaValue (the quota's size) and RetryInfo; "retry_info":
+# QuotaFailure naming the quota but no quotaValue, and RetryInfo (many real Gemini 429s); "bare": no details at all.
+QUOTA_SHAPES = ("value", "retry_info", "bare")
+# How a quota counts. "sliding": the last `rpm_window` seconds; "fixed": windows of `rpm_window` seconds from the
+# first request counted, each starting empty (RetryInfo then says when the next one starts).
+WINDOW_KINDS = ("sliding", "fixed")
 
 
 @dataclass(frozen=True)
@@ -265,7 +271,8 @@ class _FakeServer:
                  fault_for: Callable[[int, Any], FaultSpec] | None = None,
                  responder: Callable[[Any], str] | None = None, api_key: str | None = None,
                  models: Collection[str] | None = None, rpm_quota: int = 0, rpm_window: float = 60.0,
-                 tpm_quota: int = 0, quota_details: bool = True, log_size: int = 1000, port: int = 0):
+                 tpm_quota: int = 0, quota_details: bool = True, quota_shape: str = "value",
+                 window_kind: str = "sliding", log_size: int = 1000, port: int = 0):
         self.latency = latency  # seconds before each answer; may be changed while running
         self.fault_for = fault_for  # called with (n, request body) for the n-th (1-based) generate request
         self.responder = responder  # request body -> reply text; default: derived from the request
@@ -274,7 +281,14 @@ class _FakeServer:
         self.rpm_quota = rpm_quota  # >0: at most this many generate requests per rpm_window, then 429
         self.rpm_window = rpm_window  # the window of both quotas, in seconds
         self.tpm_quota = tpm_quota  # >0: at most this many tokens (as usage reports them) per rpm_window, then 429
-        self.quota_details = quota_details  # False: quota 429s come bare (no QuotaFailure, no RetryInfo)
+        if quota_shape not in QUOTA_SHAPES:
+            raise ValueError(f"Unknown quota_shape {quota_shape!r}; choose one of {', '.join(QUOTA_SHAPES)}.")
+        if window_kind not in WINDOW_KINDS:
+            raise ValueError(f"Unknown window_kind {window_kind!r}; choose one of {', '.join(WINDOW_KINDS)}.")
+        # quota_details=False is the older spelling of quota_shape="bare".
+        self.quota_shape = quota_shape if quota_details else "bare"
+        self.window_kind = window_kind
+        self._window_origin: float | None = None  # fixed windows: when the first one began
         self._accepted_tokens: deque[tuple[float, int]] = deque()
         self._faults: deque[Fault | None] = deque(as_fault(f) for f in faults)
         self._lock = threading.Lock()
@@ -374,6 +388,8 @@ class _FakeServer:
             return None
         with self._lock:
             now = time.monotonic()
+            if self.window_kind == "fixed":
+                return self._take_fixed(now, tokens)
             while self._accepted and now - self._accepted[0] >= self.rpm_window:
                 self._accepted.popleft()
             while self._accepted_tokens and now - self._accepted_tokens[0][0] >= self.rpm_window:
@@ -394,6 +410,26 @@ class _FakeServer:
             if self.tpm_quota > 0:
                 self._accepted_tokens.append((now, tokens))
             return None
+
+    def _take_fixed(self, now: float, tokens: int) -> tuple[str, float] | None:
+        """:meth:`_take_quota` for fixed windows (caller holds the lock): the count starts at zero at each
+        window's start, and a 429 waits until the next one."""
+        if self._window_origin is None:
+            self._window_origin = now
+        start = now - (now - self._window_origin) % self.rpm_window
+        while self._accepted and self._accepted[0] < start:
+            self._accepted.popleft()
+        while self._accepted_tokens and self._accepted_tokens[0][0] < start:
+            self._accepted_tokens.popleft()
+        wait = max(start + self.rpm_window - now, 0.001)
+        if 0 < self.rpm_quota <= len(self._accepted):
+            return "requests", wait
+        if self.tpm_quota > 0 and sum(n for _, n in self._accepted_tokens) + tokens > self.tpm_quota:
+            return "tokens", wait
+        self._accepted.append(now)
+        if self.tpm_quota > 0:
+            self._accepted_tokens.append((now, tokens))
+        return None
 
     # request handling --------------------------------------------------------------------------------------------
 
@@ -473,7 +509,11 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
         tpm_quota: more than this many tokens (``totalTokenCount`` of the replies) within ``rpm_window`` seconds
             get a tokens-per-minute 429 (quotaId GenerateContentInputTokensPerModelPerMinute-FreeTier).
             Change either quota while running with :meth:`set_quota`.
-        quota_details: False answers quota 429s bare, without QuotaFailure or RetryInfo (real ones sometimes are).
+        quota_shape: how quota 429s are written (:data:`QUOTA_SHAPES`): "value" (QuotaFailure with quotaValue,
+            and RetryInfo), "retry_info" (no quotaValue), "bare" (no details: real ones sometimes are).
+            ``quota_details=False`` is the same as "bare".
+        window_kind: "sliding" (the last ``rpm_window`` seconds) or "fixed" (windows starting empty every
+            ``rpm_window`` seconds from the first request; RetryInfo says when the next one starts).
         thinking_tokens: ``thoughtsTokenCount`` reported per reply (0 when the request turns thinking off).
         embedding_dims: embedding size when the request gives no ``outputDimensionality``.
     """
@@ -533,10 +573,11 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
         hit = self._take_quota(response["usageMetadata"]["totalTokenCount"] if response else 0)
         if hit is not None:
             which, wait = hit
-            if not self.quota_details:
+            if self.quota_shape == "bare":
                 return self._rate_limited("", model, wait, details=False)
+            value = (self.tpm_quota if which == "tokens" else self.rpm_quota) if self.quota_shape == "value" else -1
             return self._rate_limited(TOKENS_PER_MINUTE_QUOTA_ID if which == "tokens" else PER_MINUTE_QUOTA_ID,
-                                      model, wait, quota_value=self.tpm_quota if which == "tokens" else self.rpm_quota)
+                                      model, wait, quota_value=value)
         return _json_reply(200, response or self._generate(model, body))
 
     def _auth_failure(self, key: str) -> _Reply:
@@ -555,17 +596,19 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
 
     def _rate_limited(self, quota_id: str, model: str, retry_delay: float, details: bool = True,
                       quota_value: int = 0) -> _Reply:
+        """A 429 as Gemini writes it; ``quota_value`` -1 leaves quotaValue out (0: a default for scripted faults)."""
         if not details:
             # What Gemini sometimes answers under load or a quota alike: no QuotaFailure, no RetryInfo.
             return self._error(429, "Resource has been exhausted (e.g. check quota).")
         per_day = "PerDay" in quota_id
         metric = ("generate_content_free_tier_input_token_count" if "Tokens" in quota_id
                   else "generate_content_free_tier_requests")
+        violation = {"quotaMetric": f"generativelanguage.googleapis.com/{metric}", "quotaId": quota_id,
+                     "quotaDimensions": {"location": "global", "model": model}}
+        if quota_value >= 0:
+            violation["quotaValue"] = str(quota_value or (250 if per_day else 10))
         details = [
-            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-                "quotaMetric": f"generativelanguage.googleapis.com/{metric}",
-                "quotaId": quota_id, "quotaDimensions": {"location": "global", "model": model},
-                "quotaValue": str(quota_value or (250 if per_day else 10))}]},
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]},
             {"@type": "type.googleapis.com/google.rpc.Help", "links": [
                 {"description": "Learn more about Gemini API quotas",
                  "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},

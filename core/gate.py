@@ -19,9 +19,14 @@ from core.providers.base import CallGate
 # One stray 429 in seven calls (an overloaded shard, a flaky proxy) reaches 6 of 8 about once per 5,000
 # calls; a full quota window answers every call 429 and reaches it at once.
 EVIDENCE_429S, EVIDENCE_OF = 6, 8
-PACE_SHARE = 0.97  # pace just under the quota learned: a bit of slack for the server's clock and ours
+PACE_SHARE = 0.985  # pace just under the quota learned: a bit of slack for the server's clock and ours
+STATED_SHARE = 0.99  # a quota whose size the server stated (quotaValue) needs slack only for the clocks
 PROBE_FIRST = 0.1  # after a quiet window at the pace, probe 10% higher, then 20%, 40%, ... (a raised quota)
 MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 300.0
+# Bare 429s (no RetryInfo) do not say when the quota's window reopens: after a cluster the gate holds every call
+# and lets one through now and then, spaced by this share of the time since the window began (at least
+# REOPEN_PROBE_MIN_S), so the window's length is known to within a few percent for a few dozen 429s.
+REOPEN_PROBE_SHARE, REOPEN_PROBE_MIN_S = 0.05, 0.1
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Pace:
     probe: float = PROBE_FIRST
     good_limit: float = 0.0  # the highest limit that ran a whole window without a 429 (set when learned)
     waited_at: float = 0.0  # last time a call had to wait for this pace (it binds)
+    probe_failed_at: float = -1e9  # last time a probe above good_limit met a 429
 
     def expire(self, t: float) -> None:
         while self.sent and t - self.sent[0][0] >= self.window:
@@ -72,8 +78,9 @@ class AdaptiveGate(CallGate):
     Shared by every worker of a run, so the whole run backs off together instead of each worker hammering
     the quota on its own. A 429 on its own teaches nothing (the provider's retry waits as asked): a stray
     429 costs that one call a few seconds. A cluster of 429s (see EVIDENCE_429S) means a quota: the gate
-    learns its window (from RetryInfo, or from when calls succeed again) and its size (what succeeded in
-    that window, or the tokens it carried for a tokens-per-minute quota) and paces calls just under it.
+    learns its window (from RetryInfo; without it, by holding calls and probing until one succeeds again,
+    see REOPEN_PROBE_SHARE) and its size (the 429's quotaValue when stated, else what succeeded in that
+    window, or the tokens it carried for a tokens-per-minute quota) and paces calls just under it.
     The learned pace is a hypothesis: a window at the pace without 429s probes it higher (the quota may
     have been raised), a new cluster lowers it again (the quota may have been cut), so it tracks a quota
     that changes mid-run. ``stalled`` turns true when 429s continue and nothing has succeeded for
@@ -101,6 +108,10 @@ class AdaptiveGate(CallGate):
         self._successes: deque[tuple[float, int]] = deque()  # (time, tokens) of successes in the last MAX_WINDOW_S
         self._streak_start: float | None = None  # first success since the last quota evidence
         self._pending: tuple[str, float] | None = None  # evidence without RetryInfo: (metric, streak start)
+        self._pending_since = 0.0  # when the cluster that left the window unknown came
+        self._reopen_probe_at = 0.0  # while pending: when the next call may go out to see if the window reopened
+        self._reopen_failed_at = 0.0  # while pending: the latest 429 (the window was still full then)
+        self._quota_values: dict[str, float] = {}  # quota sizes the server stated (Gemini's quotaValue), by metric
         self._window_guess: float | None = None  # from the run's first 429 with RetryInfo (see record_rate_limited)
         self.quota_window: float = 60.0  # learned from the first cluster (the base gate's window is the rpm limit's)
         self._window_known = False
@@ -154,12 +165,24 @@ class AdaptiveGate(CallGate):
                 self._cond.notify_all()
 
     def _wait_for_pace(self) -> None:
-        """Block until this call fits every learned pace, then count it against them."""
-        while self.paces:
+        """Block until this call fits every learned pace, then count it against them.
+
+        While a cluster of bare 429s left the window unknown, calls go out one at a time, spaced (see
+        REOPEN_PROBE_SHARE): each is a probe of whether the window reopened."""
+        while self.paces or self._pending is not None:
             if self.cancelled.is_set():
                 raise RunStopped("cancelled")
             with self._cond:
                 t = time.monotonic()
+                if self._pending is not None:
+                    wait = self._reopen_probe_at - t
+                    if wait <= 0:
+                        self._reopen_probe_at = t + max(REOPEN_PROBE_MIN_S,
+                                                        REOPEN_PROBE_SHARE * (t - self._pending[1]))
+                        return
+                    self._paused_until = self._reopen_probe_at
+                    self._cond.wait(timeout=min(wait, 0.25))
+                    continue
                 units = {"requests": 1.0, "tokens": max(self._tokens_ewma, 1.0)}
                 wait = max(p.wait_for(units[m], t) for m, p in self.paces.items())
                 if wait <= 0:
@@ -173,13 +196,19 @@ class AdaptiveGate(CallGate):
             time.sleep(min(wait, 0.25))
 
     def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited",
-                            metric: str | None = None) -> None:
-        super().record_rate_limited(retry_after, kind, metric)
+                            metric: str | None = None, quota_value: float | None = None) -> None:
+        super().record_rate_limited(retry_after, kind, metric, quota_value)
         if self.monitor:
             self.monitor.record_rate_limited(kind)
         with self._cond:
             t = time.monotonic()
             self._last_429 = t
+            if self._pending is not None:
+                # Waiting for a bare quota's window to reopen: this 429 says it had not yet, nothing more.
+                self._reopen_failed_at = t
+                return
+            if quota_value and metric in ("requests", "tokens") and kind == "rate_limited":
+                self._take_quota_value(metric, quota_value, t)
             if retry_after and self._window_guess is None and self._successes:
                 # The first 429 of a run comes when the quota's first window fills, and RetryInfo says when
                 # the window's oldest call (about the run's first success) leaves it. Later 429s cannot tell
@@ -193,9 +222,15 @@ class AdaptiveGate(CallGate):
                 if pace.limit > pace.good_limit:
                     # A probe above the pace that held: back to it at once, and next time try halfway between.
                     pace.probe = max(PROBE_FIRST, (pace.limit / pace.good_limit - 1) / 2)
-                    pace.limit, pace.probed_at = pace.good_limit, t
+                    pace.limit, pace.probed_at, pace.probe_failed_at = pace.good_limit, t, t
             if kind != "rate_limited" or sum(self._recent) < EVIDENCE_429S:
                 return  # a stray 429 (or a daily quota, which pacing cannot help): the retry waits as asked
+            pace = self.paces.get(metric if metric in ("requests", "tokens") else "requests")
+            if pace is not None and t - pace.probe_failed_at < pace.window:
+                # The aftermath of a probe that overshot: a fixed window answers every call 429 until it ends,
+                # a cluster that says nothing new (the pace is back where it held). A cut shows up again later.
+                self._recent.clear()
+                return
             metric = metric if metric in ("requests", "tokens") else "requests"
             self._recent.clear()  # one cluster is one piece of evidence
             # A cluster is also congestion: fewer calls in flight, but never fewer than a learned pace needs.
@@ -214,23 +249,38 @@ class AdaptiveGate(CallGate):
                 self._set_window(guess or t + retry_after - (start if start is not None else t))
                 self._learn(metric, t, retry_after)
             elif start is not None:
-                self._pending = (metric, start)  # the window is known once calls succeed again
+                # The window is known once calls succeed again: until then, probe for it one call at a time.
+                self._pending, self._pending_since = (metric, start), t
+                self._reopen_probe_at = t + max(REOPEN_PROBE_MIN_S, REOPEN_PROBE_SHARE * (t - start))
+                self._reopen_failed_at = t
             self._publish()
+
+    def _take_quota_value(self, metric: str, value: float, t: float) -> None:
+        """The server stated the quota's size: pace to it at once, up or down (caller holds the lock)."""
+        self._quota_values[metric] = value
+        pace = self.paces.get(metric)
+        target = max(value * STATED_SHARE, 1.0)
+        if pace is not None and abs(pace.good_limit - target) > 0.01 * target:
+            pace.limit = pace.good_limit = target
+            pace.probe, pace.probed_at = PROBE_FIRST, t
 
     def _set_window(self, seconds: float) -> None:
         self.quota_window = min(max(seconds, MIN_WINDOW_S), MAX_WINDOW_S)
         self._window_known = True
 
-    def _learn(self, metric: str, t: float, retry_after: float | None) -> None:
+    def _learn(self, metric: str, t: float, retry_after: float | None, since: float | None = None) -> None:
         """Pace ``metric`` to what the quota let through in its window, just under it (caller holds the lock)."""
         window = self.quota_window
         # With RetryInfo the window's oldest call still counted leaves at t + retry_after: what succeeded
         # after t + retry_after - window is what the quota holds now (right after a cut too).
-        since = t - window + (min(retry_after, window) if retry_after else 0.0)
+        if since is None:
+            since = t - window + (min(retry_after, window) if retry_after else 0.0)
         counted = [(s, n) for s, n in self._successes if s > since]
         amount = float(len(counted) if metric == "requests" else sum(n for _, n in counted))
         pace = self.paces.get(metric)
-        if pace is not None and amount >= pace.limit:
+        if self._quota_values.get(metric):
+            target = self._quota_values[metric] * STATED_SHARE  # the server said how much
+        elif pace is not None and amount >= pace.limit:
             # 429s while paced although as much went through as the pace allows: the quota was cut and the
             # window still holds calls from before the cut. Lower the pace; the next cluster refines it.
             target = pace.limit * 0.8
@@ -246,6 +296,8 @@ class AdaptiveGate(CallGate):
                 fresh.in_window += units
         self.paces[metric] = fresh
         self._learned_at = t
+        # Clusters halved the calls in flight; the pace needs enough of them to be met at this latency.
+        self.limit = min(float(self.max_concurrency), max(self.limit, self._pace_needs()))
 
     def _pace_needs(self) -> float:
         """Calls in flight a learned requests pace needs to be met at the current latency (with room)."""
@@ -265,12 +317,15 @@ class AdaptiveGate(CallGate):
                 self._tokens_ewma = tokens if not self._tokens_ewma else 0.9 * self._tokens_ewma + 0.1 * tokens
             if self._streak_start is None:
                 self._streak_start = t
-            if self._pending is not None:
-                # 429s without RetryInfo until now: the quota's window reopened about now.
+            if self._pending is not None and getattr(self._local, "started", 0.0) >= self._pending_since:
+                # 429s without RetryInfo until now, and a call sent since succeeded: the quota's window reopened
+                # between the last 429 and now. (A call sent before the cluster may still succeed after it.)
                 metric, start = self._pending
                 self._pending = None
-                self._set_window(t - start)
-                self._learn(metric, t, None)
+                self._set_window((self._reopen_failed_at + t) / 2 - start)
+                # What the window held is what succeeded from its first call on (a cold start's first calls
+                # come back together: a window measured a little short must not miss them).
+                self._learn(metric, t, None, since=start - 1e-6)
             for pace in self.paces.values():
                 self._probe(pace, t)
             self.limit = min(float(self.max_concurrency), self.limit + 1.0 / max(self.limit, 1.0))

@@ -71,13 +71,15 @@ class LLMError(GroundworkError):
     """
 
     def __init__(self, message: str, kind: str, retryable: bool = False, status: int | None = None,
-                 retry_after: float | None = None, quota_metric: str | None = None):
+                 retry_after: float | None = None, quota_metric: str | None = None,
+                 quota_value: float | None = None):
         super().__init__(message)
         self.kind = kind
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
         self.quota_metric = quota_metric  # on a 429: "requests" or "tokens" when the server said which quota
+        self.quota_value = quota_value  # on a 429: the quota's size when the server said it (Gemini's quotaValue)
 
 
 class QuotaExhaustedError(LLMError):
@@ -128,9 +130,10 @@ class CallGate:
             time.sleep(min(max(wait, 0.01), 1.0))
 
     def record_rate_limited(self, retry_after: float | None, kind: str = "rate_limited",
-                            metric: str | None = None) -> None:
+                            metric: str | None = None, quota_value: float | None = None) -> None:
         """A 429; ``kind`` is rate_limited (a per-minute quota) or quota_day (gone until it resets); ``metric``
-        says which quota when the server told ("requests" or "tokens"), else None."""
+        says which quota when the server told ("requests" or "tokens"), else None; ``quota_value`` its size
+        when the server told."""
         with self._lock:
             self.rate_limited_count += 1
 
@@ -200,7 +203,8 @@ def call_with_retries(attempt: Callable[[], LLMResult], gate: CallGate, policy: 
                 result = attempt()
         except LLMError as error:
             if error.kind in ("rate_limited", "quota_day"):
-                gate.record_rate_limited(error.retry_after, kind=error.kind, metric=error.quota_metric)
+                gate.record_rate_limited(error.retry_after, kind=error.kind, metric=error.quota_metric,
+                                         quota_value=getattr(error, "quota_value", None))
             if not error.retryable:
                 raise
             if retries >= policy.max_retries:
@@ -228,7 +232,8 @@ def _gave_up(error: LLMError, retries: int, label: str) -> LLMError:
             f"{label} kept answering 429 (a per-minute rate limit) for {tries}, waiting as asked each time. The run "
             f"already cuts its calls in flight on bursts of 429s and paces them to the quota it learns; it stops only "
             f"if no call gets through for a while. Setting GROUNDWORK_RPM_LIMIT to the quota paces it from the start.",
-            kind="rate_limited", retryable=True, status=error.status, retry_after=error.retry_after)
+            kind="rate_limited", retryable=True, status=error.status, retry_after=error.retry_after,
+            quota_metric=error.quota_metric, quota_value=error.quota_value)
     return LLMError(f"{error} (gave up after {tries})", kind=error.kind, retryable=True, status=error.status,
                     retry_after=error.retry_after)
 

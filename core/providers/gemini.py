@@ -227,7 +227,8 @@ class GeminiProvider:
         which = f" ({', '.join(q for q in quota_ids if q)})" if any(quota_ids) else ""
         hint = f"; Gemini asks to wait {retry_after:g} s" if retry_after is not None else ""
         return LLMError(f"Gemini rate limit hit{which}{hint}.", kind="rate_limited", retryable=True, status=429,
-                        retry_after=retry_after, quota_metric=_quota_metric(violations))
+                        retry_after=retry_after, quota_metric=_quota_metric(violations),
+                        quota_value=_quota_value(violations))
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -250,6 +251,17 @@ def _quota_metric(violations: list[dict[str, Any]]) -> str | None:
     if "token" in names:
         return "tokens"
     return "requests" if "request" in names else None
+
+
+def _quota_value(violations: list[dict[str, Any]]) -> float | None:
+    """The quota's size from QuotaFailure's quotaValue ("120"), when there is exactly one positive one."""
+    values = set()
+    for violation in violations:
+        try:
+            values.add(float(violation.get("quotaValue")))
+        except (TypeError, ValueError):
+            continue
+    return values.pop() if len(values) == 1 and min(values) > 0 else None
 
 
 def _retry_delay(details: list[dict[str, Any]], message: str) -> float | None:

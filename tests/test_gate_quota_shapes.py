@@ -1,0 +1,85 @@
+"""The call gate learns a quota's size in every shape a 429 comes in (quotaValue + RetryInfo, RetryInfo only,
+bare) on a sliding and on a fixed window. Real google-genai client (through GeminiProvider) against the fake
+Gemini; windows of 2 s so a case takes seconds. bench/quota.py measures the same at 10 s windows."""
+
+import pytest
+
+from core.fake_gemini import FakeGemini
+from core.fake_gemini_process import FakeGeminiProcess
+from core.gate import STATED_SHARE, AdaptiveGate
+from tests.test_gate import drive, in_range
+
+QUOTA, WINDOW = 20, 2.0
+
+
+@pytest.mark.parametrize("window_kind", ["sliding", "fixed"])
+@pytest.mark.parametrize("shape", ["value", "retry_info", "bare"])
+def test_quota_is_learned_and_used_in_every_429_shape(shape, window_kind):
+    with FakeGemini(latency=0.05, rpm_quota=QUOTA, rpm_window=WINDOW, quota_shape=shape,
+                    window_kind=window_kind) as fake:
+        gate = AdaptiveGate(max_concurrency=8)
+        at_3s = {}
+        ok = drive(fake, gate, 9.0, changes=[(3.0, lambda: at_3s.update(fake.by_status))])
+        pace = gate.paces["requests"]
+        assert 1.6 <= pace.window <= 2.6, (shape, window_kind, pace.window)
+        # The pace may stand a probe above what held (+10%), never far under the quota.
+        assert 0.85 * QUOTA <= pace.good_limit <= 1.1 * QUOTA, (shape, window_kind, pace.good_limit, pace.limit)
+        # After the cold start (the first window and, for bare 429s, the wait for it to reopen): the quota used,
+        # and few 429s.
+        assert in_range(ok, 3.0, 9.0) >= 0.85 * QUOTA * 3, (shape, window_kind, in_range(ok, 3.0, 9.0))
+        late_429 = fake.by_status[429] - at_3s.get(429, 0)
+        assert late_429 <= 0.1 * (fake.by_status[200] - at_3s.get(200, 0)), (shape, window_kind, late_429)
+
+
+def test_bare_429s_hold_calls_until_the_window_reopens():
+    """Without RetryInfo the gate does not let every call find out for itself: it sends one now and then."""
+    with FakeGemini(latency=0.02, rpm_quota=QUOTA, rpm_window=3.0, quota_shape="bare") as fake:
+        gate = AdaptiveGate(max_concurrency=8)
+        seen = {}
+        drive(fake, gate, 4.0, changes=[(0.8, lambda: seen.update(early=dict(fake.by_status))),
+                                        (2.8, lambda: seen.update(late=dict(fake.by_status)))])
+        # Between 0.8 s and 2.8 s the window is full: 8 workers unpaced would send ~100 calls, all 429.
+        probes = seen["late"].get(429, 0) - seen["early"].get(429, 0)
+        assert 3 <= probes <= 25, probes
+        assert 2.6 <= gate.paces["requests"].window <= 3.4, gate.paces["requests"].window
+
+
+def test_a_stated_quota_value_sets_the_pace_at_once_up_and_down():
+    gate = AdaptiveGate(max_concurrency=8)
+    for _ in range(30):
+        gate.record_success()
+    for _ in range(6):  # a cluster: the window from RetryInfo, the size from quotaValue (not from what got through)
+        gate.record_rate_limited(1.0, metric="requests", quota_value=50)
+    pace = gate.paces["requests"]
+    assert pace.limit == pytest.approx(50 * STATED_SHARE)
+    gate.record_rate_limited(1.0, metric="requests", quota_value=20)  # one 429 saying the quota was cut
+    assert gate.paces["requests"].limit == pytest.approx(20 * STATED_SHARE)
+    gate.record_rate_limited(1.0, metric="requests", quota_value=80)  # or raised
+    assert gate.paces["requests"].limit == pytest.approx(80 * STATED_SHARE)
+
+
+def test_fake_in_its_own_process_counts_quota_429s_in_each_shape():
+    """The benchmark's server process: the same quota and shapes, driven over HTTP, stats read back."""
+    from core.config import Settings
+    from core.providers.base import LLMRequest, Message
+    from core.providers.gemini import GeminiProvider
+
+    for shape in ("value", "retry_info", "bare"):
+        with FakeGeminiProcess(rpm_quota=2, rpm_window=30.0, quota_shape=shape, window_kind="fixed") as fake:
+            settings = Settings(gemini_api_key="AIzaSy-gate-test-key-00000000000000000",
+                                gemini_base_url=fake.base_url, gemini_max_retries=0)
+            provider = GeminiProvider(settings)
+            provider.generate(LLMRequest([Message("user", "one")]))
+            provider.generate(LLMRequest([Message("user", "two")]))
+            with pytest.raises(Exception) as caught:
+                provider.generate(LLMRequest([Message("user", "three")]))
+            provider.close()
+            error = caught.value
+            assert getattr(error, "status", None) == 429, (shape, error)
+            assert (error.quota_value == 2) == (shape == "value"), (shape, error.quota_value)
+            assert (error.retry_after is not None) == (shape != "bare"), (shape, error.retry_after)
+            if shape != "bare":
+                assert 25 <= error.retry_after <= 30  # a fixed window: until the next one starts
+            stats = fake.stats()
+            assert [a[1] for a in stats["answers"]] == [200, 200, 429], shape
+            assert stats["by_status"] == {"200": 2, "429": 1}, shape

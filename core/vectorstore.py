@@ -10,8 +10,11 @@ folders of the data dir, so switching engines never mixes them.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -160,16 +163,68 @@ class QdrantStore:
             pass
 
 
-def open_store(settings: Settings) -> VectorStore:
-    """The configured vector store: a server for a URL, else the embedded engine (Edge or local mode)."""
+def open_store(settings: Settings, read_only: bool = False) -> VectorStore:
+    """The configured vector store: a server for a URL, else the embedded engine (Edge or local mode).
+
+    read_only: the data dir may not be written; an embedded store is opened on a private copy (see
+    :class:`ReadOnlyCopy`).
+    """
     if settings.qdrant_url:
         return QdrantStore(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+    if read_only:
+        return ReadOnlyCopy.open(settings)
     if settings.embedded_engine == "local":
         settings.qdrant_path.mkdir(parents=True, exist_ok=True)
         return QdrantStore(path=str(settings.qdrant_path))
     from core.edge_store import EdgeStore
 
     return EdgeStore(settings.edge_path, legacy_local_path=settings.qdrant_path)
+
+
+class ReadOnlyCopy:
+    """An embedded store opened on a private copy of its folder, removed again on close.
+
+    Neither Qdrant Edge (its WAL) nor local mode (its lock file) opens a folder it may not write, so a data dir
+    of another user is searched from a copy in the temp folder: a reading command never changes the original.
+    The copy costs a read of the store's files (milliseconds for the sample corpus; about a second per few
+    hundred MB).
+    """
+
+    def __init__(self, store: VectorStore, folder: Path):
+        self._store = store
+        self._folder = folder
+        self.engine = store.engine
+
+    @classmethod
+    def open(cls, settings: Settings) -> "ReadOnlyCopy":
+        local = settings.embedded_engine == "local"
+        source = settings.qdrant_path if local else settings.edge_path
+        folder = Path(tempfile.mkdtemp(prefix="groundwork-readonly-store-"))
+        try:
+            target = folder / source.name
+            if source.is_dir():
+                # In-progress builds and swaps are the writer's business: only live shards are copied.
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns(".build-*", ".old-*", "*.lock",
+                                                                             ".lock"))
+            else:
+                target.mkdir()
+            if local:
+                return cls(QdrantStore(path=str(target)), folder)
+            from core.edge_store import EdgeStore
+
+            return cls(EdgeStore(target, legacy_local_path=settings.qdrant_path, auto_build=False), folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def close(self) -> None:
+        try:
+            self._store.close()
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def store_location(settings: Settings) -> tuple[str, str]:
@@ -212,6 +267,13 @@ SNAPSHOT_MAX_POINTS = 20_000
 
 def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
     text = str(e)
+    if engine != "server" and (isinstance(e, PermissionError) or "Permission denied" in text
+                               or "os error 13" in text or "Read-only file system" in text):
+        from core.readonly import owner_name, user_name
+
+        return VectorStoreError(f"The vector store folder {location} is not writable by user {user_name()} (it "
+                                f"belongs to {owner_name(Path(location))}): run as its owner, give {user_name()} "
+                                "write access, or copy the data dir to a folder of your own and use that.")
     if ("already accessed by another instance" in text or "Resource temporarily unavailable" in text
             or "WouldBlock" in text):  # the last: Qdrant Edge's "Can't init WAL: Kind(WouldBlock)"
         return StoreLockedError(
@@ -228,6 +290,6 @@ def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
     if "Not found: Collection" in text or "doesn't exist" in text:
         return VectorStoreError(f"Collection not found in Qdrant at {location}: index a corpus first "
                                 "(Corpus page, or `groundwork index sample_data/corpus`).")
-    if "Unauthorized" in text or "403" in text or "401" in text:
+    if engine == "server" and ("Unauthorized" in text or "403" in text or "401" in text):
         return VectorStoreError(f"The Qdrant server at {location} refused the API key: check QDRANT_API_KEY.")
     return VectorStoreError(f"Qdrant ({engine}, {location}) failed: {name}: {text[:300]}")

@@ -117,8 +117,11 @@ class Embedder:
         pooling, normalize_module = "unknown", False
         for module in model:  # a SentenceTransformer is a sequence of modules: transformer, pooling, ...
             kind = type(module).__name__
-            if kind == "Pooling" and hasattr(module, "get_pooling_mode_str"):
-                pooling = module.get_pooling_mode_str()
+            if kind == "Pooling":  # sentence-transformers 6 names it pooling_mode; 3-5 get_pooling_mode_str()
+                mode = getattr(module, "pooling_mode", None)
+                if mode is None and hasattr(module, "get_pooling_mode_str"):
+                    mode = module.get_pooling_mode_str()
+                pooling = "+".join(map(str, mode)) if isinstance(mode, (list, tuple)) else str(mode)
             elif kind == "Normalize":
                 normalize_module = True
         with self._encode_lock:

@@ -19,7 +19,7 @@ from core.errors import GroundworkError, ModelMismatchError
 from core.vectorstore import VectorStore
 
 IDENTITY_SAMPLE = 4  # stored vectors embedded again to tell whether a collection without an identity is this model's
-REPRODUCE_MIN_COSINE = 0.99  # the same model reproduces its vectors to > 0.9999; the CLS-pooled twin: < 0.9
+REPRODUCE_MIN_COSINE = 0.99  # the same model reproduces its vectors to > 0.9999; its CLS-pooled twin: 0.35-0.48
 
 
 def check_model(db: Database, embedder: Embedder, store: VectorStore, collection: str, content_key: str,

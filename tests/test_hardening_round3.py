@@ -141,7 +141,7 @@ def test_a_root_owned_data_dir_reads_for_another_user_and_writing_commands_say_w
         assert sum(len(f.read_text().splitlines()) for f in out.glob("openai*.jsonl")) == 2
 
         # Writing commands: one line naming the user and the owner, before any work (no LLM call).
-        for args in (("export", "--status", "any"), ("index", str(SAMPLE_DIR / next(iter(os.listdir(SAMPLE_DIR))))),
+        for args in (("export", "--status", "any"), ("index", str(next(SAMPLE_DIR.rglob("*.md")))),
                      ("generate", "--num-dialogs", "1", "--provider", "gemini", "--no-grade")):
             line = one_line_error(cli(*args, data_dir=data, user=user, fake=fake, env_extra=env))
             assert f"The data dir {data} is not writable by user nobody (it belongs to root)" in line, line
@@ -325,8 +325,7 @@ def test_the_app_refuses_another_model_in_search_and_the_workshop(indexed_app_en
 # ---- 4. embedding progress for one huge document; its chunks count once it is indexed ---------------------------
 
 def _one_line_document(path: Path, chars: int) -> Path:
-    words = " ".join((SAMPLE_DIR / name).read_text(encoding="utf-8", errors="ignore")
-                     for name in sorted(os.listdir(SAMPLE_DIR)) if name.endswith((".md", ".txt"))).split()
+    words = " ".join(p.read_text(encoding="utf-8") for p in sorted(SAMPLE_DIR.rglob("*.md"))).split()
     text, i = [], 0
     while sum(map(len, text)) + len(text) < chars:
         text.append(words[i % len(words)])
@@ -368,7 +367,7 @@ def test_a_garbage_pdf_gets_only_the_clear_warning(tmp_path):
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4\n" + os.urandom(3000) + b"\nstartxref\n999999\n%%EOF\n")
-    shutil.copy(next(SAMPLE_DIR.glob("*.md")), folder / "ok.md")
+    shutil.copy(next(SAMPLE_DIR.rglob("*.md")), folder / "ok.md")
     proc = cli("index", str(folder), data_dir=tmp_path / "data")
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -208,7 +208,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if graded:
         print(graded)
     if final.status != "completed":
-        print(f"resume with: groundwork generate --resume {run.run_id}", file=sys.stderr)
+        more = " (--more-replacements N sets its budget)" if "replacement budget" in (final.reason or "") else ""
+        print(f"resume with: groundwork generate --resume {run.run_id}{more}", file=sys.stderr)
     if run.config.output:
         print(f"JSONL: {run.config.output}")
     return 0 if final.status == "completed" else 3

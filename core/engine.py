@@ -452,8 +452,7 @@ class GenerationRun:
             status = "incomplete"
             reason = self._stop_reason or (
                 f"{failed} conversations failed and the replacement budget ({self.replacement_budget}) is "
-                f"spent; a resume gets a new budget of {self.config.replacements} replacements (or "
-                "--more-replacements N)")
+                f"spent; a resume gets a new budget of {self.config.replacements} replacements")
         self.status = status
         self.monitor.check_alerts()
         self.monitor.write_log()

@@ -258,8 +258,6 @@ def cls_model(tmp_path_factory) -> Path:
 
 def test_search_and_generate_refuse_another_model_before_any_llm_call(indexed_wb, cls_model):
     data = indexed_wb.settings.data_path
-    identity = json.loads(indexed_wb.db.scalar("SELECT embedding_identity FROM collections"))
-    assert identity["dim"] == 384 and identity["pooling"] == "mean" and len(identity["probe_sha256"]) == 16
     indexed_wb.close()
     line = one_line_error(cli("search", "security deposit", "--embedding-model", str(cls_model), data_dir=data))
     assert "was indexed with embedding model 'all-MiniLM-L6-v2'" in line and "pooling mean vs cls" in line, line
@@ -273,6 +271,8 @@ def test_search_and_generate_refuse_another_model_before_any_llm_call(indexed_wb
     db = Database(data / "groundwork.db")
     try:
         assert db.scalar("SELECT COUNT(*) FROM runs") == 0  # and no run row left behind
+        identity = json.loads(db.scalar("SELECT embedding_identity FROM collections"))
+        assert identity["dim"] == 384 and identity["pooling"] == "mean" and len(identity["probe_sha256"]) == 16
     finally:
         db.close()
     ok = cli("search", "security deposit", data_dir=data)  # the model it was indexed with still works
@@ -282,7 +282,8 @@ def test_search_and_generate_refuse_another_model_before_any_llm_call(indexed_wb
 def test_a_collection_indexed_before_identities_gets_one_if_the_model_reproduces_its_vectors(indexed_wb, cls_model,
                                                                                             tmp_path):
     with indexed_wb.db.write() as w:  # as indexed by the previous version: no identity on record
-        w.execute("UPDATE collections SET embedding_identity=NULL")
+        if "embedding_identity" in w["collections"].columns_dict:
+            w.execute("UPDATE collections SET embedding_identity=NULL")
     data = indexed_wb.settings.data_path
     indexed_wb.close()
     twin = tmp_path / "twin"
@@ -351,6 +352,16 @@ def test_a_pending_documents_chunks_are_not_counted_until_it_is_indexed(tmp_path
     wb = Workbench(make_settings(tmp_path / "data", chunk_size=200, chunk_overlap=20), store_idle_close_s=0,
                    embedder=embedder)
     doc = _one_line_document(tmp_path / "big.txt", 40_000)
+    # An ingest interrupted after its chunks were recorded and before its vectors were stored:
+    from core.corpus import IngestReport
+    from core.loaders import load_path
+
+    with wb.stores.use() as store:
+        wb.corpus._ensure_collection(store, wb.embedder.dim)
+        plan = wb.corpus._plan(load_path(doc).documents, IngestReport(), doc.parent)
+        wb.corpus._write_pending(plan, store)
+    interrupted = wb.corpus.stats()
+    assert interrupted["pending"] == 1 and interrupted["chunks"] == 0, interrupted
     seen = []
 
     def progress(stage, done, total):

@@ -163,9 +163,11 @@ class Corpus:
             for group in _groups(plan, self.embed_group_chunks):
                 self._write_pending(group, store)
                 texts = [c["text"] for _, chunks in group for c in chunks]
-                # Progress every few model batches, not per group: one long document is one group.
+                # Progress every few model batches too: one long document is one group. The group's own end
+                # is reported below, once its documents are complete.
                 vectors = self.embedder.encode(texts, progress=None if not progress else (
-                    lambda done, _n, base=done_chunks: progress("embedding", base + done, max(total_chunks, 1))))
+                    lambda done, n, base=done_chunks: done < n and progress("embedding", base + done,
+                                                                            max(total_chunks, 1))))
                 chunk_rows = [c for _, chunks in group for c in chunks]
                 report.truncated_chunks += sum(c["truncated"] for c in chunk_rows)
                 store.upsert(self.collection, [c["id"] for c in chunk_rows], vectors,
@@ -272,6 +274,8 @@ class Corpus:
         if self._verified:
             return
         if store is None:
+            # Load the model first: another process may be waiting for the embedded store meanwhile.
+            self.embedder.identity()
             with self.stores.use() as s:
                 return self.verify(s, probes)
         if not store.exists(self.collection):

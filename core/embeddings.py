@@ -62,6 +62,7 @@ class Embedder:
         self._encode_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queries: list[dict] = []
+        self._identity: dict | None = None
 
     def load(self):
         if self._model is None:
@@ -113,6 +114,8 @@ class Embedder:
         Name, dimension, pooling and normalisation describe the model; the probe vector (and its hash) catches
         what they do not, e.g. another model of the same size and pooling, or other weights under one name.
         """
+        if self._identity is not None:
+            return self._identity
         model = self.load()
         pooling, normalize_module = "unknown", False
         for module in model:  # a SentenceTransformer is a sequence of modules: transformer, pooling, ...
@@ -128,9 +131,10 @@ class Embedder:
             probe = model.encode([PROBE_TEXT], normalize_embeddings=True, convert_to_numpy=True,
                                  show_progress_bar=False)[0].astype(np.float32)
         rounded = [round(float(x), 5) for x in probe]
-        return {"name": self.model_name, "dim": int(len(probe)), "pooling": pooling,
+        self._identity = {"name": self.model_name, "dim": int(len(probe)), "pooling": pooling,
                 "normalization": "unit length (Normalize module)" if normalize_module else "unit length (at encode)",
                 "probe_sha256": hashlib.sha256(np.round(probe, 3).tobytes()).hexdigest()[:16], "probe": rounded}
+        return self._identity
 
     def count_wordpieces(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes in this model (special tokens included), to warn about truncation."""

@@ -24,4 +24,7 @@ if ui_cache.auth_configured() and not st.user.is_logged_in:
     st.stop()
 page = st.navigation(pages)
 ui_cache.sidebar()
+if problem := ui_cache.data_dir_problem():  # another user's data dir: one line, not a traceback per page
+    st.error(problem, icon=":material/lock:")
+    st.stop()
 page.run()

@@ -78,9 +78,12 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from core.readonly import require_writable
     from core.workbench import Workbench
 
-    wb = Workbench(_settings(args), store_idle_close_s=0, wait_for_store_s=args.wait)
+    settings = _settings(args)
+    require_writable(settings)
+    wb = Workbench(settings, store_idle_close_s=0, wait_for_store_s=args.wait)
     progress = Progress(args.quiet)
     try:
         total = None
@@ -105,12 +108,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from core.readonly import is_read_only
     from core.retrieval import found_by_label, search
     from core.workbench import Workbench
 
     settings = _settings(args)
     _existing_database(settings).close()  # a mistyped --data-dir must not become a new, empty workbench
-    wb = Workbench(settings, store_idle_close_s=0, wait_for_store_s=args.wait)
+    wb = Workbench(settings, store_idle_close_s=0, wait_for_store_s=args.wait, read_only=is_read_only(settings))
     try:
         passages = search(wb.corpus, args.query, k=args.k, mode=args.mode)
         if not passages:
@@ -131,6 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from core.batch_run import NEEDS_GEMINI, generation_run
     from core.run_config import QuestionMix, RunConfig
     from core.providers.registry import make_provider, provider_name
+    from core.readonly import require_writable
     from core.workbench import Workbench
 
     overrides = {"gemini_model": args.gemini_model, "gemini_max_retries": args.gemini_max_retries,
@@ -139,6 +144,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings.validate()
     if args.batch and provider_name(settings) != "gemini":
         raise GroundworkError(NEEDS_GEMINI)
+    require_writable(settings)
     wb = Workbench(settings, store_idle_close_s=0, wait_for_store_s=args.wait)
     config = None
     if not args.resume:
@@ -153,7 +159,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            batch=args.batch,
                            question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
     run = generation_run(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
-                         run_id=args.resume,
+                         run_id=args.resume, more_replacements=args.more_replacements,
                          on_alert=[lambda a: print(f"alert - {a.name} - {a.message}", file=sys.stderr)])
     if run.config.batch:
         run.on_note = lambda line: print(f"batch {line}", file=sys.stderr, flush=True)
@@ -203,7 +209,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if graded:
         print(graded)
     if final.status != "completed":
-        print(f"resume with: groundwork generate --resume {run.run_id}", file=sys.stderr)
+        more = " (--more-replacements N sets its budget)" if "replacement budget" in (final.reason or "") else ""
+        print(f"resume with: groundwork generate --resume {run.run_id}{more}", file=sys.stderr)
     if run.config.output:
         print(f"JSONL: {run.config.output}")
     return 0 if final.status == "completed" else 3
@@ -238,9 +245,12 @@ def _existing_data_dir(settings: Settings) -> None:
 
 def _existing_database(settings: Settings):
     from core.db import Database
+    from core.readonly import is_read_only, read_only_message
 
     _existing_data_dir(settings)
-    return Database(settings.db_path, create=False)
+    # Another user's data dir is read without writing a byte (no migration, no WAL switch).
+    return Database(settings.db_path, create=False,
+                    read_only=read_only_message(settings) if is_read_only(settings) else "")
 
 
 def _int_env(name: str, default: int) -> int:
@@ -253,7 +263,9 @@ def _int_env(name: str, default: int) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from core.db import Database
+    from core.errors import DataDirReadOnlyError
     from core.export import ExportOptions, default_out_dir, export
+    from core.readonly import is_read_only, read_only_message
     from core.review import ReviewFilter
 
     settings = _settings(args)
@@ -271,10 +283,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not settings.db_path.exists():
         raise GroundworkError(f"No workbench database at {settings.db_path}: pass --data-dir (or set "
                               "GROUNDWORK_DATA_DIR) to the data dir you generated into.")
-    db = Database(settings.db_path)
+    read_only = is_read_only(settings)
+    if read_only and not args.out:
+        raise DataDirReadOnlyError(read_only_message(settings, what_to_do=(
+            "the export cannot go into its exports/ folder; pass --out DIR with a folder you can write.")))
+    db = Database(settings.db_path, read_only=read_only_message(settings) if read_only else "")
     progress = Progress(args.quiet)
     try:
-        if not args.no_grade:
+        if read_only and not args.no_grade:
+            print("note: the data dir is read-only, so conversations never checked are not checked now (the "
+                  "manifest counts them as unchecked).", file=sys.stderr)
+        elif not args.no_grade:
             _grade_selection(settings, db, options.filter, progress)
         result = export(db, options, args.out or default_out_dir(settings), settings=settings, progress=progress)
     finally:
@@ -445,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a large run through Gemini's Batch API: each round of calls is one batch job (half price; "
                         "minutes to hours per round; resumable while jobs run). Gemini only")
     p.add_argument("--resume", metavar="RUN_ID", help="finish an incomplete run (a batch run resumes polling its job)")
+    p.add_argument("--more-replacements", type=int, metavar="N",
+                   help="with --resume: failed conversations this session may replace (default: the run's budget "
+                        "again, so a run stopped for its budget can finish)")
     p.add_argument("--wait", type=float, default=30.0)
     p.add_argument("--no-grade", action="store_true",
                    help="skip the offline grounding checks after the run (Review checks each conversation on open)")
@@ -531,7 +553,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     if bool(args.to) == bool(args.from_snapshot):
         raise GroundworkError("Give either --to edge|local or --from-snapshot FILE.")
+    from core.readonly import require_writable
+
     settings = Settings.from_env(data_dir=args.data_dir, collection=args.collection)
+    require_writable(settings)
     progress = Progress(args.quiet)
     try:
         if args.from_snapshot:

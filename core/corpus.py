@@ -23,6 +23,7 @@ from core.edge_store import EDGE_COMFORT_POINTS, EXACT_MAX_POINTS
 from core.embeddings import Embedder
 from core.errors import IngestError, ModelMismatchError, VectorStoreError
 from core.loaders import LoadedDocument, load_path
+from core.model_identity import check_model
 from core.storehub import StoreHub
 from core.vectorstore import LOCAL_MODE_COMFORT_POINTS, Hit, PointFilter, VectorStore, store_location
 
@@ -168,7 +169,11 @@ class Corpus:
             for group in _groups(plan, self.embed_group_chunks):
                 self._write_pending(group, store)
                 texts = [c["text"] for _, chunks in group for c in chunks]
-                vectors = self.embedder.encode(texts)
+                # Progress every few model batches too: one long document is one group. The group's own end
+                # is reported below, once its documents are complete.
+                vectors = self.embedder.encode(texts, progress=None if not progress else (
+                    lambda done, n, base=done_chunks: done < n and progress("embedding", base + done,
+                                                                            max(total_chunks, 1))))
                 chunk_rows = [c for _, chunks in group for c in chunks]
                 report.truncated_chunks += sum(c["truncated"] for c in chunk_rows)
                 store.upsert(self.collection, [c["id"] for c in chunk_rows], vectors,
@@ -269,17 +274,21 @@ class Corpus:
             with self.db.write() as w:
                 w["collections"].insert({"name": self.collection, "embedding_model": self.embedder.model_name,
                                          "dim": dim, "distance": "Cosine", "content_key": self.content_key,
-                                         "engine": store.engine, "created_at": now()}, replace=True)
+                                         "engine": store.engine, "created_at": now(),
+                                         "embedding_identity": dumps(self.embedder.identity())}, replace=True)
 
     def verify(self, store: VectorStore | None = None, probes: int = 3) -> None:
         """Check before any search that the collection's vectors come from the configured model.
 
-        Qdrant records only vector size and distance, and two models of one size pass that check,
-        so a few stored passages are embedded again and must each find themselves at the top.
+        Qdrant records only vector size and distance, and two models of one size pass that check: a collection
+        indexed here is checked against its recorded model identity (core.model_identity); one from elsewhere
+        by embedding a few stored passages again, which must each find themselves at the top.
         """
         if self._verified:
             return
         if store is None:
+            # Load the model first: another process may be waiting for the embedded store meanwhile.
+            self.embedder.identity()
             with self.stores.use() as s:
                 return self.verify(s, probes)
         if not store.exists(self.collection):
@@ -299,7 +308,12 @@ class Corpus:
         if info.points and not rows:
             raise VectorStoreError(f"No point in {self.collection!r} has a text field {self.content_key!r}: "
                                    "set the content key the collection was indexed with (--content-key).")
-        if rows:
+        record = self.db.one("SELECT * FROM collections WHERE name=?", [self.collection])
+        if record is not None:  # indexed here: the model's identity is on record (or is recorded now)
+            check_model(self.db, self.embedder, store, self.collection, self.content_key, record)
+            self._verified = True
+            return
+        if rows:  # a collection from elsewhere (a server, a snapshot): its passages must find themselves
             vectors = self.embedder.encode([r["payload"][self.content_key] for r in rows])
             misses = 0
             for r, v in zip(rows, vectors):
@@ -375,7 +389,9 @@ class Corpus:
 
     def stats(self) -> dict[str, Any]:
         row = self.db.one(
-            "SELECT COUNT(*) AS documents, COALESCE(SUM(n_chunks),0) AS chunks, COALESCE(SUM(n_chars),0) AS chars, "
+            # A pending document's chunks are not searchable yet: they count once it is indexed.
+            "SELECT COUNT(*) AS documents, COALESCE(SUM(CASE WHEN status='complete' THEN n_chunks END),0) AS chunks, "
+            "COALESCE(SUM(n_chars),0) AS chars, "
             "SUM(status='pending') AS pending FROM documents WHERE collection=?", [self.collection])
         record = self.db.one("SELECT * FROM collections WHERE name=?", [self.collection]) or {}
         engine, location = store_location(self.settings)

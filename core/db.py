@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from core.errors import GroundworkError, NotFoundError
+from core.errors import DataDirReadOnlyError, GroundworkError, NotFoundError
 from core.schema import migrations
 
 BUSY_TIMEOUT_S = 30.0
@@ -68,6 +68,29 @@ def _connect(path: Path, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes: no journal-mode change, no migration, no -wal or -shm file created.
+
+    A WAL database opened ``mode=ro`` still needs its -shm file; in a folder this user may not write, with no
+    writer running (a writer keeps -wal and -shm in place), it cannot be created, and only ``immutable=1``
+    reads the file: nothing can be changing it then.
+    """
+    base = f"file:{quote(path.resolve().as_posix())}?mode=ro"
+    for uri in (base, base + "&immutable=1"):
+        conn = sqlite3.connect(uri, check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn.close()
+            if uri != base:
+                raise
+            continue
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        return conn
+    raise AssertionError("unreachable")
+
+
 _STORAGE_ERRORS = ("readonly", "read-only", "disk i/o", "unable to open", "disk is full")
 
 
@@ -81,23 +104,34 @@ def _raise_if_storage(exc: sqlite3.OperationalError, path: Path) -> None:
 class Database:
     """The workbench's SQLite file. Use :meth:`write` for every change and :meth:`rows`/:meth:`one` to read."""
 
-    def __init__(self, path: str | Path, create: bool = True):
+    def __init__(self, path: str | Path, create: bool = True, read_only: str = ""):
         """Args:
             create: make the folder and the file if missing; False (read-only commands): raise NotFoundError.
+            read_only: open without ever writing (a data dir this user may not write); the text is the
+                one-line reason every write then fails with.
         """
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        self.read_only = read_only
+        if (not create or read_only) and not self.path.is_file():
             raise NotFoundError(f"No workbench database at {self.path}: pass --data-dir (or set "
                                 "GROUNDWORK_DATA_DIR) to the data dir you indexed or generated into.")
-        if create:
+        if create and not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_conn = _connect(self.path, create)
+        self._write_conn = _connect_read_only(self.path) if read_only else _connect(self.path, create)
         self._write_lock = threading.RLock()
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._writer = sqlite_utils.Database(self._write_conn)
-        with self._write_lock:
-            migrations.apply(self._writer)
+        if read_only:
+            self._local.conn = self._write_conn  # the opening thread reads on it; others open their own
+            pending = [m.name for m in migrations.pending(self._writer)]
+            if pending:
+                self.close()
+                raise DataDirReadOnlyError(f"{read_only} Also, the database {self.path} was made by an older "
+                                           "version and must be upgraded first, which needs write access.")
+        else:
+            with self._write_lock:
+                migrations.apply(self._writer)
         stat = self.path.stat()
         self._identity = (stat.st_dev, stat.st_ino)
 
@@ -117,6 +151,8 @@ class Database:
         if (stat.st_dev, stat.st_ino) != self._identity:
             raise DatabaseGoneError(f"The database {self.path} was replaced by another file while open: "
                                     "stopped so nothing is written to the old one.")
+        if self.read_only:
+            raise DataDirReadOnlyError(self.read_only)
         # os.access alone says yes to root; the mode bits say what the owner meant.
         if not os.access(self.path, os.W_OK) or not stat.st_mode & 0o222:
             raise DatabaseGoneError(f"The database {self.path} became read-only while open: make it writable "
@@ -161,9 +197,10 @@ class Database:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = _connect(self.path, create=False)
+                conn = _connect_read_only(self.path) if self.read_only else _connect(self.path, create=False)
             except sqlite3.OperationalError:
-                self.check_writable()  # deleted: say so, rather than "unable to open database file"
+                if not self.read_only:
+                    self.check_writable()  # deleted: say so, rather than "unable to open database file"
                 raise
             self._local.conn = conn
             self._read_conns.append(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +21,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 ProgressFn = Callable[[int, int], None]
+
+# Embedded once by every model to fingerprint it: two models of one dimension (or one model with another
+# pooling) give it different vectors. Never change it: stored identities are compared against it.
+PROBE_TEXT = "Groundwork probe: the tenant's deposit of $1,200 must be returned within 30 days of move-out."
+PROBE_MIN_COSINE = 0.999  # same model, other hardware or library version: > 0.9999; another pooling: far less
 
 
 def packaged_model_path() -> Path:
@@ -56,6 +62,7 @@ class Embedder:
         self._encode_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queries: list[dict] = []
+        self._identity: dict | None = None
 
     def load(self):
         if self._model is None:
@@ -100,6 +107,34 @@ class Embedder:
             if progress:
                 progress(min(start + step, len(texts)), len(texts))
         return np.vstack(out)
+
+    def identity(self) -> dict:
+        """What makes this model's vectors what they are, to store with a collection and compare later.
+
+        Name, dimension, pooling and normalisation describe the model; the probe vector (and its hash) catches
+        what they do not, e.g. another model of the same size and pooling, or other weights under one name.
+        """
+        if self._identity is not None:
+            return self._identity
+        model = self.load()
+        pooling, normalize_module = "unknown", False
+        for module in model:  # a SentenceTransformer is a sequence of modules: transformer, pooling, ...
+            kind = type(module).__name__
+            if kind == "Pooling":  # sentence-transformers 6 names it pooling_mode; 3-5 get_pooling_mode_str()
+                mode = getattr(module, "pooling_mode", None)
+                if mode is None and hasattr(module, "get_pooling_mode_str"):
+                    mode = module.get_pooling_mode_str()
+                pooling = "+".join(map(str, mode)) if isinstance(mode, (list, tuple)) else str(mode)
+            elif kind == "Normalize":
+                normalize_module = True
+        with self._encode_lock:
+            probe = model.encode([PROBE_TEXT], normalize_embeddings=True, convert_to_numpy=True,
+                                 show_progress_bar=False)[0].astype(np.float32)
+        rounded = [round(float(x), 5) for x in probe]
+        self._identity = {"name": self.model_name, "dim": int(len(probe)), "pooling": pooling,
+                "normalization": "unit length (Normalize module)" if normalize_module else "unit length (at encode)",
+                "probe_sha256": hashlib.sha256(np.round(probe, 3).tobytes()).hexdigest()[:16], "probe": rounded}
+        return self._identity
 
     def count_wordpieces(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes in this model (special tokens included), to warn about truncation."""
@@ -159,3 +194,27 @@ class Embedder:
 
     def encode_one(self, text: str) -> list[float]:
         return self.encode([text])[0].tolist()
+
+
+def identity_mismatch(stored: dict, current: dict) -> list[str]:
+    """What differs between a collection's recorded model identity and the configured model's (empty: same
+    vectors). The name alone may differ (an alias, another path to the same files) when the probe agrees."""
+    differences = []
+    for key, label in (("dim", "dimension"), ("pooling", "pooling"), ("normalization", "normalisation")):
+        if stored.get(key) is not None and stored.get(key) != current.get(key):
+            differences.append(f"{label} {stored.get(key)} vs {current.get(key)}")
+    a, b = np.asarray(stored.get("probe") or [], dtype=np.float32), np.asarray(current.get("probe") or [],
+                                                                                  dtype=np.float32)
+    if a.shape == b.shape and a.size:
+        cosine = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+        if cosine < PROBE_MIN_COSINE:
+            differences.append(f"probe vector {stored.get('probe_sha256')} vs {current.get('probe_sha256')} "
+                               f"(cosine {cosine:.3f})")
+    elif stored.get("probe_sha256") != current.get("probe_sha256"):
+        differences.append(f"probe vector {stored.get('probe_sha256')} vs {current.get('probe_sha256')}")
+    return differences
+
+
+def describe_identity(identity: dict) -> str:
+    return (f"{identity.get('name')!r} ({identity.get('dim')} dims, {identity.get('pooling')} pooling, "
+            f"probe {identity.get('probe_sha256')})")

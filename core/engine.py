@@ -141,7 +141,7 @@ class GenerationRun:
     def __init__(self, settings: Settings, db: Database, corpus: Corpus,
                  provider_factory: Callable[[CallGate], LLMProvider], config: RunConfig | None = None,
                  run_id: str | None = None, on_alert: list[Callable[[Alert], None]] | None = None,
-                 thresholds: AlertThresholds | None = None):
+                 thresholds: AlertThresholds | None = None, more_replacements: int | None = None):
         self.settings = settings
         self.db = db
         self.corpus = corpus
@@ -152,6 +152,12 @@ class GenerationRun:
         self.status = "pending"
         self.token = owner_token()
         self._storage_error: DatabaseGoneError | None = None
+        # Replacements already used by earlier sessions of this run (set when the run is claimed): each
+        # session, a resume included, gets a budget of its own, so a run stopped for its budget can finish.
+        self._replacements_before = 0
+        if more_replacements is not None and more_replacements < 0:
+            raise ValidationError(f"--more-replacements {more_replacements}: give 0 or more replacements.")
+        self._more_replacements = more_replacements
         if run_id:
             row = db.one("SELECT * FROM runs WHERE id=?", [run_id])
             if not row:
@@ -179,6 +185,10 @@ class GenerationRun:
             available, reason = judge_available(settings.resolved_provider)
             if not available:
                 raise ValidationError(f"The LLM verifier needs a capable model. {reason}")
+        if self.config.retrieval == "rag":
+            # Before the run row and any LLM call: a model that cannot load, or that does not make the
+            # collection's vectors, would otherwise fail (or retrieve nonsense) only after paid calls.
+            self.corpus.verify()
         if not run_id:
             self._create()
         self.monitor.saved_before = self._count("done")
@@ -449,8 +459,9 @@ class GenerationRun:
             status, reason = "completed", ""
         else:
             status = "incomplete"
-            reason = self._stop_reason or (f"{failed} conversations failed and the replacement budget "
-                                           f"({self.config.replacements}) is spent")
+            reason = self._stop_reason or (
+                f"{failed} conversations failed and the replacement budget ({self.replacement_budget}) is "
+                f"spent; a resume gets a new budget of {self.config.replacements} replacements")
         self.status = status
         self.monitor.check_alerts()
         self.monitor.write_log()
@@ -462,10 +473,17 @@ class GenerationRun:
                        self.token])
         return self.progress()
 
+    @property
+    def replacement_budget(self) -> int:
+        """Failed conversations this session may replace: the recipe's budget, or --more-replacements on resume."""
+        return self.config.replacements if self._more_replacements is None else self._more_replacements
+
     def _top_up_items(self) -> None:
         """On resume: if failures left fewer open items than conversations still owed, add items (within budget)."""
         owed = self.config.num_dialogs - self._count("done") - self._count("pending")
         with self.db.write() as w:
+            total = w.execute("SELECT COUNT(*) FROM work_items WHERE run_id=?", [self.run_id]).fetchone()[0]
+            self._replacements_before = max(0, total - self.config.num_dialogs)
             for _ in range(max(0, owed)):
                 if not self._add_replacement(w):
                     break
@@ -474,7 +492,7 @@ class GenerationRun:
         """Add one work item if the replacement budget allows; items beyond num_dialogs are replacements."""
         total, next_slot = w.execute("SELECT COUNT(*), COALESCE(MAX(slot), -1) + 1 FROM work_items WHERE run_id=?",
                                      [self.run_id]).fetchone()
-        if total - self.config.num_dialogs >= self.config.replacements:
+        if total - self.config.num_dialogs - self._replacements_before >= self.replacement_budget:
             return False
         w["work_items"].insert(self._new_item(next_slot))
         return True

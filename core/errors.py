@@ -43,3 +43,7 @@ class ValidationError(GroundworkError):
 
 class RunStopped(GroundworkError):
     """A generation run must stop now (quota gone, budget spent, cancelled); ``reason`` is stored on the run."""
+
+
+class DataDirReadOnlyError(GroundworkError):
+    """The data dir (or its database or vector store) cannot be written by the user running Groundwork."""

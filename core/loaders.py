@@ -19,6 +19,9 @@ from core.errors import IngestError
 from core.ids import content_hash
 
 log = logging.getLogger(__name__)
+# pypdf reports what it repairs in a damaged file ("incorrect startxref pointer", "Cannot find /Root") as
+# logging warnings, which Python prints bare on stderr ahead of the loader's own one-line problem: keep them out.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 SUPPORTED_EXTENSIONS = frozenset({".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".jsonl", ".csv"})
 

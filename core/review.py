@@ -555,6 +555,7 @@ class ReviewStore:
         config.prompt_versions = versions
         rng = random.Random(seed if seed is not None else int(hashlib.sha256(
             f"{conversation_id}:{keep_through}:{now()}".encode()).hexdigest()[:12], 16))
+        corpus.verify()  # the configured embedding model must be the collection's, before any LLM call
         provider = provider_factory(CallGate(getattr(settings, "rpm_limit", 0)))
         try:
             retriever = Retriever(corpus, snapshot=False)

@@ -217,3 +217,12 @@ def add_batch_jobs(db: Database) -> None:
     }, pk="key", if_not_exists=True)
     db["batch_requests"].create_index(["job_id", "status"], if_not_exists=True)
     db["work_items"].add_column("batch_state", str)
+
+
+@migrations()
+def m_issue25_embedding_identity(db: Database) -> None:
+    """The embedding model a collection's vectors were made with: name, dimension, pooling, normalisation and
+    a probe vector (JSON, core.embeddings.Embedder.identity). Searches and runs compare it with the configured
+    model before any LLM call. NULL for collections indexed before: recorded on first open if the configured
+    model reproduces their stored vectors."""
+    db["collections"].add_column("embedding_identity", str)

@@ -8,10 +8,14 @@ shares it between threads while any user holds it, and closes it after a short i
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from core.config import Settings
 from core.edge_store import EdgeStore
@@ -95,14 +99,62 @@ class StoreHub:
             self._close_locked()
 
 
-def open_store(settings: Settings) -> VectorStore:
+def open_store(settings: Settings, read_only: bool = False) -> VectorStore:
     """The configured vector store: a server for a URL, else the embedded engine (Edge or local mode).
 
     Here rather than in ``core.vectorstore``: the Edge store builds on that module's types, so the choice
-    between them sits above both."""
+    between them sits above both. read_only: the data dir may not be written; an embedded store is opened on a private copy (see
+    :class:`ReadOnlyCopy`).
+    """
     if settings.qdrant_url:
         return QdrantStore(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+    if read_only:
+        return ReadOnlyCopy.open(settings)
     if settings.embedded_engine == "local":
         settings.qdrant_path.mkdir(parents=True, exist_ok=True)
         return QdrantStore(path=str(settings.qdrant_path))
     return EdgeStore(settings.edge_path, legacy_local_path=settings.qdrant_path)
+
+
+class ReadOnlyCopy:
+    """An embedded store opened on a private copy of its folder, removed again on close.
+
+    Neither Qdrant Edge (its WAL) nor local mode (its lock file) opens a folder it may not write, so a data dir
+    of another user is searched from a copy in the temp folder: a reading command never changes the original.
+    The copy costs a read of the store's files (milliseconds for the sample corpus; about a second per few
+    hundred MB).
+    """
+
+    def __init__(self, store: VectorStore, folder: Path):
+        self._store = store
+        self._folder = folder
+        self.engine = store.engine
+
+    @classmethod
+    def open(cls, settings: Settings) -> "ReadOnlyCopy":
+        local = settings.embedded_engine == "local"
+        source = settings.qdrant_path if local else settings.edge_path
+        folder = Path(tempfile.mkdtemp(prefix="groundwork-readonly-store-"))
+        try:
+            target = folder / source.name
+            if source.is_dir():
+                # In-progress builds and swaps are the writer's business: only live shards are copied.
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns(".build-*", ".old-*", "*.lock",
+                                                                             ".lock"))
+            else:
+                target.mkdir()
+            if local:
+                return cls(QdrantStore(path=str(target)), folder)
+                    return cls(EdgeStore(target, legacy_local_path=settings.qdrant_path, auto_build=False), folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def close(self) -> None:
+        try:
+            self._store.close()
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)

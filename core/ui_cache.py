@@ -73,6 +73,26 @@ def workbench(data_dir: str | Path | None = None) -> Workbench:
                       s.embedding_model, s.qdrant_url)
 
 
+def data_dir_problem() -> str:
+    """One line when this session's data dir cannot be written by the user the app runs as (else "").
+
+    Every page writes (prompt versions, reviews, runs, the index), so the app says so once, up front, instead
+    of each page failing with SQLite's "attempt to write a readonly database".
+    """
+    from core.readonly import is_read_only, read_only_message, user_name
+
+    try:
+        s = settings()
+    except GroundworkError:
+        return ""  # a bad environment variable: the pages say which
+    if not is_read_only(s):
+        return ""
+    return read_only_message(s, what_to_do=(
+        f"the app writes there (prompts, reviews, runs), so start it as the owner, give {user_name()} write access, "
+        "or set GROUNDWORK_DATA_DIR to a copy of your own. Reading only: `groundwork runs`, `groundwork search`, "
+        "`groundwork export --out DIR` work on it as it is."))
+
+
 def main_data_dir() -> Path:
     """The data dir the server was started on, whatever this session switched to."""
     return Settings.from_env().data_path

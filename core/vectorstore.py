@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -200,6 +201,13 @@ SNAPSHOT_MAX_POINTS = 20_000
 
 def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
     text = str(e)
+    if engine != "server" and (isinstance(e, PermissionError) or "Permission denied" in text
+                               or "os error 13" in text or "Read-only file system" in text):
+        from core.readonly import owner_name, user_name
+
+        return VectorStoreError(f"The vector store folder {location} is not writable by user {user_name()} (it "
+                                f"belongs to {owner_name(Path(location))}): run as its owner, give {user_name()} "
+                                "write access, or copy the data dir to a folder of your own and use that.")
     if ("already accessed by another instance" in text or "Resource temporarily unavailable" in text
             or "WouldBlock" in text):  # the last: Qdrant Edge's "Can't init WAL: Kind(WouldBlock)"
         return StoreLockedError(
@@ -216,6 +224,6 @@ def _translate(e: Exception, location: str, engine: str) -> VectorStoreError:
     if "Not found: Collection" in text or "doesn't exist" in text:
         return VectorStoreError(f"Collection not found in Qdrant at {location}: index a corpus first "
                                 "(Corpus page, or `groundwork index sample_data/corpus`).")
-    if "Unauthorized" in text or "403" in text or "401" in text:
+    if engine == "server" and ("Unauthorized" in text or "403" in text or "401" in text):
         return VectorStoreError(f"The Qdrant server at {location} refused the API key: check QDRANT_API_KEY.")
     return VectorStoreError(f"Qdrant ({engine}, {location}) failed: {name}: {text[:300]}")

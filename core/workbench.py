@@ -10,6 +10,7 @@ from core.config import Settings
 from core.corpus import Corpus
 from core.db import Database
 from core.embeddings import Embedder
+from core.readonly import read_only_message
 from core.storehub import StoreHub, open_store
 
 
@@ -23,14 +24,20 @@ class Workbench:
     """
 
     def __init__(self, settings: Settings, store_idle_close_s: float = 5.0, wait_for_store_s: float = 0.0,
-                 embedder: Embedder | None = None):
+                 embedder: Embedder | None = None, read_only: bool = False):
+        """read_only: for reading commands on a data dir this user may not write (core.readonly): the
+        database opens read-only and the embedded vector store as a private copy."""
         self.settings = settings
-        settings.data_path.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.db_path)
+        self.read_only = read_only
+        if read_only:
+            self.db = Database(settings.db_path, read_only=read_only_message(settings))
+        else:
+            settings.data_path.mkdir(parents=True, exist_ok=True)
+            self.db = Database(settings.db_path)
         # An embedder can be shared between workbenches (tests, several data dirs in one process).
         self.embedder = embedder if embedder and embedder.model_name == settings.embedding_model \
             else Embedder(settings.embedding_model)
-        self.stores = StoreHub(lambda: open_store(settings), idle_close_s=store_idle_close_s,
+        self.stores = StoreHub(lambda: open_store(settings, read_only=read_only), idle_close_s=store_idle_close_s,
                                wait_for_lock_s=wait_for_store_s)
         self.corpus = Corpus(settings, self.db, self.embedder, self.stores)
 

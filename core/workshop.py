@@ -161,6 +161,7 @@ class Workshop:
         if not self.wb.corpus.stats()["chunks"]:
             raise ValidationError("No corpus is indexed yet: ingest documents on the Corpus page (or run "
                                   "`groundwork index sample_data/corpus`) before previewing or generating.")
+        self.wb.corpus.verify()  # the configured embedding model must be the collection's, before any LLM call
 
     def preview_retrieval(self, question: str, k: int = 3, respondent_version: int | None = None
                           ) -> RetrievalPreview:
@@ -379,6 +380,7 @@ def regenerate_with_versions(workshop: Workshop, conversation_ids: list[str], ve
     if not conversation_ids:
         raise ValidationError("Select at least one conversation to regenerate.")
     db = workshop.wb.db
+    workshop.wb.corpus.verify()  # before the run row and any LLM call
     texts, ids = workshop._texts(versions)
     config = RunConfig(num_dialogs=len(conversation_ids), temperature=temperature, max_tokens=max_tokens,
                        kind="regenerate", prompt_versions=ids)

@@ -59,8 +59,8 @@ def export(db: Database, options: ExportOptions, out_dir: Path | str, settings: 
     f = options.filter
     selected = ReviewStore(db).count(f)
     if selected == 0:
-        raise ValidationError(f"Nothing to export: no conversations match the selection ({f.describe()}). Approve "
-                              "conversations on the Review page, or widen the selection (e.g. --status any).")
+        raise ValidationError(f"Nothing to export: no conversations match the selection ({f.describe()}). "
+                              + _empty_selection_hint(db, f))
     _check_no_empty_messages(db, f)
     keep: set[str] | None = None
     if options.drop_near_duplicates:
@@ -443,3 +443,15 @@ def _empty_format_hint(fmt: str, f: ReviewFilter) -> str:
                "discarded for a reason about the answer (see the reason table).",
     }
     return hints.get(fmt, f"{fmt}: no rows (see the skipped counts) for the selection {f.describe()}.")
+
+
+def _empty_selection_hint(db: Database, f: ReviewFilter) -> str:
+    """What to do about an empty selection: never the widening that is already in place."""
+    if f.status != "any":
+        return "Approve conversations on the Review page, or widen the selection (e.g. --status any)."
+    narrowed = f.describe() != ReviewFilter(status="any").describe()
+    if narrowed:
+        return "Widen the selection (fewer of run, rating, tag and the other filters)."
+    if not db.scalar("SELECT COUNT(*) FROM conversations"):
+        return "This data dir has no conversations yet: generate some first (Generate page, or `groundwork generate`)."
+    return "Widen the selection."

@@ -145,7 +145,7 @@ class ReadOnlyCopy:
                 target.mkdir()
             if local:
                 return cls(QdrantStore(path=str(target)), folder)
-                    return cls(EdgeStore(target, legacy_local_path=settings.qdrant_path, auto_build=False), folder)
+            return cls(EdgeStore(target, legacy_local_path=settings.qdrant_path, auto_build=False), folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

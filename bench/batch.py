@@ -26,7 +26,7 @@ for _name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "GROUNDWORK_PROV
     os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core.fake_gemini import FakeGemini  # noqa: E402
+from fakes.gemini import FakeGemini  # noqa: E402
 from machine import CpuMeter  # noqa: E402
 from throughput import KEY, Env  # noqa: E402
 

@@ -28,8 +28,8 @@ for _name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "GRO
     os.environ.pop(_name, None)
 
 from core.config import Settings  # noqa: E402
-from core.fake_gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
-from core.fake_gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
+from fakes.gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
+from fakes.gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
 from core.gate import AdaptiveGate  # noqa: E402
 from core.providers.base import LLMRequest, Message  # noqa: E402
 from core.providers.gemini import GeminiProvider  # noqa: E402

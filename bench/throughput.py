@@ -49,8 +49,8 @@ for _name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY"
     os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from core.fake_gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
-from core.fake_gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
+from fakes.gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
+from fakes.gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
 from diagnose import breakdown, instrument_engine  # noqa: E402
 from machine import CpuMeter, Usage  # noqa: E402
 

@@ -259,7 +259,7 @@ def end_to_end(data: Path, mode: str, dialogs: int, embedder) -> dict:
     from core import engine as engine_mod
     from core.config import Settings
     from core.engine import GenerationRun, RunConfig
-    from core.fake_gemini import FakeGemini
+    from fakes.gemini import FakeGemini
     from core.providers.gemini import GeminiProvider
     from core.workbench import Workbench
 

@@ -7,7 +7,7 @@ import pytest
 
 from core.access import confine_path, session_settings
 from core.errors import ValidationError
-from core.fake_gemini import FakeOpenAI
+from fakes.gemini import FakeOpenAI
 from core.review import escape_markdown
 from tests.conftest import ROOT, make_settings, new_app
 

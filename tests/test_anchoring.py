@@ -13,7 +13,7 @@ from core.anchoring import (TitleIndex, anchor_documents, evidence_to_carry, tur
 from core.corpus import Passage
 from core.db import loads
 from core.engine import GenerationRun, RunConfig
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.reply_checks import FROM_PROMPT, REPEATED, OpeningQuestions, check_question
 from core.standalone_query import clean_query, query_noise, standalone_query

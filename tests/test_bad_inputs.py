@@ -17,7 +17,7 @@ import pytest
 
 from core.engine import GenerationRun, RunConfig
 from core.errors import GroundworkError
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.prompts import PromptLibrary
 from core.providers.base import LLMRequest, Message
 from core.providers.gemini import GeminiProvider

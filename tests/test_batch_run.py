@@ -13,7 +13,7 @@ import pytest
 from core.batch_run import BatchGenerationRun, generation_run
 from core.cost import estimate_run
 from core.engine import RunOwnedError
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.run_config import RunConfig
 from core.workbench import Workbench

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from core.db import Database
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.quality import WEAKLY_GROUNDED_BELOW
 from tests.conftest import ROOT
 

@@ -5,7 +5,7 @@ import pytest
 from core.cost import calls_per_conversation, estimate_run, parse_prices
 from core.engine import GenerationRun, RunConfig
 from core.errors import ConfigError
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.prompts import KINDS, PromptLibrary
 from core.providers.gemini import GeminiProvider
 

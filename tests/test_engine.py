@@ -13,7 +13,7 @@ import pytest
 
 from core.db import loads
 from core.engine import AdaptiveGate, GenerationRun, RunConfig
-from core.fake_gemini import Fault, FakeGemini
+from fakes.gemini import Fault, FakeGemini
 from core.providers.gemini import GeminiProvider
 from tests.conftest import ROOT
 

@@ -6,7 +6,7 @@ import threading
 import time
 
 from core.config import Settings
-from core.fake_gemini import Fault, FakeGemini
+from fakes.gemini import Fault, FakeGemini
 from core.gate import AdaptiveGate
 from core.providers.base import LLMRequest, Message
 from core.providers.gemini import GeminiProvider

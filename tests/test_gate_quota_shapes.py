@@ -4,8 +4,8 @@ Gemini; windows of 2 s so a case takes seconds. bench/quota.py measures the same
 
 import pytest
 
-from core.fake_gemini import FakeGemini
-from core.fake_gemini_process import FakeGeminiProcess
+from fakes.gemini import FakeGemini
+from fakes.gemini_process import FakeGeminiProcess
 from core.gate import STATED_SHARE, AdaptiveGate
 from tests.test_gate import drive, in_range
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.config import Settings
-from core.fake_gemini import FakeGemini, Fault
+from fakes.gemini import FakeGemini, Fault
 from core.providers.base import CallGate, LLMError, LLMRequest, Message, QuotaExhaustedError
 from core.providers.gemini import GeminiProvider
 from core.providers.base import redact

@@ -11,7 +11,7 @@ import pytest
 from core import quality
 from core.cli import main
 from core.db import Database, dumps, new_id
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.quality.calibration import best_threshold, reviewer_agreement, spearman
 from core.quality.grade import GradeInputError, read_rows
 from core.quality.grounding import OfflineVerifier, TurnInput
@@ -362,7 +362,7 @@ def test_generation_verifies_each_answer_when_enabled_and_the_estimate_counts_it
 
 def test_llm_verifier_on_an_openai_compatible_server():
     from core.config import Settings
-    from core.fake_gemini import FakeOpenAI
+    from fakes.gemini import FakeOpenAI
     from core.providers.openai_compat import OpenAICompatProvider
 
     def reply(body):

@@ -9,7 +9,7 @@ import pytest
 
 from core.db import loads
 from core.engine import GenerationRun, RunConfig
-from core.fake_gemini import FakeGemini, leaning_user
+from fakes.gemini import FakeGemini, leaning_user
 from core.providers.gemini import GeminiProvider
 from core.turn_context import BRIEFING_NOTICE, DATA_NOTICE
 

@@ -8,7 +8,7 @@ import pytest
 
 from core.db import Database
 from core.engine import GenerationRun, Question, RunConfig, store_conversation
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.review import ReviewStore
 

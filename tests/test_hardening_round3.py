@@ -20,7 +20,7 @@ import pytest
 
 from core.db import Database
 from core.embeddings import packaged_model_path
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from tests.conftest import ROOT, SAMPLE_DIR, make_settings, new_app
 
 KEY = "AIzaSy-round3-test-key-0000000000000000"

@@ -6,7 +6,7 @@ import pytest
 
 from core.db import Database
 from core.engine import GenerationRun, RunConfig
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.workbench import Workbench
 from tests.conftest import make_settings, new_app, rerun_until_success

@@ -8,7 +8,7 @@ import pytest
 from core.db import loads
 from core.engine import GenerationRun, RunConfig
 from core.errors import ValidationError
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.judge import JUDGE_SYSTEM, judge_available
 from core.providers.gemini import GeminiProvider
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from core.config import Settings
-from core.fake_gemini import FakeOpenAI, Fault
+from fakes.gemini import FakeOpenAI, Fault
 from core.providers.base import CallGate, LLMError, LLMRequest, Message, QuotaExhaustedError
 from core.providers.openai_compat import PLACEHOLDER_KEY, OpenAICompatProvider
 from core.providers.registry import make_provider, provider_info, test_connection

@@ -36,7 +36,7 @@ def test_corpus_page_ingest_reports_bad_folder(indexed_app_env):
 
 
 def test_generate_page_runs_a_batch_in_the_background(indexed_app_env, monkeypatch):
-    from core.fake_gemini import FakeGemini
+    from fakes.gemini import FakeGemini
 
     with FakeGemini(latency=0.05) as fake:
         monkeypatch.setenv("GEMINI_API_KEY", "AIza-page-test-key")

@@ -7,7 +7,7 @@ import pytest
 from core.db import dumps, loads, new_id, now
 from core.engine import GenerationRun, RunConfig
 from core.errors import NotFoundError, ValidationError
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.review import ReviewFilter, ReviewStore, escape_markdown, preferences_of
 

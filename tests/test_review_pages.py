@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core.db import Database
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.review import ReviewFilter, ReviewStore, escape_markdown
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings, new_app

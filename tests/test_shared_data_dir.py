@@ -6,7 +6,7 @@ import sys
 import time
 
 from core.db import Database
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.review import ReviewStore
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings

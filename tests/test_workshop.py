@@ -4,7 +4,7 @@ import pytest
 
 from core.db import loads
 from core.errors import ValidationError
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.prompts import PromptLibrary
 from core.providers.gemini import GeminiProvider
 from core.workshop import Workshop, highlight_html, query_terms

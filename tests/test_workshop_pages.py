@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from tests.conftest import new_app
 
 

@@ -1,7 +1,7 @@
 """The fake Gemini server in a process of its own, as every real provider is, for benchmarks and tests.
 
 In the same process the fake shares the client's GIL: its handlers steal CPU from the run it serves and hide
-the cost of real network hand-offs. Here it runs as ``python -m core.fake_gemini_process`` and is driven over
+the cost of real network hand-offs. Here it runs as ``python -m fakes.gemini_process`` and is driven over
 HTTP (control endpoints under ``/_fake/``)::
 
     with FakeGeminiProcess(latency=0.5, rpm_quota=120, rpm_window=10, quota_shape="bare") as fake:
@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from core.fake_gemini import QUOTA_SHAPES, WINDOW_KINDS, FakeGemini, Fault, _Handler
+from fakes.gemini import QUOTA_SHAPES, WINDOW_KINDS, FakeGemini, Fault, _Handler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ class FakeGeminiProcess:
         if self._proc is not None:
             return self
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        self._proc = subprocess.Popen([sys.executable, "-m", "core.fake_gemini_process", json.dumps(self.options)],
+        self._proc = subprocess.Popen([sys.executable, "-m", "fakes.gemini_process", json.dumps(self.options)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=str(ROOT),
                                       text=True)
         line = self._proc.stdout.readline() if self._proc.stdout else ""

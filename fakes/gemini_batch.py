@@ -1,4 +1,4 @@
-"""The Gemini Batch API and Files API endpoints of the fake Gemini server (``core.fake_gemini.FakeGemini``).
+"""The Gemini Batch API and Files API endpoints of the fake Gemini server (``fakes.gemini.FakeGemini``).
 
 They follow what google-genai really sends (google/genai/batches.py, files.py and the resumable upload in
 _api_client.py), matched by path suffix so any API version prefix works:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
 
-from core.fake_gemini_batch import GeminiBatchEndpoints
+from fakes.gemini_batch import GeminiBatchEndpoints
 
 FAULT_KINDS = (
     "rate_minute", "rate_day", "bad_request", "unauthenticated", "permission_denied", "not_found",
@@ -521,7 +521,7 @@ class FakeGemini(GeminiBatchEndpoints, _FakeServer):
     def __init__(self, *, bad_key_status: int = 403, thinking_tokens: int = 24, embedding_dims: int = 768,
                  **options: Any):
         super().__init__(**options)
-        self._init_batch()  # the Batch and Files API endpoints (core.fake_gemini_batch)
+        self._init_batch()  # the Batch and Files API endpoints (fakes.gemini_batch)
         self.bad_key_status = bad_key_status
         self.thinking_tokens = thinking_tokens
         self.embedding_dims = embedding_dims

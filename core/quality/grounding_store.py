@@ -17,12 +17,18 @@ from core.quality.verdicts import TurnVerdict, Verifier
 @dataclass
 class ConversationGrounding:
     conversation_id: str
-    score: float | None  # mean of the turn scores; None when no turn makes a checkable claim
+    score: float | None  # the worst turn's score (conversation_score); None when no turn makes a claim
     turns: list[TurnGrounding]
 
     @property
     def citation_flags(self) -> int:
         return sum(len(t.citations) for t in self.turns)
+
+
+def conversation_score(turn_scores: list[float]) -> float | None:
+    """The worst answer's score: a flag in any answer flags the conversation (a mean would let two good
+    answers hide a changed figure in the third)."""
+    return round(min(turn_scores), 4) if turn_scores else None
 
 
 def _turn_inputs(db: Database, conversation_id: str) -> list[TurnInput]:
@@ -53,7 +59,7 @@ def score_conversation(db: Database, embedder: Embedder, conversation_id: str,
     checker = checker or GroundingChecker(embedder)
     turns = checker.score_turns(list(_turn_inputs(db, conversation_id)))
     scores = [t.score for t in turns if t.score is not None]
-    result = ConversationGrounding(conversation_id, round(sum(scores) / len(scores), 4) if scores else None, turns)
+    result = ConversationGrounding(conversation_id, conversation_score(scores), turns)
     inputs = {t.turn_id: t for t in _turn_inputs(db, conversation_id)}
     with db.write() as w:
         for t in turns:
@@ -140,7 +146,7 @@ def store_verdicts(db: Database, conversation_id: str, graded: list[tuple[TurnIn
         scores = [r[0] for r in w.execute("SELECT grounding_score FROM turns WHERE conversation_id=? AND "
                                           "role='assistant' AND grounding_score IS NOT NULL", [conversation_id])]
         w.execute("UPDATE conversations SET grounding=?, grounded_at=? WHERE id=?",
-                  [round(sum(scores) / len(scores), 4) if scores else None, now(), conversation_id])
+                  [conversation_score(scores), now(), conversation_id])
 
 
 def regrade_stale(db: Database, embedder: Embedder, conversation_id: str,
@@ -166,7 +172,7 @@ def regrade_stale(db: Database, embedder: Embedder, conversation_id: str,
         flags = w.execute("SELECT COALESCE(SUM(citation_flags), 0) FROM turns WHERE conversation_id=?",
                           [conversation_id]).fetchone()[0]
         w.execute("UPDATE conversations SET grounding=?, citation_flags=?, grounded_at=? WHERE id=?",
-                  [round(sum(scores) / len(scores), 4) if scores else None, flags, now(), conversation_id])
+                  [conversation_score(scores), flags, now(), conversation_id])
     return len(inputs)
 
 

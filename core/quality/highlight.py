@@ -6,9 +6,12 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from core.quality.verdicts import CHECK_LABELS
+
+# "weak" is what results stored by sentence-windows-v3 and older call a low passage match.
 COLOURS = {"unsupported": "#fde2e1", "contradicted": "#f8c4c1", "weak": "#fff3cd"}
 BADGES = {"supported": ("#1e7b34", "supported"), "weak": ("#8a6d00", "weak"), "unsupported": ("#b42318", "unsupported"),
-          "contradicted": ("#7a1010", "contradicted")}
+          "contradicted": ("#7a1010", "contradicted"), "not_checked": ("#666666", "not checked offline")}
 CONTEXT_CHARS = 120  # passage text shown on each side of an evidence span
 
 
@@ -58,6 +61,9 @@ def evidence_html(sentences: Sequence[dict[str, Any]], passages: Sequence[dict[s
         if kind not in BADGES:
             continue
         colour, label = BADGES[kind]
+        check = s.get("check") or ""
+        if check and check not in ("none", "similarity") and kind != "not_checked":
+            label = f"{label}<br><small>{html.escape(CHECK_LABELS.get(check, check))}</small>"
         pid = str(s.get("passage_id")) if s.get("passage_id") is not None else None
         evidence = s.get("evidence") or ""
         if evidence:

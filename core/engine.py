@@ -179,6 +179,8 @@ class GenerationRun:
             available, reason = judge_available(settings.resolved_provider)
             if not available:
                 raise ValidationError(f"The LLM verifier needs a capable model. {reason}")
+        # Called with each conversation id right after it is saved (the background grounding checks).
+        self.on_saved: list[Callable[[str], None]] = []
         if not run_id:
             self._create()
         self.monitor.saved_before = self._count("done")
@@ -689,6 +691,14 @@ class GenerationRun:
         self.monitor.record_saved(turns)
         if self.config.output:
             self._append_jsonl(conversation_id)
+        self._saved(conversation_id)
+
+    def _saved(self, conversation_id: str) -> None:
+        for callback in self.on_saved:
+            try:
+                callback(conversation_id)
+            except Exception:  # advisory (grounding checks): never fails a saved conversation
+                pass
 
     # ---- JSONL output -------------------------------------------------------------------------
     def _append_jsonl(self, conversation_id: str) -> None:

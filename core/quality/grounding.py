@@ -601,8 +601,9 @@ class OfflineVerifier:
 
     method = GROUNDING_METHOD
 
-    def __init__(self, embedder: Embedder, thresholds: GroundingThresholds = DEFAULT_THRESHOLDS):
-        self.checker = GroundingChecker(embedder, thresholds)
+    def __init__(self, embedder: Embedder, thresholds: GroundingThresholds = DEFAULT_THRESHOLDS,
+                 data_dir: Path | None = None):
+        self.checker = GroundingChecker(embedder, thresholds, data_dir=data_dir)
 
     def verify_turns(self, turns: Sequence[TurnInput]) -> list[TurnVerdict]:
         return [g.to_verdict(t.idx) for g, t in zip(self.checker.score_turns(turns), turns)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -23,6 +24,12 @@ class ConversationGrounding:
     @property
     def citation_flags(self) -> int:
         return sum(len(t.citations) for t in self.turns)
+
+
+def _checker(db: Database, embedder: Embedder) -> GroundingChecker:
+    """A checker whose sentence vectors are kept beside this database (what a run embedded, Review reuses)."""
+    path = getattr(db, "path", None)
+    return GroundingChecker(embedder, data_dir=Path(path).parent if path and Path(path).is_file() else None)
 
 
 def conversation_score(turn_scores: list[float]) -> float | None:
@@ -56,7 +63,7 @@ def score_conversation(db: Database, embedder: Embedder, conversation_id: str,
     """
     if db.scalar("SELECT 1 FROM conversations WHERE id=?", [conversation_id]) is None:
         raise NotFoundError(f"Conversation {conversation_id} does not exist.")
-    checker = checker or GroundingChecker(embedder)
+    checker = checker or _checker(db, embedder)
     turns = checker.score_turns(list(_turn_inputs(db, conversation_id)))
     scores = [t.score for t in turns if t.score is not None]
     result = ConversationGrounding(conversation_id, conversation_score(scores), turns)
@@ -98,7 +105,7 @@ def score_conversations(db: Database, embedder: Embedder, *, run_id: str | None 
 def score_ids(db: Database, embedder: Embedder, ids: list[str], *, progress: ProgressFn | None = None,
               checker: GroundingChecker | None = None) -> int:
     """Score these conversations (one checker, so passage windows are encoded once); how many were scored."""
-    checker = checker or GroundingChecker(embedder)
+    checker = checker or _checker(db, embedder)
     if progress and ids:
         progress(0, len(ids))  # the total at once: the first conversation can take a while
     for n, cid in enumerate(ids, 1):
@@ -159,7 +166,7 @@ def regrade_stale(db: Database, embedder: Embedder, conversation_id: str,
     stale = {d["turn_id"] for d in grounding_details(db, conversation_id) if d["stale"]}
     if not stale:
         return 0
-    checker = checker or GroundingChecker(embedder)
+    checker = checker or _checker(db, embedder)
     inputs = [t for t in _turn_inputs(db, conversation_id) if t.turn_id in stale]
     results = checker.score_turns(inputs)
     with db.write() as w:

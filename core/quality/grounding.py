@@ -16,8 +16,9 @@ from core.embeddings import Embedder
 from core.quality.common import GROUNDING_METHOD, text_hash
 from core.quality.spans import locate
 from core.quality.verdicts import FLAG_BAND, SentenceVerdict, TurnVerdict, band_score
-from core.quality.sentences import Sentence, sentence_kind, split_sentences
-from core.quality.lexical import (_blank, _compounds, _content_words, _names, _numbers, _stem, _words, acronyms,
+from core.quality.sentences import _ABBREVIATIONS, Sentence, sentence_kind, split_sentences
+from core.quality.lexical import (_blank, _compounds, _content_words, _decimal_key, _digit_numbers, _names, _numbers,
+                                  _stem, _words, acronyms,
                                   derivable, tokens_upper, typed_numbers)
 from core.quality.quantities import Quantity, quantities, unsupported_quantities
 from core.quality.citations import CitationFlag, IdentifierPool, _citation_flags, _source_texts, extract_identifiers
@@ -35,7 +36,10 @@ class GroundingThresholds:
     supported: float = 0.66  # at or above: supported; below: not checked offline (neutral), never a flag
     similarity_weight: float = 0.5
     contradiction_gate: float = 0.6  # only a window this similar can be contradicted by a flipped word
-    polarity_gate: float = 0.7  # a plain sentence this close to a negated passage sentence reverses it
+    polarity_gate: float = 0.75  # a plain sentence this close to a negated passage sentence reverses it
+    # A negation judged by its guessed scope ("not willful") counts only against a window this close: below it,
+    # the negation is as often about something else in the sentence (measured on the development sets).
+    negation_gate: float = 0.75
     restates_question: float = 0.8  # a sentence this close to the user's own message restates it
 
 
@@ -383,11 +387,16 @@ class GroundingChecker:
             reasons = [why for _, why in facts]
             check = facts[0][0] if facts else ""
             contradicted = False
-            if turn.passages and not reasons:
-                why = _contradicts_passages(sentence.text, passages_negated, passages_plain)
-                if why:
-                    reasons.append(why)
-                    contradicted, check = True, "polarity"
+            if turn.passages and not reasons and sims is not None and _contradicts_passages(
+                    sentence.text, passages_negated, passages_plain):
+                # An outcome the passages never state, while they state its opposite: flagged only with the
+                # matched passage sentence that states the opposite, as the evidence a reviewer sees.
+                for i in np.argsort(-sims)[:3]:
+                    why = _contradicts_passages(sentence.text, *_negated_and_plain(windows.texts[i]))
+                    if why:
+                        reasons.append(why)
+                        best, contradicted, check = int(i), True, "polarity"
+                        break
             if sims is not None and not reasons:
                 # A flipped outcome or negation keeps a high similarity: look at the closest windows.
                 for rank, i in enumerate(np.argsort(-sims)[:3]):
@@ -395,7 +404,8 @@ class GroundingChecker:
                         break
                     # A negation is judged against the closest window only: the runner-up is often about
                     # something else ("Monthly plans are not refundable" beside a claim about annual plans).
-                    why = _contradiction(sentence.text, windows.texts[i], negation=rank == 0)
+                    why = _contradiction(sentence.text, windows.texts[i],
+                                         negation=rank == 0 and sims[i] >= t.negation_gate)
                     if why:
                         reasons.append(why)
                         best, contradicted, check = int(i), True, "polarity"
@@ -582,10 +592,13 @@ def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names
                                           f"{', '.join(k.text.strip() for k in said[:3])})"))
         spans += [(q.start, q.end) for q in quantities(sentence) if q.dimension in known_dimensions]
     amounts = {i.key for i in idents if i.type == "amount"}
-    for n in sorted(_numbers(_blank(sentence, spans)) - numbers - amounts):
+    # Figures in digits only: "for two reasons", "three options" count what the answer itself lists; a number
+    # word with a unit ("sixteen weeks") was judged with the quantities above.
+    digits = {_decimal_key(value) for value, _ in _digit_numbers(_blank(sentence, spans))}
+    for n in sorted(digits - numbers - amounts):
         if not computed(n, False):
             reasons.append(("figure", f"number not in the passages: {n}"))
-    for name in sorted(_names(sentence) - names):
+    for name in sorted(_names(sentence) - names - _ABBREVIATIONS):  # "Civ." in "Columbia Civ. Code"
         # "Europe" beside "European cities", "Canada" beside "Canadian": the same name in another form.
         if len(name) >= 5 and any(w.startswith(name[:len(name) - 1]) for w in names):
             continue

@@ -49,6 +49,13 @@ def _checks_that_flagged(detail: dict[str, Any]) -> str:
     return ", ".join(kinds)
 
 
+# Shown where offline flags are (Review, Export): what they can and cannot tell.
+OFFLINE_NOTE = ("Offline checks flag only what they can show: a figure, date, name, identifier or citation the "
+                "passages lack, or an outcome opposite to the passage sentence it matches. Everything else is "
+                "\"not checked offline\". For verdicts that matter, use the LLM verifier (Review: \"Verify "
+                "grounding with the LLM\"; `generate --verify-grounding`; `grade --provider`).")
+
+
 def turn_badge(detail: dict[str, Any] | None, threshold: float = WEAKLY_GROUNDED_BELOW) -> Badge:
     """The verdict on one answer from its stored grounding detail (see core.quality.grounding_details).
 
@@ -86,6 +93,16 @@ def turn_badge(detail: dict[str, Any] | None, threshold: float = WEAKLY_GROUNDED
     return Badge(f"grounded · passage match · {score:.2f}", "green", ":material/check_circle:", False)
 
 
-def flagged_answers(details: list[dict[str, Any]]) -> int:
+def flagged_answers(details: list[dict[str, Any]], threshold: float = WEAKLY_GROUNDED_BELOW) -> int:
     """How many answers of a conversation carry a red or orange badge."""
-    return sum(1 for d in details if turn_badge(d).flagged)
+    return sum(1 for d in details if turn_badge(d, threshold).flagged)
+
+
+def conversation_threshold(db: Database, conversation: dict[str, Any]) -> float:
+    """The flag threshold of a conversation's respondent prompt version (fitted to reviewers, or the default)."""
+    from core.db import loads
+    from core.quality.reviewer_fit import flag_threshold
+
+    raw = conversation.get("prompt_versions")
+    versions = raw if isinstance(raw, dict) else (loads(raw, {}) or {})
+    return flag_threshold(db, versions.get("respondent") if isinstance(versions, dict) else None)

@@ -217,3 +217,14 @@ def add_batch_jobs(db: Database) -> None:
     }, pk="key", if_not_exists=True)
     db["batch_requests"].create_index(["job_id", "status"], if_not_exists=True)
     db["work_items"].add_column("batch_state", str)
+
+
+@migrations()
+def m_issue23_grounding_calibrations(db: Database) -> None:
+    """Grounding flag thresholds fitted to reviewers' labels (core.quality.reviewer_fit), one per respondent
+    prompt version, each tied to the corpus it was fitted on (``corpus``: a hash of the indexed documents);
+    ``active`` = 1 only while it agrees better with reviewers than the default and the corpus is unchanged."""
+    db["grounding_calibrations"].create({
+        "prompt_version_id": int, "corpus": str, "threshold": float, "labels": int,
+        "agreement_before": float, "agreement_after": float, "active": int, "method": str, "fitted_at": str,
+    }, pk="prompt_version_id", if_not_exists=True)

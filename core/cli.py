@@ -462,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="finish an incomplete run (a batch run resumes polling its job)")
     p.add_argument("--wait", type=float, default=30.0)
     p.add_argument("--no-grade", action="store_true",
-                   help="skip the offline grounding checks after the run (Review checks each conversation on open)")
+                   help="skip the offline grounding checks that otherwise run on each conversation as it is saved "
+                        "(Review checks each conversation on open)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 

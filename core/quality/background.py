@@ -57,7 +57,9 @@ class BackgroundChecks:
                 return
             started = time.perf_counter()
             try:
-                score_conversation(self.db, self.checker.embedder, cid, self.checker)
+                # A conversation the LLM verifier checked as it was saved (--verify-grounding) keeps its verdicts.
+                if self.db.scalar("SELECT grounded_at FROM conversations WHERE id=?", [cid]) is None:
+                    score_conversation(self.db, self.checker.embedder, cid, self.checker)
             except Exception as e:  # the conversation is saved; only its badge waits for Review to check it
                 self.errors.append(f"{cid}: {type(e).__name__}: {e}")
             finally:

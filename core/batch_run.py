@@ -372,6 +372,7 @@ class BatchGenerationRun(GenerationRun):
             self.monitor.record_saved(item["turns"])
             if self.config.output:
                 self._append_jsonl(conversation_id)
+            self._saved(conversation_id)
         return 1
 
     def _take(self, w, row: dict[str, Any], status: str, why: str) -> bool:

@@ -174,10 +174,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except BaseException as e:  # reported below, after the bar closes
             outcome["error"] = e
 
+    grade, graded = not args.no_grade, None
+    checks = None
+    if grade:  # each conversation is checked as it is saved, so the checks do not follow the run
+        from core.quality.background import BackgroundChecks
+
+        checks = BackgroundChecks(wb.db, wb.embedder, settings.data_path)
+        run.on_saved.append(checks.submit)
     worker = threading.Thread(target=work, name="generate", daemon=True)
     worker.start()
     progress = Progress(args.quiet)
-    grade, graded = not args.no_grade, None
     try:
         try:
             while worker.is_alive():
@@ -192,9 +198,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             grade = False  # a cancel means stop now; Review and export check what was saved
         progress.close()
         if grade and "error" not in outcome:
-            graded = _grade_run(wb, run.run_id, progress)
+            graded = _grade_run(wb, run.run_id, progress, checks)
     finally:
         progress.close()
+        if checks is not None:
+            checks.close()
         wb.close()
     if "error" in outcome:
         raise outcome["error"]
@@ -309,15 +317,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _grade_run(wb, run_id: str, progress: Progress) -> str | None:
+def _grade_run(wb, run_id: str, progress: Progress, checks=None) -> str | None:
     """The offline grounding checks on a run's saved conversations (as the Generate page does), so Review
-    opens with its badges and export knows what is flagged. Advisory: a failure is reported, not raised."""
+    opens with its badges and export knows what is flagged. Advisory: a failure is reported, not raised.
+
+    ``checks``: the background worker that checked conversations as they were saved; only what it has not
+    reached yet is waited for, then any conversation of the run still unchecked (saved by an earlier session
+    of a resumed run) is checked here."""
     from core.quality import score_conversations
     from core.review import ReviewFilter, ReviewStore
 
     try:
-        checked = score_conversations(wb.db, wb.embedder, run_id=run_id,
-                                      progress=lambda done, total: progress("grounding checks", done, total))
+        checked = 0
+        if checks is not None:
+            checked = checks.finish(progress=lambda done, total: progress("grounding checks", done, total))
+        checked += score_conversations(wb.db, wb.embedder, run_id=run_id,
+                                       checker=checks.checker if checks is not None else None,
+                                       progress=lambda done, total: progress("grounding checks", done, total))
     except KeyboardInterrupt:
         print("grounding checks stopped: Review and export check the rest", file=sys.stderr)
         return None
@@ -370,7 +386,10 @@ def cmd_grade(args: argparse.Namespace) -> int:
         from core.embeddings import Embedder
         from core.quality.grounding import OfflineVerifier
 
-        verifier = OfflineVerifier(Embedder(settings.embedding_model))
+        # Sentence vectors are kept in the data dir (when there is one): grading again, or grading a run's
+        # output whose checks ran as it was saved, embeds only what is new.
+        verifier = OfflineVerifier(Embedder(settings.embedding_model),
+                                   data_dir=settings.data_path if settings.data_path.is_dir() else None)
     progress = Progress(args.quiet)
     try:
         rows = grade_file(Path(args.input), Path(args.out), verifier,
@@ -469,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "again, so a run stopped for its budget can finish)")
     p.add_argument("--wait", type=float, default=30.0)
     p.add_argument("--no-grade", action="store_true",
-                   help="skip the offline grounding checks after the run (Review checks each conversation on open)")
+                   help="skip the offline grounding checks that otherwise run on each conversation as it is saved "
+                        "(Review checks each conversation on open)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 

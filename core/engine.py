@@ -189,6 +189,8 @@ class GenerationRun:
             # Before the run row and any LLM call: a model that cannot load, or that does not make the
             # collection's vectors, would otherwise fail (or retrieve nonsense) only after paid calls.
             self.corpus.verify()
+        # Called with each conversation id right after it is saved (the background grounding checks).
+        self.on_saved: list[Callable[[str], None]] = []
         if not run_id:
             self._create()
         self.monitor.saved_before = self._count("done")
@@ -716,6 +718,14 @@ class GenerationRun:
         self.monitor.record_saved(turns)
         if self.config.output:
             self._append_jsonl(conversation_id)
+        self._saved(conversation_id)
+
+    def _saved(self, conversation_id: str) -> None:
+        for callback in self.on_saved:
+            try:
+                callback(conversation_id)
+            except Exception:  # advisory (grounding checks): never fails a saved conversation
+                pass
 
     # ---- JSONL output -------------------------------------------------------------------------
     def _append_jsonl(self, conversation_id: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from core.db import Database
 from core.embeddings import Embedder
 from core.quality import FLAGGED, WEAKLY_GROUNDED_BELOW, regrade_stale, score_conversation
+from core.quality.verdicts import CHECK_LABELS
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,30 @@ def unsupported_sentences(detail: dict[str, Any]) -> int:
     return sum(1 for s in detail.get("sentences") or [] if (s.get("kind") or s.get("verdict")) in FLAGGED)
 
 
-def turn_badge(detail: dict[str, Any] | None) -> Badge:
-    """The verdict on one answer from its stored grounding detail (see core.quality.grounding_details)."""
+def _checks_that_flagged(detail: dict[str, Any]) -> str:
+    """Which kinds of check flagged sentences ("figure check, polarity check"), so a reviewer knows what spoke."""
+    kinds = []
+    for s in detail.get("sentences") or []:
+        if (s.get("kind") or s.get("verdict")) in FLAGGED and s.get("check"):
+            label = CHECK_LABELS.get(s["check"], s["check"])
+            if label not in kinds:
+                kinds.append(label)
+    return ", ".join(kinds)
+
+
+# Shown where offline flags are (Review, Export): what they can and cannot tell.
+OFFLINE_NOTE = ("Offline checks flag only what they can show: a figure, date, name, identifier or citation the "
+                "passages lack, or an outcome opposite to the passage sentence it matches. Everything else is "
+                "\"not checked offline\". For verdicts that matter, use the LLM verifier (Review: \"Verify "
+                "grounding with the LLM\"; `generate --verify-grounding`; `grade --provider`).")
+
+
+def turn_badge(detail: dict[str, Any] | None, threshold: float = WEAKLY_GROUNDED_BELOW) -> Badge:
+    """The verdict on one answer from its stored grounding detail (see core.quality.grounding_details).
+
+    Args:
+        threshold: the score under which an answer is flagged (the default, or one fitted to reviewers).
+    """
     if not detail or (detail.get("score") is None and not detail.get("sentences") and not detail.get("citations")):
         return Badge("not checked", "gray", ":material/help:", False)
     if detail.get("stale"):
@@ -49,17 +72,37 @@ def turn_badge(detail: dict[str, Any] | None) -> Badge:
     if unsupported or citations:
         parts = []
         if unsupported:
-            parts.append(f"{unsupported} unsupported sentence{'s' if unsupported != 1 else ''}")
+            by = _checks_that_flagged(detail)
+            parts.append(f"{unsupported} unsupported sentence{'s' if unsupported != 1 else ''}"
+                         + (f" ({by})" if by else ""))
         if citations:
             parts.append(f"{citations} identifier{'s' if citations != 1 else ''} not in the passages")
         return Badge(" · ".join(parts), "red", ":material/error:", True)
-    if score is not None and score < WEAKLY_GROUNDED_BELOW:
-        return Badge(f"weakly grounded · {score:.2f}", "orange", ":material/warning:", True)
+    if score is not None and score < threshold:
+        fitted = " (threshold fitted to reviewers)" if threshold != WEAKLY_GROUNDED_BELOW else ""
+        return Badge(f"weakly grounded · {score:.2f}{fitted}", "orange", ":material/warning:", True)
     if score is None:
         return Badge("no checkable claim", "gray", ":material/remove:", False)
-    return Badge(f"grounded · {score:.2f}", "green", ":material/check_circle:", False)
+    if detail.get("method") and ":" in str(detail.get("method")):  # "llm-verify-…:model": the LLM verifier spoke
+        return Badge(f"grounded · LLM verifier · {score:.2f}", "green", ":material/check_circle:", False)
+    open_claims = sum(1 for s in detail.get("sentences") or [] if s.get("check") == "none")
+    if open_claims:
+        # Offline, nothing could be shown wrong, but not everything could be matched: say so, not "grounded".
+        return Badge(f"no offline flag · {open_claims} sentence{'s' if open_claims != 1 else ''} not checked "
+                     "offline", "gray", ":material/fact_check:", False)
+    return Badge(f"grounded · passage match · {score:.2f}", "green", ":material/check_circle:", False)
 
 
-def flagged_answers(details: list[dict[str, Any]]) -> int:
+def flagged_answers(details: list[dict[str, Any]], threshold: float = WEAKLY_GROUNDED_BELOW) -> int:
     """How many answers of a conversation carry a red or orange badge."""
-    return sum(1 for d in details if turn_badge(d).flagged)
+    return sum(1 for d in details if turn_badge(d, threshold).flagged)
+
+
+def conversation_threshold(db: Database, conversation: dict[str, Any]) -> float:
+    """The flag threshold of a conversation's respondent prompt version (fitted to reviewers, or the default)."""
+    from core.db import loads
+    from core.quality.reviewer_fit import flag_threshold
+
+    raw = conversation.get("prompt_versions")
+    versions = raw if isinstance(raw, dict) else (loads(raw, {}) or {})
+    return flag_threshold(db, versions.get("respondent") if isinstance(versions, dict) else None)

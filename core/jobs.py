@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.batch_run import generation_run
 from core.config import Settings
@@ -28,6 +29,7 @@ class Job:
     grounding_error: str = ""  # why the offline grounding checks after the run stopped, if they did
     grading: tuple[int, int] = (0, 0)  # (checked, to check) while those checks run: the page shows it
     run_done: bool = False  # the run itself has ended; the thread may still be running the grounding checks
+    checks: Any = None  # the background grounding checks (core.quality.background), fed as conversations are saved
 
     @property
     def alive(self) -> bool:
@@ -65,6 +67,11 @@ class JobManager:
             job = Job(run=run, thread=threading.Thread(target=self._work, args=(run.run_id,),
                                                        name=f"job-{run.run_id}", daemon=True))
             run.monitor.on_alert.append(lambda a: job.alerts.append(a.message))
+            # Each conversation is checked as it is saved, so the checks never follow the run.
+            from core.quality.background import BackgroundChecks
+
+            job.checks = BackgroundChecks(wb.db, wb.embedder, wb.settings.data_path)
+            run.on_saved.append(job.checks.submit)
             self._jobs[run.run_id] = job
         job.thread.start()
         return run.run_id
@@ -80,10 +87,19 @@ class JobManager:
         try:
             from core.quality import score_conversations
 
-            score_conversations(self.workbench.db, self.workbench.embedder, run_id=run_id,
+            checker = None
+            if job.checks is not None:  # only the conversations saved last are still queued
+                job.checks.finish(progress=lambda done, total: setattr(job, "grading", (done, total)))
+                checker = job.checks.checker
+                if job.checks.errors:
+                    job.grounding_error = job.checks.errors[0]
+            score_conversations(self.workbench.db, self.workbench.embedder, run_id=run_id, checker=checker,
                                 progress=lambda done, total: setattr(job, "grading", (done, total)))
         except Exception as e:  # grounding is advisory: Review scores on open if this did not finish
             job.grounding_error = str(e)
+        finally:
+            if job.checks is not None:
+                job.checks.close()
 
     def get(self, run_id: str) -> Job | None:
         return self._jobs.get(run_id)

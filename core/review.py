@@ -28,7 +28,10 @@ STATUSES = ("new", "approved", "discarded")
 STATUS_CHOICES = ("any", *STATUSES)
 # Flags set by core.quality (Dashboard: "Score grounding and find near-duplicates").
 QUALITY_CONDITIONS = {
-    "weakly grounded": "c.grounding IS NOT NULL AND c.grounding < ?",
+    # Below the default cut, or below the cut fitted to reviewers for this prompt version (core.quality.reviewer_fit).
+    "weakly grounded": ("c.grounding IS NOT NULL AND c.grounding < COALESCE((SELECT k.threshold FROM "
+                        "grounding_calibrations k WHERE k.active = 1 AND k.prompt_version_id = "
+                        "json_extract(c.prompt_versions, '$.respondent')), ?)"),
     "unverified identifiers": "c.citation_flags > 0",
     "near-duplicate": "c.dup_of IS NOT NULL",
 }

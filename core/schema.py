@@ -226,3 +226,14 @@ def m_issue25_embedding_identity(db: Database) -> None:
     model before any LLM call. NULL for collections indexed before: recorded on first open if the configured
     model reproduces their stored vectors."""
     db["collections"].add_column("embedding_identity", str)
+
+
+@migrations()
+def m_issue23_grounding_calibrations(db: Database) -> None:
+    """Grounding flag thresholds fitted to reviewers' labels (core.quality.reviewer_fit), one per respondent
+    prompt version, each tied to the corpus it was fitted on (``corpus``: a hash of the indexed documents);
+    ``active`` = 1 only while it agrees better with reviewers than the default and the corpus is unchanged."""
+    db["grounding_calibrations"].create({
+        "prompt_version_id": int, "corpus": str, "threshold": float, "labels": int,
+        "agreement_before": float, "agreement_after": float, "active": int, "method": str, "fitted_at": str,
+    }, pk="prompt_version_id", if_not_exists=True)

@@ -5,7 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import analytics, quality, ui_cache
-from core.quality import calibration
+from core.quality import calibration, reviewer_fit
 
 st.title("Dashboard")
 try:
@@ -102,6 +102,28 @@ with st.container(border=True):
         st.dataframe(pd.DataFrame(agreement), hide_index=True, width="stretch")
     else:
         st.caption("No reviewed conversations with a judge or grounding score yet.")
+with st.container(border=True):
+    st.markdown("**Grounding threshold learned from reviewers.** Approvals, discards with reason \"ungrounded\" "
+                f"and answers marked bad are labels. With {reviewer_fit.MIN_LABELS} or more for a respondent prompt "
+                "version, the cut on the grounding score that agrees best with them is fitted, and used by Review "
+                "and Export for that version only if it agrees better than the default (a check flagged "
+                "something). A re-indexed corpus sets a fit aside until it is fitted again.")
+    if st.button("Fit the grounding threshold to reviewers", key="dashboard.fit_threshold",
+                 icon=":material/tune:"):
+        try:
+            st.session_state["dashboard.fit"] = reviewer_fit.fit_thresholds(wb.db)
+        except Exception as e:
+            ui_cache.show_error(e)
+    fitted = st.session_state.get("dashboard.fit")
+    if fitted:
+        st.dataframe(pd.DataFrame(fitted), hide_index=True, width="stretch")
+    reviewer_fit.set_aside_stale(wb.db)  # a corpus re-indexed since a fit: that fit no longer applies
+    stored = reviewer_fit.calibrations(wb.db)
+    if stored:
+        st.caption("Stored fits (labels used; agreement = balanced accuracy before and after; active = in use):")
+        st.dataframe(pd.DataFrame(stored), hide_index=True, width="stretch")
+    elif not fitted:
+        st.caption("No fit yet.")
 report = quality.coverage(wb.db, collection=wb.settings.collection, run_id=run_id)
 def coverage_chart(frame):
     # Horizontal bars: long document titles stay readable, one row each, most used first.

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import quality, ui_cache
+from core import evidence, quality, ui_cache
 from core.access import confine_path
 from core.errors import GroundworkError
 from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
@@ -112,6 +112,7 @@ if flagged:
     st.warning(f"**{flagged:,}** of the {selected:,} selected conversations are flagged by the grounding checks "
                "(weakly grounded, or identifiers none of their passages contain). Open them on the Review page "
                "with the Quality flag filter, or export them anyway.", icon=":material/warning:")
+    st.caption(evidence.OFFLINE_NOTE)
 
 with st.container(horizontal=True):
     preview_clicked = st.button("Preview first rows", key="export.preview", icon=":material/preview:",

@@ -228,7 +228,8 @@ except GroundworkError as e:
 cid = c["id"]
 position = store.position(f, cid)
 grounding = {g["idx"]: g for g in quality.grounding_details(wb.db, cid)}
-flagged = evidence.flagged_answers(list(grounding.values()))
+flag_below = evidence.conversation_threshold(wb.db, c)  # fitted to reviewers for its prompt version, or default
+flagged = evidence.flagged_answers(list(grounding.values()), flag_below)
 # Keyboard picks for the discard reasons (free letters: J K A D U and 1–5 are the page's own keys).
 REASON_KEYS = dict(zip(DISCARD_REASONS, "GWNOPT"))
 
@@ -356,6 +357,7 @@ for twin in quality.near_duplicates_of(wb.db, cid):
         st.rerun()
 
 # ---- turns, each answer beside its passages -------------------------------------------------------------
+st.caption(evidence.OFFLINE_NOTE)
 st.button("Verify grounding with the LLM", key="review.verify", on_click=act, args=("verify", cid),
           icon=":material/fact_check:",
           help="one call per answer: each sentence's verdict with a quote from its passages, checked to be really "
@@ -371,7 +373,7 @@ for t in c["turns"]:
         # Neutral icons: the default avatars colour the user red, which reads as an error.
         with st.chat_message(t["role"], avatar=AVATARS.get(t["role"])):
             checked = grounding.get(idx) if t["role"] == "assistant" else None
-            badge = evidence.turn_badge(checked) if t["role"] == "assistant" else None
+            badge = evidence.turn_badge(checked, flag_below) if t["role"] == "assistant" else None
             if badge:
                 st.badge(badge.label, icon=badge.icon, color=badge.colour)
             if checked and checked["sentences"] and not checked["stale"]:

@@ -6,23 +6,34 @@ from core.jobs import eta_text
 from core.readable import readable_html
 
 
-def detail(score, kinds=(), citations=0, stale=False):
+def detail(score, kinds=(), citations=0, stale=False, checks=None):
+    checks = checks or [""] * len(kinds)
     return {"score": score, "stale": stale, "citations": [{"text": "§ 12"}] * citations,
-            "sentences": [{"kind": k, "start": 0, "end": 1} for k in kinds]}
+            "sentences": [{"kind": k, "check": c, "start": 0, "end": 1} for k, c in zip(kinds, checks)]}
 
 
 def test_badges_say_what_the_checks_found():
     assert turn_badge(None).label == "not checked" and not turn_badge(None).flagged
     good = turn_badge(detail(0.91, ["supported", "supported"]))
-    assert (good.colour, good.label, good.flagged) == ("green", "grounded · 0.91", False)
-    bad = turn_badge(detail(0.8, ["supported", "unsupported", "contradicted"], citations=1))
+    assert (good.colour, good.label, good.flagged) == ("green", "grounded · passage match · 0.91", False)
+    bad = turn_badge(detail(0.3, ["supported", "unsupported", "contradicted"], citations=1,
+                            checks=["similarity", "figure", "polarity"]))
     assert bad.colour == "red" and bad.flagged
-    assert bad.label == "2 unsupported sentences · 1 identifier not in the passages"
+    # The badge says which kind of check spoke.
+    assert bad.label == "2 unsupported sentences (figure check, polarity check) · 1 identifier not in the passages"
+    # Not decided offline: neutral, not a flag, and not called grounded either.
+    open_ = turn_badge(detail(0.7, ["supported", "not_checked"], checks=["similarity", "none"]))
+    assert (open_.colour, open_.flagged) == ("gray", False) and "1 sentence not checked offline" in open_.label
+    # Below the threshold (a stored older result, or one fitted to reviewers): amber.
     weak = turn_badge(detail(0.2, ["weak"]))
     assert weak.colour == "orange" and weak.flagged
+    fitted = turn_badge(detail(0.6, ["supported"]), threshold=0.7)
+    assert fitted.colour == "orange" and "fitted to reviewers" in fitted.label
+    llm = turn_badge(detail(1.0, ["supported"]) | {"method": "llm-verifier-v1:gemini-2.5-flash"})
+    assert "LLM verifier" in llm.label
     stale = turn_badge(detail(0.1, ["unsupported"], stale=True))
     assert stale.colour == "gray" and not stale.flagged  # describes text that is gone: no verdict
-    assert flagged_answers([detail(0.9, ["supported"]), detail(0.9, ["unsupported"]), detail(0.1, ["weak"])]) == 2
+    assert flagged_answers([detail(0.9, ["supported"]), detail(0.3, ["unsupported"]), detail(0.1, ["weak"])]) == 2
 
 
 def test_corpus_text_reads_as_formatting_and_never_as_markup():

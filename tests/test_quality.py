@@ -95,19 +95,21 @@ def test_grounding_detects_unsupported_and_contradicted_sentences(labelled_score
         return precision_recall(tp, fp, fn)
 
     strict_p, strict_r = measure({"unsupported", "contradicted"})
-    review_p, review_r = measure({"unsupported", "contradicted", "weak"})
+    review_p, review_r = measure({"unsupported", "contradicted", "not_checked"})
     by_label = {}
     for label, s in rows:
         by_label.setdefault(label["label"], []).append(s.kind)
-    print(f"\ngrounding, {len(rows)} sentences: 'unsupported' precision {strict_p:.3f} recall {strict_r:.3f}; "
-          f"'unsupported or weak' precision {review_p:.3f} recall {review_r:.3f}")
+    print(f"\ngrounding, {len(rows)} sentences: flagged precision {strict_p:.3f} recall {strict_r:.3f}; "
+          f"'flagged or not checked offline' precision {review_p:.3f} recall {review_r:.3f}")
     for name, kinds in by_label.items():
         print(f"  {name:12s} " + ", ".join(f"{k}={kinds.count(k)}" for k in sorted(set(kinds))))
-    # Floors just under what sentence-windows-v3 measures (0.96 / 0.71 and 0.91 / 0.84). v2 measured 0.97 / 0.82
-    # here: v3's credit for paraphrased words costs recall on this legal set for fewer supported answers
-    # flagged in other domains (README, "Measured").
-    assert strict_p >= 0.9 and strict_r >= 0.68
-    assert review_p >= 0.85 and review_r >= 0.8
+    # Precision first (offline-checks-v4 measures 1.00 / 0.50): a flag is a figure, name, identifier or an
+    # opposite the passages show. A low passage match is "not checked offline", never a flag, so recall is
+    # what the checks can show; with the not-checked ones the reviewer still sees most bad sentences.
+    assert strict_p >= 0.95 and strict_r >= 0.48
+    assert review_p >= 0.8 and review_r >= 0.8
+    # Paraphrases are never flagged, whatever their passage match.
+    assert not any(s.kind in ("unsupported", "contradicted") for label, s in rows if label["label"] == "paraphrased")
     # Sentences that make no claim never count against grounding.
     assert all(s.kind in ("abstention", "neutral") for label, s in rows if label["label"] in EXEMPT)
     # Near-verbatim sentences are always supported.
@@ -223,9 +225,13 @@ def test_grounding_is_stored_per_turn_and_weakly_grounded_conversations_are_list
     assert wb.db.scalar("SELECT grounded_at FROM conversations WHERE id=?", [other_run]) is None
 
     row = wb.db.one("SELECT grounding, citation_flags, grounded_at FROM conversations WHERE id=?", [mixed])
-    assert row["grounding"] == pytest.approx(0.5) and row["citation_flags"] == 3 and row["grounded_at"]
+    # The worst answer decides (a changed figure in one answer flags the conversation); a flagged answer scores
+    # below 0.5, one with nothing flagged 0.5 plus half its weakest passage match.
+    assert row["grounding"] == 0.0 and row["citation_flags"] == 3 and row["grounded_at"]
     details = grounding_details(wb.db, mixed)
-    assert [d["score"] for d in details] == [1.0, 0.0] and [d["citation_flags"] for d in details] == [0, 3]
+    assert details[0]["score"] > 0.5 and details[1]["score"] == 0.0
+    assert [d["citation_flags"] for d in details] == [0, 3]
+    assert [s["check"] for s in details[1]["sentences"]] == ["citation", "figure"]
     contents = [r["content"] for r in wb.db.rows(
         "SELECT content FROM turns WHERE conversation_id=? AND role='assistant' ORDER BY idx", [mixed])]
     for detail, content in zip(details, contents):
@@ -239,11 +245,14 @@ def test_grounding_is_stored_per_turn_and_weakly_grounded_conversations_are_list
     assert [r["id"] for r in weakly_grounded(wb.db, 0.7)] == [mixed]
     assert [r["id"] for r in weakly_grounded(wb.db, 0.7, run_id="run-2")] == []
     assert [r["id"] for r in with_citation_flags(wb.db)] == [mixed]
-    assert wb.db.scalar("SELECT grounding FROM conversations WHERE id=?", [good]) == 1.0
-    assert quality_summary(wb.db, run_id="run-1") == {
-        "conversations": 2, "scored": 2, "mean_grounding": 0.75, "weakly_grounded": 1, "with_citation_flags": 1,
-        "citation_flags": 3, "near_duplicates": 0, "duplicate_clusters": 0, "weakly_grounded_below": 0.7}
-    assert [(r["conversation_id"], r["grounding"]) for r in grounding_scores(wb.db)] == [(mixed, 0.5), (good, 1.0)]
+    good_score = wb.db.scalar("SELECT grounding FROM conversations WHERE id=?", [good])
+    assert good_score > 0.9
+    summary = quality_summary(wb.db, run_id="run-1")
+    assert summary["mean_grounding"] == pytest.approx(good_score / 2, abs=1e-4)
+    assert {k: v for k, v in summary.items() if k != "mean_grounding"} == {
+        "conversations": 2, "scored": 2, "weakly_grounded": 1, "with_citation_flags": 1,
+        "citation_flags": 3, "near_duplicates": 0, "duplicate_clusters": 0, "weakly_grounded_below": 0.5}
+    assert [(r["conversation_id"], r["grounding"]) for r in grounding_scores(wb.db)] == [(mixed, 0.0), (good, good_score)]
 
     # Already scored conversations are skipped unless asked; an edited turn is re-scored on request.
     assert score_conversations(wb.db, embedder, run_id="run-1") == 0
@@ -251,7 +260,7 @@ def test_grounding_is_stored_per_turn_and_weakly_grounded_conversations_are_list
         w.execute("UPDATE turns SET content=? WHERE conversation_id=? AND idx=3",
                   ["Castellan returned $1,180 with a list of deductions.", mixed])
     result = score_conversation(wb.db, embedder, mixed)
-    assert result.score == 1.0 and result.citation_flags == 0
+    assert result.score >= 0.5 and result.citation_flags == 0
     assert wb.db.scalar("SELECT citation_flags FROM conversations WHERE id=?", [mixed]) == 0
     assert score_conversations(wb.db, embedder, rescore=True) == 3
     with pytest.raises(NotFoundError):
@@ -484,7 +493,7 @@ def test_review_filter_and_export_use_the_quality_flags(indexed_wb, embedder, tm
 
 def test_bench_numbers_match_the_readme(embedder):
     """The numbers the README reports for both label sets are what the frozen method measures today."""
-    from core.quality.benchmark import HELD_OUT_2, evaluate, load_held_out, load_in_sample
+    from core.quality.benchmark import HELD_OUT_2, HELD_OUT_3, evaluate, load_held_out, load_in_sample
     from core.quality.grounding import OfflineVerifier
 
     verifier = OfflineVerifier(embedder)
@@ -492,8 +501,12 @@ def test_bench_numbers_match_the_readme(embedder):
     inside = evaluate("in-sample", load_in_sample(), verifier)
     held = evaluate("held-out", load_held_out(), verifier)
     held_2 = evaluate("held-out 2", load_held_out(HELD_OUT_2), verifier)
-    assert verifier.method == "sentence-windows-v3" and f"method `{verifier.method}`" in readme
-    for report, units in ((inside, "75 sentences"), (held, "67 answers"), (held_2, "70 answers")):
+    held_3 = evaluate("held-out 3", load_held_out(HELD_OUT_3), verifier)
+    assert verifier.method == "offline-checks-v4" and f"method `{verifier.method}`" in readme
+    for held_out in (held, held_2, held_3):  # the issue-23 targets: precision first on every held-out set
+        assert held_out.precision >= 0.85 and held_out.rate("supported") <= 0.10, held_out
+    for report, units in ((inside, "75 sentences"), (held, "67 answers"), (held_2, "70 answers"),
+                          (held_3, "87 answers")):
         # Rows of earlier methods name their method; the current method's rows do not.
         row = next(line for line in readme.splitlines() if units in line and "sentence-windows-v" not in line)
         row = row.replace("**", "")

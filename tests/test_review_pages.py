@@ -265,7 +265,7 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     at = new_app("pages/review.py")
     assert at.session_state["review.current"] == ids[0]
     page = texts(at)
-    assert "grounding " in page and "windows\\-v3" in page and "grounding stale" not in page
+    assert "grounding " in page and "checks\\-v4" in page and "grounding stale" not in page
     # Open when an answer is flagged: its unsupported sentences beside the passages.
     assert any(e.label in ("Evidence for each sentence", "Unsupported sentences beside their passages")
                for e in at.expander)

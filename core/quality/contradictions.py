@@ -61,11 +61,18 @@ def _has_root(stems: Iterable[str], root: str) -> bool:
     return any(s.startswith(root) for s in stems)
 
 
+# A condition states no fact ("If it still won't sync, …", "If you have no backup codes left, …"): its words
+# are neither negated nor plain claims. "rather than X" and "instead of X" deny X, as "not X" does.
+_CONDITION = re.compile(r"\b(?:if|unless|whether|in case)\b[^,.;:!?]*,", re.IGNORECASE)
+_DENIAL = re.compile(r"\b(?:rather than|instead of)\b", re.IGNORECASE)
+
+
 def _negated_and_plain(text: str) -> tuple[set[str], set[str]]:
     """Stems that follow a negation ("was not willful" → willful) and stems that occur un-negated."""
     negated: set[str] = set()
     plain: set[str] = set()
     pending = False
+    text = _DENIAL.sub(" not ", _CONDITION.sub(" ", text))
     for token in _TOKEN.findall(text.replace("-", " ")):
         if _CLAUSE_END.fullmatch(token):
             pending = False  # "2. No. Bad faith …": a negation does not reach into the next sentence
@@ -134,6 +141,7 @@ def _contradiction(sentence: str, window: str, negation: bool = True) -> str | N
 
 
 def _has_negation(text: str) -> bool:
+    text = _DENIAL.sub(" not ", _CONDITION.sub(" ", text))
     return any(t.lower() in _NEGATIONS or t.lower().endswith("n't") for t in _TOKEN.findall(text))
 
 

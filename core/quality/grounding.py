@@ -7,6 +7,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,10 @@ import numpy as np
 from core.embeddings import Embedder
 from core.quality.common import GROUNDING_METHOD, text_hash
 from core.quality.spans import locate
-from core.quality.verdicts import SentenceVerdict, TurnVerdict
-from core.quality.sentences import Sentence, sentence_kind, split_sentences
-from core.quality.lexical import (_blank, _compounds, _content_words, _names, _numbers, _stem, _words, acronyms,
+from core.quality.verdicts import FLAG_BAND, SentenceVerdict, TurnVerdict, band_score
+from core.quality.sentences import _ABBREVIATIONS, Sentence, sentence_kind, split_sentences
+from core.quality.lexical import (_blank, _compounds, _content_words, _decimal_key, _digit_numbers, _names, _numbers,
+                                  _stem, _words, acronyms,
                                   derivable, tokens_upper, typed_numbers)
 from core.quality.quantities import Quantity, quantities, unsupported_quantities
 from core.quality.citations import CitationFlag, IdentifierPool, _citation_flags, _source_texts, extract_identifiers
@@ -31,22 +33,22 @@ class GroundingThresholds:
     share of the sentence's content words found in the passages``.
     """
 
-    supported: float = 0.66  # at or above: supported
-    weak: float = 0.58  # at or above: weak; below: unsupported
+    supported: float = 0.66  # at or above: supported; below: not checked offline (neutral), never a flag
     similarity_weight: float = 0.5
     contradiction_gate: float = 0.6  # only a window this similar can be contradicted by a flipped word
-    polarity_gate: float = 0.7  # a plain sentence this close to a negated passage sentence reverses it
+    polarity_gate: float = 0.75  # a plain sentence this close to a negated passage sentence reverses it
+    # A negation judged by its guessed scope ("not willful") counts only against a window this close: below it,
+    # the negation is as often about something else in the sentence (measured on the development sets).
+    negation_gate: float = 0.75
     restates_question: float = 0.8  # a sentence this close to the user's own message restates it
-    weak_credit: float = 0.5  # a weak sentence counts this much towards the turn score
 
 
 DEFAULT_THRESHOLDS = GroundingThresholds()
-WEAKLY_GROUNDED_BELOW = 0.7  # conversation score under which the review page lists it as weakly grounded
-# 3-sentence windows measured the same precision and recall on the labelled set for a third more encoding.
+# Conversation score under which it is flagged, until reviewers' labels fit another (core.quality.reviewer_fit):
+# below it, a check that shows its evidence flagged a sentence (see core.quality.verdicts.band_score).
+WEAKLY_GROUNDED_BELOW = FLAG_BAND
+# Windows of 1 and 2 sentences (a 2-sentence window's vector is built from its sentences'; see _windows_from).
 WINDOW_SIZES = (1, 2)
-# A word the passages do not use counts towards the overlap by its similarity to the closest passage word
-# when that is at least this ("soak" for "water", "fortnight" for "weeks"): paraphrases keep their support.
-SOFT_WORD = 0.6
 
 
 @dataclass
@@ -54,17 +56,19 @@ class SentenceScore:
     text: str
     start: int
     end: int
-    kind: str  # supported | weak | unsupported | contradicted | abstention | neutral | restates_question
+    kind: str  # supported | not_checked | unsupported | contradicted | abstention | neutral | restates_question
     support: float | None = None
     similarity: float | None = None
     overlap: float | None = None
     passage_id: str | None = None  # the passage holding the closest window
     evidence: str | None = None  # the closest window, so a reviewer sees what the sentence was matched to
     reasons: list[str] = field(default_factory=list)  # e.g. "not in the passages: $1,810"
+    check: str = ""  # which kind of check spoke (core.quality.verdicts.CHECKS); "" for no claim
 
     @property
     def scored(self) -> bool:
-        return self.kind in ("supported", "weak", "unsupported", "contradicted")
+        """A claim the checks looked at (a not-checked one keeps its passage match score, for ranking)."""
+        return self.kind in ("supported", "not_checked", "unsupported", "contradicted")
 
     @property
     def confidence(self) -> float | None:
@@ -90,8 +94,17 @@ class TurnGrounding:
             out[s.kind] += 1
         return dict(out)
 
+    def checks(self) -> dict[str, int]:
+        """How many sentences each kind of check spoke for (the Review badge says which)."""
+        out: dict[str, int] = defaultdict(int)
+        for s in self.sentences:
+            if s.check:
+                out[s.check] += 1
+        return dict(out)
+
     def to_json(self) -> dict[str, Any]:
         return {"method": GROUNDING_METHOD, "score": self.score, "counts": self.counts(),
+                "checks": self.checks(),
                 "sentences": [asdict(s) | {"verdict": VERDICT_OF_KIND[s.kind]} for s in self.sentences],
                 "citations": [c.to_json() for c in self.citations]}
 
@@ -99,12 +112,14 @@ class TurnGrounding:
         """The same result in the verifier-neutral shape (see :mod:`core.quality.verdicts`)."""
         return TurnVerdict(self.score, GROUNDING_METHOD, [
             SentenceVerdict(s.text, VERDICT_OF_KIND[s.kind], s.passage_id if s.scored else None,
-                            s.evidence if s.scored else None, s.start, s.end, s.confidence, list(s.reasons))
+                            s.evidence if s.scored else None, s.start, s.end, s.confidence, list(s.reasons),
+                            s.check)
             for s in self.sentences], turn if turn is not None else self.idx)
 
 
-# A weak sentence is not flagged: it counts half towards the turn score, and the review page colours it.
-VERDICT_OF_KIND = {"supported": "supported", "weak": "supported", "unsupported": "unsupported",
+# A claim the offline checks cannot decide is neutral ("not checked offline"), never a flag: flags are kept
+# for what a check can show (see _score_turn).
+VERDICT_OF_KIND = {"supported": "supported", "not_checked": "neutral", "unsupported": "unsupported",
                    "contradicted": "contradicted", "abstention": "neutral", "neutral": "neutral",
                    "restates_question": "neutral"}
 
@@ -128,42 +143,137 @@ class _Windows:
 
 
 class WindowCache:
-    """Passage text → its windows and their vectors, least recently used dropped first; thread-safe.
+    """Sentence text → its unit vector, least recently used dropped first; thread-safe.
 
-    One per embedding model is shared by every checker in the process (:func:`shared_window_cache`),
-    so a whole run embeds each corpus chunk once although many conversations retrieve it, and the
-    review page re-scoring an edited turn does not embed its passages again.
+    One per embedding model is shared by every checker in the process (:func:`shared_window_cache`), so a
+    run embeds each passage sentence once although many conversations retrieve its chunk, and the review
+    page re-scoring an edited turn embeds nothing of its passages again. With a ``store`` (a
+    :class:`VectorStore` in the data dir) vectors outlive the process: ``grade`` and Review reuse what a
+    run embedded.
     """
 
-    def __init__(self, max_passages: int = 1024):  # ~25 KB per passage: about 25 MB at most
-        self.max_passages = max_passages
-        self._entries: OrderedDict[str, tuple[list[str], np.ndarray]] = OrderedDict()
+    def __init__(self, max_sentences: int = 50_000, store: VectorStore | None = None):  # 1.5 KB each: ~75 MB
+        self.max_sentences = max_sentences
+        self.store = store
+        self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, text: str) -> tuple[list[str], np.ndarray] | None:
-        key = text_hash(text)
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
         with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-            return hit
+            for t in texts:
+                hit = self._entries.get(t)
+                if hit is not None:
+                    self._entries.move_to_end(t)
+                    found[t] = hit
+        missing = [t for t in texts if t not in found]
+        if missing and self.store is not None:
+            stored = self.store.get_many(missing)
+            if stored:
+                self._remember(stored)
+                found.update(stored)
+        return found
 
-    def put(self, text: str, windows: list[str], vectors: np.ndarray | None) -> tuple[list[str], np.ndarray]:
-        entry = (windows, vectors if vectors is not None else np.zeros((0, 1), dtype=np.float32))
+    def put_many(self, vectors: dict[str, np.ndarray], persist: bool = True) -> None:
+        self._remember(vectors)
+        if persist and self.store is not None and vectors:
+            self.store.put_many(vectors)
+
+    def _remember(self, vectors: dict[str, np.ndarray]) -> None:
         with self._lock:
-            self._entries[text_hash(text)] = entry
-            while len(self._entries) > self.max_passages:
+            for t, v in vectors.items():
+                self._entries[t] = v
+                self._entries.move_to_end(t)
+            while len(self._entries) > self.max_sentences:
                 self._entries.popitem(last=False)
-        return entry
 
 
-_SHARED_CACHES: dict[str, WindowCache] = {}
+class VectorStore:
+    """Sentence vectors kept in the data dir by a hash of model and text (``grounding-vectors.sqlite``).
+
+    A file of its own, not a table of the workbench database: it is a cache (deleting it loses nothing but
+    time), it never holds secrets, and it grows without touching the database the reviewers write to.
+    Vectors are stored as float16 (384 dimensions: 768 bytes a sentence). A store that cannot be written
+    (a read-only data dir) serves what it has and keeps the rest in memory.
+    """
+
+    FILE = "grounding-vectors.sqlite"
+
+    def __init__(self, data_dir: Path, model_name: str):
+        import sqlite3
+
+        self.model_name = model_name
+        self._lock = threading.Lock()
+        self._writable = True
+        path = Path(data_dir) / self.FILE
+        try:
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=5)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+            self._conn.commit()
+        except sqlite3.Error:
+            try:  # read-only: read what is there
+                self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+                self._writable = False
+            except sqlite3.Error:
+                self._conn = None
+
+    def _key(self, text: str) -> str:
+        return text_hash(self.model_name + "\x00" + text)
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        import sqlite3
+
+        if self._conn is None or not texts:
+            return {}
+        keys = {self._key(t): t for t in texts}
+        out: dict[str, np.ndarray] = {}
+        items = list(keys)
+        try:
+            with self._lock:
+                for i in range(0, len(items), 500):
+                    part = items[i:i + 500]
+                    rows = self._conn.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})",
+                                              part).fetchall()
+                    for key, blob in rows:
+                        out[keys[key]] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+        except sqlite3.Error:
+            return out
+        return out
+
+    def put_many(self, vectors: dict[str, np.ndarray]) -> None:
+        import sqlite3
+
+        if self._conn is None or not self._writable:
+            return
+        rows = [(self._key(t), np.asarray(v, dtype=np.float16).tobytes()) for t, v in vectors.items()]
+        try:
+            with self._lock:
+                self._conn.executemany("INSERT OR IGNORE INTO vectors (key, vec) VALUES (?, ?)", rows)
+                self._conn.commit()
+        except sqlite3.Error:
+            self._writable = False  # a full disk or a read-only dir: keep grading from memory
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with self._lock:
+                self._conn.close()
+                self._conn = None
+
+
+_SHARED_CACHES: dict[tuple[str, str], WindowCache] = {}
 _SHARED_CACHES_LOCK = threading.Lock()
 
 
-def shared_window_cache(model_name: str) -> WindowCache:
+def shared_window_cache(model_name: str, data_dir: Path | None = None) -> WindowCache:
+    """The process-wide sentence-vector cache of a model (backed by the data dir's store, when given)."""
+    key = (model_name, str(Path(data_dir).resolve()) if data_dir else "")
     with _SHARED_CACHES_LOCK:
-        return _SHARED_CACHES.setdefault(model_name, WindowCache())
+        cache = _SHARED_CACHES.get(key)
+        if cache is None:
+            store = VectorStore(Path(data_dir), model_name) if data_dir and Path(data_dir).is_dir() else None
+            cache = _SHARED_CACHES[key] = WindowCache(store=store)
+        return cache
 
 
 class GroundingChecker:
@@ -172,15 +282,16 @@ class GroundingChecker:
     Args:
         embedder: the workbench's embedder (``encode`` returns unit vectors).
         thresholds: where support scores are cut.
-        cache: passage windows already embedded; default: the process-wide cache of this model.
+        cache: sentence vectors already embedded; default: the process-wide cache of this model.
+        data_dir: keep sentence vectors in this data dir too (see :class:`VectorStore`), when no ``cache``
+            is given.
     """
 
     def __init__(self, embedder: Embedder, thresholds: GroundingThresholds = DEFAULT_THRESHOLDS,
-                 cache: WindowCache | None = None):
+                 cache: WindowCache | None = None, data_dir: Path | None = None):
         self.embedder = embedder
         self.thresholds = thresholds
-        self.cache = cache if cache is not None else shared_window_cache(embedder.model_name)
-        self._word_cache: dict[str, np.ndarray] = {}  # single words → vectors (a vocabulary: stays small)
+        self.cache = cache if cache is not None else shared_window_cache(embedder.model_name, data_dir)
 
     def score_answer(self, answer: str, passages: Sequence[dict[str, Any]], context: Sequence[str] = ()
                      ) -> TurnGrounding:
@@ -188,51 +299,38 @@ class GroundingChecker:
         return self.score_turns([TurnInput(answer, list(passages), list(context))])[0]
 
     def score_turns(self, turns: Sequence[TurnInput]) -> list[TurnGrounding]:
-        """Grounding of several turns (one conversation) with a single ``encode`` call.
+        """Grounding of several turns (a conversation, or many) with at most one ``encode`` call.
 
-        Each sentence is compared only with windows of its own turn's passages.
+        Each sentence is compared only with windows of its own turn's passages. Only sentences are encoded,
+        never single words: the claims, the user's sentences, and the passage sentences that share a word
+        with some claim (the few a claim can match; see :func:`_candidates`) and are not cached yet. A
+        two-sentence window's vector is the normalised sum of its sentences'.
         """
         prepared = []
-        to_encode: dict[str, None] = {}
+        needed: dict[str, None] = {}
         for turn in turns:
             sentences = split_sentences(turn.answer)
             kinds = [sentence_kind(s.text) for s in sentences]
             claims = [s.text for s, k in zip(sentences, kinds) if k == "claim"]
-            passage_windows = [(p, self.cache.get(p.get("text") or "")) for p in turn.passages]
             context_windows = [s.text for c in turn.context for s in split_sentences(c)]
+            split = [(p.get("id"), _passage_sentences(p.get("text") or "")) for p in turn.passages]
+            chosen = _candidates(claims, split)
             for text in claims + context_windows:
-                to_encode[text] = None
-            for p, cached in passage_windows:
-                if cached is None:
-                    for w in _windows_of(p.get("text") or ""):
-                        to_encode[w] = None
-            # Single words, for the credit a paraphrased word gets (see SOFT_WORD): encoded in the same call.
-            source_text = "\n".join(_source_texts(turn.passages, turn.context))
-            for w in [*(w for c in claims for w in _content_words(c)), *_content_words(source_text)]:
-                if not w.isdigit() and w not in self._word_cache:
-                    to_encode[w] = None
-            prepared.append((turn, sentences, kinds, passage_windows, context_windows))
-        texts = list(to_encode)
-        vectors = self.embedder.encode(texts) if texts else np.zeros((0, 1), dtype=np.float32)
-        vector_of = {t: vectors[i] for i, t in enumerate(texts)}
-        if len(self._word_cache) > 50_000:  # ~75 MB of vectors: start over rather than grow with every corpus
-            self._word_cache.clear()
-        for t, v in vector_of.items():
-            if " " not in t and t not in self._word_cache:
-                self._word_cache[t] = v
+                needed[text] = None
+            for (_, (texts, _)), picked in zip(split, chosen):
+                for i in picked:
+                    needed[texts[i]] = None
+            prepared.append((turn, sentences, kinds, split, chosen, context_windows))
+        vector_of = self._vectors(list(needed))
         results = []
-        for turn, sentences, kinds, passage_windows, context_windows in prepared:
+        for turn, sentences, kinds, split, chosen, context_windows in prepared:
             windows = _Windows([], [])
             blocks = []
-            for p, cached in passage_windows:
-                if cached is None:
-                    wtexts = _windows_of(p.get("text") or "")
-                    wvecs = np.array([vector_of[w] for w in wtexts], dtype=np.float32) if wtexts else None
-                    cached = self.cache.put(p.get("text") or "", wtexts, wvecs)
-                wtexts, wvecs = cached
+            for (pid, (texts, _)), picked in zip(split, chosen):
+                wtexts, wvecs = _windows_from([texts[i] for i in picked], picked, vector_of)
                 if wtexts:
                     windows.texts.extend(wtexts)
-                    windows.passage_ids.extend([p.get("id")] * len(wtexts))
+                    windows.passage_ids.extend([pid] * len(wtexts))
                     blocks.append(wvecs)
             windows.vectors = np.vstack(blocks) if blocks else None
             context_vectors = (np.array([vector_of[c] for c in context_windows], dtype=np.float32)
@@ -240,23 +338,18 @@ class GroundingChecker:
             results.append(self._score_turn(turn, sentences, kinds, windows, context_vectors, vector_of))
         return results
 
-    # -- internals ---------------------------------------------------------------------------
-    def _soft_credit(self, word: str, source_words: Sequence[str], matrix: list[np.ndarray]) -> float:
-        """Credit for a word the passages do not use: its closest passage word's similarity, if close."""
-        if not source_words or word.isdigit():
-            return 0.0
-        vector = self._word_cache.get(word)
-        if vector is None:
-            return 0.0
-        if not matrix:
-            matrix.append(np.array([self._word_cache[w] for w in source_words if w in self._word_cache],
-                                   dtype=np.float32))
-        if not len(matrix[0]):
-            return 0.0
-        sims = matrix[0] @ vector
-        best = float(np.max(sims))
-        return best if best >= SOFT_WORD else 0.0
+    def _vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Unit vectors of ``texts``: cached ones looked up, the rest encoded in one call and cached."""
+        found = self.cache.get_many(texts)
+        missing = [t for t in texts if t not in found]
+        if missing:
+            encoded = self.embedder.encode(missing)
+            fresh = {t: np.asarray(encoded[i], dtype=np.float32) for i, t in enumerate(missing)}
+            self.cache.put_many(fresh)
+            found.update(fresh)
+        return found
 
+    # -- internals ---------------------------------------------------------------------------
     def _score_turn(self, turn: TurnInput, sentences: list[Sentence], kinds: list[str], windows: _Windows,
                     context_vectors: np.ndarray | None, vector_of: dict[str, np.ndarray]) -> TurnGrounding:
         t = self.thresholds
@@ -269,9 +362,7 @@ class GroundingChecker:
         tokens = tokens_upper(source_text)
         passages_negated, passages_plain = _negated_and_plain("\n".join(p.get("text") or "" for p in turn.passages))
         passage_text = {p.get("id"): p.get("text") or "" for p in turn.passages}
-        source_words = sorted({w for w in _content_words(source_text) if not w.isdigit()})
         source_quantities = quantities(source_text)  # once per turn, not once per sentence
-        source_matrix: list[np.ndarray] = []  # their vectors, encoded when a sentence first needs them
         scored: list[SentenceScore] = []
         for sentence, kind in zip(sentences, kinds):
             if kind != "claim":
@@ -286,20 +377,26 @@ class GroundingChecker:
                 similarity = float(sims[best])
             raw = _content_words(sentence.text)
             words = [_stem(w) for w in raw]
-            overlap = (sum(1.0 if w in vocabulary else self._soft_credit(r, source_words, source_matrix)
-                           for w, r in zip(words, raw)) / len(words)) if words else 1.0
+            overlap = (sum(w in vocabulary for w in words) / len(words)) if words else 1.0
             support = t.similarity_weight * similarity + (1 - t.similarity_weight) * overlap
             # Figures a sentence computes come from the passage text it draws on, not from anywhere in five
             # passages full of amounts (where some pair adds up to almost any number).
             near = [windows.texts[i] for i in np.argsort(-sims)[:3]] if sims is not None else []
             values = typed_numbers(" ".join(near + list(turn.context)))
-            reasons = _missing_facts(sentence.text, pool, numbers, names, values, tokens, source_quantities)
+            facts = _missing_facts(sentence.text, pool, numbers, names, values, tokens, source_quantities)
+            reasons = [why for _, why in facts]
+            check = facts[0][0] if facts else ""
             contradicted = False
-            if turn.passages and not reasons:
-                why = _contradicts_passages(sentence.text, passages_negated, passages_plain)
-                if why:
-                    reasons.append(why)
-                    contradicted = True
+            if turn.passages and not reasons and sims is not None and _contradicts_passages(
+                    sentence.text, passages_negated, passages_plain):
+                # An outcome the passages never state, while they state its opposite: flagged only with the
+                # matched passage sentence that states the opposite, as the evidence a reviewer sees.
+                for i in np.argsort(-sims)[:3]:
+                    why = _contradicts_passages(sentence.text, *_negated_and_plain(windows.texts[i]))
+                    if why:
+                        reasons.append(why)
+                        best, contradicted, check = int(i), True, "polarity"
+                        break
             if sims is not None and not reasons:
                 # A flipped outcome or negation keeps a high similarity: look at the closest windows.
                 for rank, i in enumerate(np.argsort(-sims)[:3]):
@@ -307,40 +404,41 @@ class GroundingChecker:
                         break
                     # A negation is judged against the closest window only: the runner-up is often about
                     # something else ("Monthly plans are not refundable" beside a claim about annual plans).
-                    why = _contradiction(sentence.text, windows.texts[i], negation=rank == 0)
+                    why = _contradiction(sentence.text, windows.texts[i],
+                                         negation=rank == 0 and sims[i] >= t.negation_gate)
                     if why:
                         reasons.append(why)
-                        best, contradicted = int(i), True
+                        best, contradicted, check = int(i), True, "polarity"
                         break
             if sims is not None and not reasons and similarity >= t.polarity_gate:
                 why = _polarity_flip(sentence.text, windows.texts[best])
                 if why:
                     reasons.append(why)
-                    contradicted = True
+                    contradicted, check = True, "polarity"
+            # Precision first: only a check that shows its evidence flags. A low passage match alone is not
+            # evidence (paraphrases score low, and so do answers drawing on two passages at once): it is
+            # "not checked offline", and the LLM verifier is the path for a verdict on it.
             if contradicted:
                 verdict = "contradicted"
             elif reasons:
                 verdict = "unsupported"
             elif support >= t.supported:
-                verdict = "supported"
-            elif support >= t.weak:
-                verdict = "weak"
+                verdict, check = "supported", "similarity"
             else:
-                verdict = "unsupported"
-            if verdict != "supported" and not reasons and context_vectors is not None:
+                verdict, check = "not_checked", "none"
+            if verdict not in ("supported", "unsupported", "contradicted") and context_vectors is not None:
                 # "Your landlord kept $500 for cleaning" repeats the user's own facts: not a grounding failure.
                 if float(np.max(context_vectors @ vec)) >= t.restates_question:
-                    verdict = "restates_question"
+                    verdict, check = "restates_question", ""
             scored.append(SentenceScore(
                 sentence.text, sentence.start, sentence.end, verdict, round(support, 4), round(similarity, 4),
                 round(overlap, 4), windows.passage_ids[best] if best >= 0 else None,
                 _exact_span(windows.texts[best], passage_text.get(windows.passage_ids[best]))
-                if best >= 0 else None, reasons))
-        checked = [s for s in scored if s.scored]
-        score = None
-        if checked:
-            credit = {"supported": 1.0, "weak": t.weak_credit, "unsupported": 0.0, "contradicted": 0.0}
-            score = round(sum(credit[s.kind] for s in checked) / len(checked), 4)
+                if best >= 0 else None, reasons, check))
+        claims = [s for s in scored if s.scored]
+        flagged = sum(s.kind in ("unsupported", "contradicted") for s in claims)
+        confidences = [s.confidence for s in claims if s.confidence is not None]
+        score = band_score(flagged, len(claims), min(confidences) if confidences else None)
         citations = _citation_flags(turn.answer, sentences, pool)
         return TurnGrounding(score, scored, citations, turn.turn_id, turn.idx)
 
@@ -351,23 +449,97 @@ def _exact_span(window: str, passage: str | None) -> str:
     return (locate(window, passage) if passage else None) or window
 
 
-def _windows_of(passage: str) -> list[str]:
-    """1–3 sentence spans of a passage; headings and fragments are left out."""
+_SPLIT_CACHE: OrderedDict[str, tuple[list[str], list[frozenset[str]]]] = OrderedDict()
+_SPLIT_LOCK = threading.Lock()
+CANDIDATES_PER_CLAIM = 3  # passage sentences a claim is compared with (by shared words), before the model
+NEIGHBOURS = False  # also each pick's next sentence (for two-sentence windows)
+
+
+def _window_sentences(passage: str) -> list[str]:
+    """The sentences of a passage that windows are made of; headings and fragments are left out."""
     # Headings ("Procedural History") are not evidence; a short holding ("The retention was willful.") is.
-    sentences = [s.text for s in split_sentences(passage)
-                 if len(_content_words(s.text)) >= 2 and (s.text[-1] in ".!?\"”')" or len(s.text.split()) >= 6)]
-    windows: dict[str, None] = {}
-    for i in range(len(sentences)):
-        for size in WINDOW_SIZES:
-            if i + size <= len(sentences):
-                windows[" ".join(sentences[i:i + size])] = None
-    return list(windows)
+    return [s.text for s in split_sentences(passage)
+            if len(_content_words(s.text)) >= 2 and (s.text[-1] in ".!?\"”')" or len(s.text.split()) >= 6)]
+
+
+def _passage_sentences(passage: str) -> tuple[list[str], list[frozenset[str]]]:
+    """A passage's window sentences and each one's word stems; memoised (a run retrieves chunks again)."""
+    key = text_hash(passage)
+    with _SPLIT_LOCK:
+        hit = _SPLIT_CACHE.get(key)
+        if hit is not None:
+            _SPLIT_CACHE.move_to_end(key)
+            return hit
+    texts = _window_sentences(passage)
+    entry = (texts, [frozenset(_stem(w) for w in _content_words(t)) for t in texts])
+    with _SPLIT_LOCK:
+        _SPLIT_CACHE[key] = entry
+        while len(_SPLIT_CACHE) > 4096:
+            _SPLIT_CACHE.popitem(last=False)
+    return entry
+
+
+def _candidates(claims: Sequence[str], split: Sequence[tuple[Any, tuple[list[str], list[frozenset[str]]]]],
+                per_claim: int = CANDIDATES_PER_CLAIM) -> list[list[int]]:
+    """For each passage, the indices of its sentences that some claim shares the most rare words with.
+
+    A claim can only be supported or contradicted by a passage sentence about the same things, and such a
+    sentence shares words with it (names, figures, the topic's nouns). Ranking by shared words weighted by
+    rarity among the turn's passage sentences picks those few before any model time is spent, so the
+    encoder sees a handful of sentences per claim instead of every sentence of five chunks. Each pick
+    brings its next sentence along, so the two-sentence window of a claim spanning both exists.
+    """
+    all_stems = [stems for _, (_, per) in split for stems in per]
+    df: dict[str, int] = defaultdict(int)
+    for stems in all_stems:
+        for w in stems:
+            df[w] += 1
+    n = max(len(all_stems), 1)
+    picked: list[set[int]] = [set() for _ in split]
+    for claim in claims:
+        mine = {_stem(w) for w in _content_words(claim)}
+        ranked = []
+        for p, (_, (_, per)) in enumerate(split):
+            for i, stems in enumerate(per):
+                shared = mine & stems
+                if shared:
+                    ranked.append((sum(np.log1p(n / df[w]) for w in shared), p, i))
+        ranked.sort(reverse=True)
+        for _, p, i in ranked[:per_claim]:
+            picked[p].add(i)
+            if NEIGHBOURS and i + 1 < len(split[p][1][0]):
+                picked[p].add(i + 1)
+    return [sorted(x) for x in picked]
+
+
+def _windows_from(sentences: list[str], positions: Sequence[int], vector_of: dict[str, np.ndarray]
+                  ) -> tuple[list[str], np.ndarray | None]:
+    """Windows of 1 and 2 sentences (neighbours in the passage) and their vectors, from the sentences' alone.
+
+    A two-sentence window's vector is the normalised sum of its sentences' unit vectors: it ranks windows
+    as encoding the pair would (mean pooling makes the pair's embedding close to that average) for none of
+    the model time, which was half of all the encoding the checks did.
+    """
+    texts: dict[str, np.ndarray] = {}
+    for k, sentence in enumerate(sentences):
+        texts.setdefault(sentence, vector_of[sentence])
+        if k + 1 < len(sentences) and positions[k + 1] == positions[k] + 1:
+            pair = vector_of[sentence] + vector_of[sentences[k + 1]]
+            norm = float(np.linalg.norm(pair))
+            texts.setdefault(sentence + " " + sentences[k + 1], pair / norm if norm else pair)
+    if not texts:
+        return [], None
+    return list(texts), np.array(list(texts.values()), dtype=np.float32)
+
+
+_CHECK_OF_TYPE = {"amount": "figure", "date": "date", "case": "citation", "docket": "citation", "statute": "citation"}
 
 
 def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names: set[str],
                    values: Sequence[tuple[Decimal, bool]] = (), tokens: set[str] = frozenset(),
-                   sources: Sequence[Quantity] = ()) -> list[str]:
-    """Identifiers, numbers, names and acronyms in a claim that the passages (and the user) never mention.
+                   sources: Sequence[Quantity] = ()) -> list[tuple[str, str]]:
+    """Identifiers, numbers, names and acronyms in a claim that the passages (and the user) never mention,
+    each as ``(check, reason)``: which kind of check found it (figure, date, name, identifier, citation).
 
     A figure that is the sum, difference, product, ratio or percentage of two figures of the passages,
     the user's messages or the sentence itself ("$290 + $40" stated as "$330") is not missing.
@@ -390,12 +562,12 @@ def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names
     idents = extract_identifiers(sentence)
     missing = [i for i in idents if not pool.contains(i) and not (i.type == "amount" and computed(i.key, True))]
     for i in missing:
-        reasons.append(f"{i.type} not in the passages: {i.text}")
+        reasons.append((_CHECK_OF_TYPE.get(i.type, "identifier"), f"{i.type} not in the passages: {i.text}"))
     # Numbers inside identifiers and dates were judged above; the rest are checked one by one.
     spans = [(i.start, i.end) for i in idents if i.type in ("date", "docket", "statute", "case")]
     for m in _compounds(sentence):
         if not any(s <= m.start() < e for s, e in spans) and m.group(0).upper() not in pool.dockets:
-            reasons.append(f"not in the passages: {m.group(0)}")
+            reasons.append(("identifier", f"not in the passages: {m.group(0)}"))
     spans += [(m.start(), m.end()) for m in _compounds(sentence)]
     # A figure with a unit is judged against the passages' figures of its dimension, in a common unit, so
     # "10 kg" beside "8 kg" is caught although a 10 appears elsewhere, and "two days" matches "48 hours".
@@ -405,20 +577,24 @@ def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names
         wrong = unsupported_quantities(sentence, sources)
         for q, said in wrong:
             if not any(s <= q.start < e for s, e in amount_spans):
-                reasons.append(f"not in the passages: {q.text.strip()} (they say {', '.join(k.text.strip() for k in said[:3])})")
+                reasons.append(("figure", f"not in the passages: {q.text.strip()} (they say "
+                                          f"{', '.join(k.text.strip() for k in said[:3])})"))
         spans += [(q.start, q.end) for q in quantities(sentence) if q.dimension in known_dimensions]
     amounts = {i.key for i in idents if i.type == "amount"}
-    for n in sorted(_numbers(_blank(sentence, spans)) - numbers - amounts):
+    # Figures in digits only: "for two reasons", "three options" count what the answer itself lists; a number
+    # word with a unit ("sixteen weeks") was judged with the quantities above.
+    digits = {_decimal_key(value) for value, _ in _digit_numbers(_blank(sentence, spans))}
+    for n in sorted(digits - numbers - amounts):
         if not computed(n, False):
-            reasons.append(f"number not in the passages: {n}")
-    for name in sorted(_names(sentence) - names):
+            reasons.append(("figure", f"number not in the passages: {n}"))
+    for name in sorted(_names(sentence) - names - _ABBREVIATIONS):  # "Civ." in "Columbia Civ. Code"
         # "Europe" beside "European cities", "Canada" beside "Canadian": the same name in another form.
         if len(name) >= 5 and any(w.startswith(name[:len(name) - 1]) for w in names):
             continue
-        reasons.append(f"name not in the passages: {name.title()}")
+        reasons.append(("name", f"name not in the passages: {name.title()}"))
     if tokens:
         for token in sorted(acronyms(_blank(sentence, spans)) - tokens):
-            reasons.append(f"identifier not in the passages: {token}")
+            reasons.append(("identifier", f"identifier not in the passages: {token}"))
     return reasons
 
 
@@ -427,8 +603,9 @@ class OfflineVerifier:
 
     method = GROUNDING_METHOD
 
-    def __init__(self, embedder: Embedder, thresholds: GroundingThresholds = DEFAULT_THRESHOLDS):
-        self.checker = GroundingChecker(embedder, thresholds)
+    def __init__(self, embedder: Embedder, thresholds: GroundingThresholds = DEFAULT_THRESHOLDS,
+                 data_dir: Path | None = None):
+        self.checker = GroundingChecker(embedder, thresholds, data_dir=data_dir)
 
     def verify_turns(self, turns: Sequence[TurnInput]) -> list[TurnVerdict]:
         return [g.to_verdict(t.idx) for g, t in zip(self.checker.score_turns(turns), turns)]

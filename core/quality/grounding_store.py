@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -17,12 +18,24 @@ from core.quality.verdicts import TurnVerdict, Verifier
 @dataclass
 class ConversationGrounding:
     conversation_id: str
-    score: float | None  # mean of the turn scores; None when no turn makes a checkable claim
+    score: float | None  # the worst turn's score (conversation_score); None when no turn makes a claim
     turns: list[TurnGrounding]
 
     @property
     def citation_flags(self) -> int:
         return sum(len(t.citations) for t in self.turns)
+
+
+def _checker(db: Database, embedder: Embedder) -> GroundingChecker:
+    """A checker whose sentence vectors are kept beside this database (what a run embedded, Review reuses)."""
+    path = getattr(db, "path", None)
+    return GroundingChecker(embedder, data_dir=Path(path).parent if path and Path(path).is_file() else None)
+
+
+def conversation_score(turn_scores: list[float]) -> float | None:
+    """The worst answer's score: a flag in any answer flags the conversation (a mean would let two good
+    answers hide a changed figure in the third)."""
+    return round(min(turn_scores), 4) if turn_scores else None
 
 
 def _turn_inputs(db: Database, conversation_id: str) -> list[TurnInput]:
@@ -50,10 +63,10 @@ def score_conversation(db: Database, embedder: Embedder, conversation_id: str,
     """
     if db.scalar("SELECT 1 FROM conversations WHERE id=?", [conversation_id]) is None:
         raise NotFoundError(f"Conversation {conversation_id} does not exist.")
-    checker = checker or GroundingChecker(embedder)
+    checker = checker or _checker(db, embedder)
     turns = checker.score_turns(list(_turn_inputs(db, conversation_id)))
     scores = [t.score for t in turns if t.score is not None]
-    result = ConversationGrounding(conversation_id, round(sum(scores) / len(scores), 4) if scores else None, turns)
+    result = ConversationGrounding(conversation_id, conversation_score(scores), turns)
     inputs = {t.turn_id: t for t in _turn_inputs(db, conversation_id)}
     with db.write() as w:
         for t in turns:
@@ -92,7 +105,7 @@ def score_conversations(db: Database, embedder: Embedder, *, run_id: str | None 
 def score_ids(db: Database, embedder: Embedder, ids: list[str], *, progress: ProgressFn | None = None,
               checker: GroundingChecker | None = None) -> int:
     """Score these conversations (one checker, so passage windows are encoded once); how many were scored."""
-    checker = checker or GroundingChecker(embedder)
+    checker = checker or _checker(db, embedder)
     if progress and ids:
         progress(0, len(ids))  # the total at once: the first conversation can take a while
     for n, cid in enumerate(ids, 1):
@@ -140,7 +153,7 @@ def store_verdicts(db: Database, conversation_id: str, graded: list[tuple[TurnIn
         scores = [r[0] for r in w.execute("SELECT grounding_score FROM turns WHERE conversation_id=? AND "
                                           "role='assistant' AND grounding_score IS NOT NULL", [conversation_id])]
         w.execute("UPDATE conversations SET grounding=?, grounded_at=? WHERE id=?",
-                  [round(sum(scores) / len(scores), 4) if scores else None, now(), conversation_id])
+                  [conversation_score(scores), now(), conversation_id])
 
 
 def regrade_stale(db: Database, embedder: Embedder, conversation_id: str,
@@ -153,7 +166,7 @@ def regrade_stale(db: Database, embedder: Embedder, conversation_id: str,
     stale = {d["turn_id"] for d in grounding_details(db, conversation_id) if d["stale"]}
     if not stale:
         return 0
-    checker = checker or GroundingChecker(embedder)
+    checker = checker or _checker(db, embedder)
     inputs = [t for t in _turn_inputs(db, conversation_id) if t.turn_id in stale]
     results = checker.score_turns(inputs)
     with db.write() as w:
@@ -166,7 +179,7 @@ def regrade_stale(db: Database, embedder: Embedder, conversation_id: str,
         flags = w.execute("SELECT COALESCE(SUM(citation_flags), 0) FROM turns WHERE conversation_id=?",
                           [conversation_id]).fetchone()[0]
         w.execute("UPDATE conversations SET grounding=?, citation_flags=?, grounded_at=? WHERE id=?",
-                  [round(sum(scores) / len(scores), 4) if scores else None, flags, now(), conversation_id])
+                  [conversation_score(scores), flags, now(), conversation_id])
     return len(inputs)
 
 

@@ -6,14 +6,19 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-COLOURS = {"unsupported": "#fde2e1", "contradicted": "#f8c4c1", "weak": "#fff3cd"}
+from core.quality.verdicts import CHECK_LABELS
+
+# "weak" is what results stored by sentence-windows-v3 and older call a low passage match.
+# A sentence the offline checks could not decide is shaded grey: not a flag, but where the LLM verifier helps.
+COLOURS = {"unsupported": "#fde2e1", "contradicted": "#f8c4c1", "weak": "#fff3cd", "not_checked": "#eeeeee"}
 BADGES = {"supported": ("#1e7b34", "supported"), "weak": ("#8a6d00", "weak"), "unsupported": ("#b42318", "unsupported"),
-          "contradicted": ("#7a1010", "contradicted")}
+          "contradicted": ("#7a1010", "contradicted"), "not_checked": ("#666666", "not checked offline")}
 CONTEXT_CHARS = 120  # passage text shown on each side of an evidence span
 
 
 def grounding_html(content: str, sentences: Sequence[dict[str, Any]]) -> str:
-    """An answer as escaped HTML with unsupported and contradicted sentences in red, weak ones in amber.
+    """An answer as escaped HTML with unsupported and contradicted sentences in red, weak ones (older
+    results) in amber, and those not checked offline in grey (the title says why).
 
     The answer text is escaped first, so generated text can never become markup.
     """
@@ -23,7 +28,8 @@ def grounding_html(content: str, sentences: Sequence[dict[str, Any]]) -> str:
         if start >= end:
             continue
         out.append(html.escape(content[pos:start]))
-        reasons = "; ".join(s.get("reasons") or []) or s["kind"]
+        default = "not checked offline" if s["kind"] == "not_checked" else s["kind"]
+        reasons = "; ".join(s.get("reasons") or []) or default
         out.append(f'<span style="background:{COLOURS[s["kind"]]}" title="{html.escape(reasons, quote=True)}">'
                    f"{html.escape(content[start:end])}</span>")
         pos = end
@@ -58,6 +64,9 @@ def evidence_html(sentences: Sequence[dict[str, Any]], passages: Sequence[dict[s
         if kind not in BADGES:
             continue
         colour, label = BADGES[kind]
+        check = s.get("check") or ""
+        if check and check not in ("none", "similarity") and kind != "not_checked":
+            label = f"{label}<br><small>{html.escape(CHECK_LABELS.get(check, check))}</small>"
         pid = str(s.get("passage_id")) if s.get("passage_id") is not None else None
         evidence = s.get("evidence") or ""
         if evidence:

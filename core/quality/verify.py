@@ -186,7 +186,8 @@ class LLMVerifier:
                                                              turn.passages)
             reasons = list(row.get("reasons") or []) + reasons
             confidence = None if verdict == "neutral" else (1.0 if verdict == "supported" else 0.0)
-            out.append(SentenceVerdict(s.text, verdict, pid, evidence, s.start, s.end, confidence, reasons))
+            out.append(SentenceVerdict(s.text, verdict, pid, evidence, s.start, s.end, confidence, reasons,
+                                       "llm" if verdict != "neutral" else ""))
         return TurnVerdict(turn_score(out), self.method, out, turn.idx)
 
     def _ask(self, turn: TurnInput, sentences: list[str]) -> list[dict[str, Any]]:

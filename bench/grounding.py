@@ -92,7 +92,7 @@ def speed(args) -> None:
 
 
 def _fake_server(latency: float) -> tuple[subprocess.Popen, str]:
-    code = ("import sys, time\nfrom core.fake_gemini import FakeGemini\n"
+    code = ("import sys, time\nfrom fakes.gemini import FakeGemini\n"
             f"f = FakeGemini(latency={latency}).start()\nprint(f.base_url, flush=True)\n"
             "while True:\n    time.sleep(3600)\n")
     proc = subprocess.Popen([PY, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,

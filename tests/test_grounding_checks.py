@@ -6,7 +6,7 @@ import pytest
 
 from core.db import loads
 from core.engine import GenerationRun, RunConfig
-from core.fake_gemini import FakeGemini
+from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.quality.background import BackgroundChecks
 from core.quality.grounding import GroundingChecker, TurnInput, VectorStore, WindowCache

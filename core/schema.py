@@ -217,3 +217,26 @@ def add_batch_jobs(db: Database) -> None:
     }, pk="key", if_not_exists=True)
     db["batch_requests"].create_index(["job_id", "status"], if_not_exists=True)
     db["work_items"].add_column("batch_state", str)
+
+
+@migrations()
+def m_issue24b_team_review(db: Database) -> None:
+    """Team review: each reviewer's own verdict per conversation, queue assignments, and reviews needed.
+
+    ``reviewer_verdicts``: one row per (conversation, reviewer) holding that reviewer's latest rating,
+    decision (approved / discarded / NULL after a restore), discard reason and how many edits they made;
+    agreement between reviewers (Dashboard) and an export that requires it read this table.
+    ``review_assignments``: who is to review which conversation when a queue is split.
+    ``conversations.reviews_needed``: how many reviewers must decide before the conversation's status is set
+    (NULL: one, the behaviour before team review).
+    """
+    db["reviewer_verdicts"].create({
+        "conversation_id": str, "reviewer": str, "rating": int, "decision": str, "reason": str, "edits": int,
+        "updated_at": str,
+    }, pk=("conversation_id", "reviewer"), defaults={"edits": 0}, if_not_exists=True)
+    db["reviewer_verdicts"].create_index(["reviewer"], if_not_exists=True)
+    db["review_assignments"].create({
+        "conversation_id": str, "reviewer": str, "assigned_at": str, "assigned_by": str,
+    }, pk=("conversation_id", "reviewer"), if_not_exists=True)
+    db["review_assignments"].create_index(["reviewer"], if_not_exists=True)
+    db["conversations"].add_column("reviews_needed", int)

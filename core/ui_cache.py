@@ -229,7 +229,8 @@ def signed_in_user() -> str:
         headers = st.context.headers
     except Exception:  # outside a browser session
         return ""
-    return next((headers[h] for h in _PROXY_USER_HEADERS if headers.get(h)), "")
+    user = next((headers[h] for h in _PROXY_USER_HEADERS if headers.get(h)), "")
+    return user if isinstance(user, str) else ""  # AppTest's stand-in context answers with mock objects
 
 
 # The reviewer's name, kept for this browser in a cookie (no query parameter, nothing server-side): a reload
@@ -250,7 +251,7 @@ def reviewer_name() -> str:
             saved = st.context.cookies.get(REVIEWER_COOKIE) or ""
         except Exception:  # outside a browser session (AppTest, bare mode)
             saved = ""
-        st.session_state[_REVIEWER] = unquote(saved).strip()[:80]
+        st.session_state[_REVIEWER] = unquote(saved).strip()[:80] if isinstance(saved, str) else ""
     return st.session_state[_REVIEWER]
 
 

@@ -149,6 +149,7 @@ with st.expander("Queue: browse the filter's conversations page by page and open
 
 # ---- actions (callbacks: they run before the panel draws, so it shows the new state) ---------------------
 def _go(target: str | None, edge: str) -> None:
+    ss.pop("review.ask_approve", None)  # moving on answers "keep reviewing"
     if target:
         ss["review.current"] = target
     else:
@@ -250,16 +251,9 @@ def discard_dialog(cid: str) -> None:
                   on_click=finish, args=("discard", cid, reason))
 
 
-@st.dialog("Approve a flagged conversation?")
-def approve_dialog(cid: str, flagged: int) -> None:
-    close_if_done()
-    st.warning(f"The grounding checks flagged **{flagged}** of this conversation's answers (red or amber badges "
-               "below): sentences no passage supports, or identifiers none contains.", icon=":material/warning:")
-    with st.container(horizontal=True):
-        st.button("Approve anyway", key="review.approve_confirm", type="primary", on_click=finish,
-                  args=("approve", cid))
-        st.button("Keep reviewing", key="review.approve_cancel",
-                  on_click=lambda: ss.update({"review.dialog_done": True}))
+def approve_confirmed(cid: str) -> None:
+    ss.pop("review.ask_approve", None)
+    act("approve", cid)
 
 
 # ---- one conversation, cached ------------------------------------------------------------------------------
@@ -425,9 +419,18 @@ def review_panel() -> None:
         for n in range(1, 6):
             st.button(f"{n}★", key=f"review.rate{n}", on_click=act, args=("rate", cid, n), shortcut=str(n),
                       type="primary" if c["rating"] == n else "secondary", help=f"rate {n} ({n})")
-        st.button("Approve", key="review.approve", shortcut="A", icon=":material/check:",
-                  type="primary" if c["status"] == "approved" else "secondary", on_click=approve_clicked,
-                  args=(cid, flagged, c["status"]), help="approve (A); asks first when the checks flagged an answer")
+        asking = ss.get("review.ask_approve") == cid
+        if asking:  # asked in the panel itself, not a dialog: closing a dialog costs a whole-page run
+            st.button("Approve anyway", key="review.approve_confirm", type="primary", shortcut="A",
+                      icon=":material/check:", on_click=approve_confirmed, args=(cid,),
+                      help="approve although the checks flagged it (A again)")
+            st.button("Keep reviewing", key="review.approve_cancel",
+                      on_click=lambda: ss.pop("review.ask_approve", None))
+        else:
+            st.button("Approve", key="review.approve", shortcut="A", icon=":material/check:",
+                      type="primary" if c["status"] == "approved" else "secondary", on_click=approve_clicked,
+                      args=(cid, flagged, c["status"]),
+                      help="approve (A); asks first when the checks flagged an answer")
         if st.button("Discard", key="review.discard", shortcut="D", icon=":material/delete:",
                      type="primary" if c["status"] == "discarded" else "secondary",
                      help="discard (D): asks for the reason; undo with Restore"):
@@ -435,8 +438,10 @@ def review_panel() -> None:
         st.button("Restore", key="review.restore", on_click=act, args=("restore", cid), shortcut="U",
                   disabled=c["status"] == "new", help="back to new: undoes approve or discard (U)",
                   icon=":material/undo:")
-    if ss.pop("review.ask_approve", None) == cid:
-        approve_dialog(cid, flagged)
+    if asking:
+        st.warning(f"The grounding checks flagged **{flagged}** of this conversation's answers (red or amber badges "
+                   "below): sentences no passage supports, or identifiers none contains. Approve anyway (A again), "
+                   "or keep reviewing.", icon=":material/warning:")
     st.caption("Keys: J next · K previous · 1–5 rate · A approve · D discard (then a reason's letter) · U restore "
                "(not while typing in a field).")
 

@@ -189,9 +189,18 @@ class ReviewFilter:
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 
 
+# Streamlit's markdown turns URLs, www. names and e-mail addresses into live links even when their
+# characters are escaped (checked in chromium: "https\://…" still became <a href>). An invisible word joiner
+# after each ":", "@" and "." (and before "." and "@": "www.") leaves the text looking the same but matches no
+# link pattern.
+_LINK_GLUE = re.compile(r"(?<=[:@.])(?=[^\s\\])|(?<=[^\s\\])(?=[.@])")
+WORD_JOINER = "\u2060"
+
+
 def escape_markdown(text: str) -> str:
     """Corpus or generated text made inert for ``st.markdown``: no links, images, HTML or LaTeX; line breaks kept."""
-    return _MD_SPECIAL.sub(r"\\\1", text or "").replace("\n", "  \n")
+    glued = _LINK_GLUE.sub(WORD_JOINER, text or "")
+    return _MD_SPECIAL.sub(r"\\\1", glued).replace("\n", "  \n")
 
 
 # ---- the store ----------------------------------------------------------------------------------

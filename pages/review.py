@@ -289,6 +289,14 @@ def conversation_view(db_path: str, cid: str, version: tuple) -> dict:
             "verdicts": store.verdicts(cid), "assignees": store.assignees(cid)}
 
 
+# Narrower than 900 px (1024 px windows with the sidebar open): each row becomes the verdict and the sentence on
+# one line with its evidence below at full width, instead of three columns of a few words each.
+EVIDENCE_CSS = ("<style>.gw-evidence{container-type:inline-size}"
+                "@container (max-width: 900px){.gw-evidence tr{display:grid;grid-template-columns:max-content 1fr;"
+                "column-gap:.75em}.gw-evidence td:nth-child(3){grid-column:1 / -1;padding:0 0 .6em 1.5em}"
+                ".gw-evidence tr:first-child{display:none}}</style>")
+
+
 def draw_turn(cid: str, t: dict, last_answer: int) -> None:
     idx, label = t["idx"], t["label"]
     checked = t["checked"]
@@ -372,8 +380,7 @@ def draw_turn(cid: str, t: dict, last_answer: int) -> None:
         with st.expander(f"Unsupported sentences of the {label} beside their passages" if badge and badge.flagged
                          else f"Evidence for each sentence of the {label}", expanded=bool(badge and badge.flagged),
                          icon=":material/plagiarism:"):
-            st.html("<div class='gw-evidence' style='overflow-x:auto'><div style='min-width:560px'>"
-                    f"{t['evidence_html']}</div></div>")
+            st.html(EVIDENCE_CSS + f"<div class='gw-evidence' style='overflow-x:auto'>{t['evidence_html']}</div>")
 
 
 @st.fragment

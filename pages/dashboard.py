@@ -141,5 +141,12 @@ with st.container(border=True):
             st.metric("Disagreements", len(team_report["disagreements"]), width="content")
         st.dataframe(pd.DataFrame(team_report["pairs"]), hide_index=True, width="stretch")
         if team_report["disagreements"]:
-            st.markdown("Conversations the reviewers disagree on (open one in Review with its id):")
-            st.dataframe(pd.DataFrame(team_report["disagreements"]), hide_index=True, width="stretch")
+            from core.review import escape_markdown
+
+            shown = team_report["disagreements"][:50]
+            st.markdown("Conversations the reviewers disagree on (open one in Review → Queue → Go to conversation "
+                        "id):\n\n" + "\n".join(f"- `{d['conversation_id']}` ({d['status']}): "
+                                                f"{escape_markdown(d['verdicts'])} — {escape_markdown(d['question'] or '')}"
+                                                for d in shown))
+            if len(team_report["disagreements"]) > len(shown):
+                st.caption(f"and {len(team_report['disagreements']) - len(shown):,} more")

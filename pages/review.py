@@ -120,10 +120,12 @@ try:
 except GroundworkError as e:
     st.error(str(e))
     st.stop()
-if ss.get("review.filter") is not None and ss["review.filter"] != f.as_dict():
+if ss.get("review.filter_full") is not None and ss["review.filter_full"] != f.as_dict():
     ss["review.current"] = None  # a new filter starts at its first conversation
     ss["review.page"] = 1
-ss["review.filter"] = f.as_dict()  # the Export page starts from this: what you see is what you export
+ss["review.filter_full"] = f.as_dict()
+# The Export page starts from this: what you see is what you export, less this reviewer's own view of it.
+ss["review.filter"] = {**f.as_dict(), "assigned_to": "", "not_decided_by": ""}
 
 # ---- queue (drawn with the page: it follows the filter, not each key press) -----------------------------
 with st.expander("Queue: browse the filter's conversations page by page and open one", expanded=False):

@@ -23,7 +23,7 @@ import pytest
 from core import quality
 from core.db import Database, dumps, loads
 from core.fake_gemini import FakeGemini
-from core.review import ReviewStore
+from core.review import ReviewFilter, ReviewStore
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings
 from tests.test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, browser, free_port, main_text,  # noqa: F401
@@ -335,3 +335,93 @@ def test_no_live_link_from_corpus_or_model_text_on_any_page(app, browser):
         del search
     finally:
         context.close()
+
+
+def approve_key(page) -> None:
+    """A; a conversation the checks flagged asks in the panel, and A again approves it."""
+    page.locator('[data-testid="stMainBlockContainer"] h1').first.click()
+    page.keyboard.press("a")
+    page.wait_for_timeout(300)
+    settle(page)
+    if page.get_by_role("button", name=re.compile("Approve anyway")).count():
+        page.keyboard.press("a")
+        settle(page)
+
+
+def my_queue(page, name: str) -> None:
+    open_page(page, page.app, "review")
+    set_reviewer(page, name)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    for label in ("Only conversations assigned to me", "Hide conversations I decided"):
+        sidebar.get_by_text(label).click()
+        settle(page)
+    page.locator('[data-testid="stMainBlockContainer"] h1').first.click()
+
+
+def test_team_review_in_two_browsers(app, browser):
+    """ana splits the queue between ana and ben, two reviews each; both review in their own browser; the
+    Dashboard shows the conversation they disagree on, and export can keep only what they agree on."""
+    db = Database(app["data"] / "groundwork.db")
+    store = ReviewStore(db)
+    ana_ctx, ana = new_page(browser)
+    ben_ctx, ben = new_page(browser)
+    ana.app = ben.app = app
+    try:
+        open_page(ana, app, "review")
+        set_reviewer(ana, "ana")
+        ana.locator('[data-testid="stExpander"] summary', has_text="Team review").first.click()
+        ana.get_by_role("textbox", name="Reviewers (comma-separated)").fill("ana, ben")
+        ana.get_by_role("spinbutton", name="Reviews needed per conversation").fill("2")
+        ana.get_by_role("spinbutton", name="Reviews needed per conversation").press("Enter")
+        settle(ana)
+        ana.get_by_role("button", name="Split the queue").click()
+        wait_for_text(ana, r"Queue split: ana [\d,]+, ben [\d,]+ conversation\(s\); 2 review\(s\) needed each")
+        new = db.scalar("SELECT COUNT(*) FROM conversations WHERE status='new'")
+        assert db.scalar("SELECT COUNT(*) FROM review_assignments WHERE reviewer='ben'") == new
+        first, second = [r["id"] for r in store.page(ReviewFilter(status="new", assigned_to="ana"), limit=2)]
+
+        my_queue(ana, "ana")
+        wait_for_text(ana, first)
+        approve_key(ana)  # ana approves the first: one of two decisions, so it stays new (and leaves her queue)
+        wait_for_text(ana, second)
+        assert db.scalar("SELECT status FROM conversations WHERE id=?", [first]) == "new"
+        approve_key(ana)
+
+        my_queue(ben, "ben")  # ben's own browser: the same conversations, not yet decided by him
+        wait_for_text(ben, first)
+        assert "1 of 2 decision(s)" in main_text(ben) and "ana: approved" in main_text(ben)
+        ben.keyboard.press("d")
+        ben.get_by_role("dialog").get_by_text("Why discard this conversation?").wait_for()
+        ben.keyboard.press("o")  # off topic: ben disagrees with ana
+        ben.get_by_role("dialog").wait_for(state="hidden")
+        wait_for_text(ben, second)
+        approve_key(ben)  # ben agrees with ana on the second: approved
+        settle(ben)
+
+        verdicts = {(r["conversation_id"], r["reviewer"]): r["decision"]
+                    for r in db.rows("SELECT * FROM reviewer_verdicts WHERE reviewer IN ('ana', 'ben')")}
+        assert verdicts == {(first, "ana"): "approved", (second, "ana"): "approved",
+                            (first, "ben"): "discarded", (second, "ben"): "approved"}
+        assert db.scalar("SELECT status FROM conversations WHERE id=?", [first]) == "new"
+        assert db.scalar("SELECT status FROM conversations WHERE id=?", [second]) == "approved"
+
+        nav_to(ana, "Dashboard")
+        section = ana.locator('[data-testid="stVerticalBlockBorderWrapper"]').filter(
+            has_text="Agreement between reviewers").last
+        section.get_by_text(first).first.wait_for()
+        assert second not in section.inner_text()
+        assert "Alpha on decisions" in section.inner_text()
+        shot(ana, "team-dashboard")
+
+        nav_to(ana, "Export")
+        ana.get_by_role("checkbox", name="Only conversations the reviewers agree on").check()
+        settle(ana)
+        assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") > 1
+        summary = main_text(ana)
+        assert "reviewers agree" in summary
+        approved_agreed = store.count(ReviewFilter(status="approved", require_agreement=True))
+        assert approved_agreed == 1
+    finally:
+        ana_ctx.close()
+        ben_ctx.close()
+        db.close()

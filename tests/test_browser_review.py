@@ -328,10 +328,13 @@ def test_no_live_link_from_corpus_or_model_text_on_any_page(app, browser):
         wait_for_text(page, "Deposit notice links", 90)
         settle(page)
         assert page.evaluate(NO_LIVE_LINK_JS) == [], "Workshop"
-        for title in ("Dashboard", "Export", "Home"):
+        for title in ("Dashboard", "Export", "Prompts"):
             nav_to(page, title)
             settle(page)
             assert page.evaluate(NO_LIVE_LINK_JS) == [], title
+        open_page(page, app, "")  # Home
+        settle(page)
+        assert page.evaluate(NO_LIVE_LINK_JS) == [], "Home"
         del search
     finally:
         context.close()

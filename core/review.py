@@ -139,7 +139,8 @@ class ReviewFilter:
             parts.append("c.rowid IN (SELECT rowid FROM conversations_fts WHERE conversations_fts MATCH ?)")
             params.append(query)
         if self.assigned_to.strip():
-            parts.append("EXISTS (SELECT 1 FROM review_assignments a WHERE a.conversation_id = c.id AND a.reviewer = ?)")
+            parts.append("EXISTS (SELECT 1 FROM review_assignments a WHERE a.conversation_id = c.id "
+                         "AND a.reviewer = ?)")
             params.append(self.assigned_to.strip())
         if self.not_decided_by.strip():
             parts.append("NOT EXISTS (SELECT 1 FROM reviewer_verdicts v WHERE v.conversation_id = c.id "
@@ -408,9 +409,9 @@ class ReviewStore:
         actor = _actor(actor)
         content = (content or "").rstrip()
         if not content.strip():
-            raise ValidationError(f"Conversation {conversation_id}, {self._turn_label(conversation_id, idx)}: a message "
-                                  "cannot be empty. Write the "
-                                  "corrected text, or mark the turn bad / discard the conversation instead.")
+            raise ValidationError(f"Conversation {conversation_id}, {self._turn_label(conversation_id, idx)}: "
+                                  "a message cannot be empty. Write the corrected text, or mark the turn bad / "
+                                  "discard the conversation instead.")
         with self.db.write() as w:
             c = self._conversation(w, conversation_id)
             t = w.execute("SELECT * FROM turns WHERE conversation_id=? AND idx=?", [conversation_id, idx]).fetchone()

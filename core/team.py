@@ -83,8 +83,8 @@ def agreement(db: Database, rating_gap: int = 2) -> dict[str, Any]:
         decisions; ``disagreements``: conversations where decisions differ or ratings differ by
         ``rating_gap`` or more, each with every reviewer's verdict.
     """
-    rows = db.rows("SELECT v.conversation_id, v.reviewer, v.rating, v.decision, substr(c.question, 1, 120) AS question, "
-                   "c.status FROM reviewer_verdicts v JOIN conversations c ON c.id = v.conversation_id "
+    rows = db.rows("SELECT v.conversation_id, v.reviewer, v.rating, v.decision, "
+                   "substr(c.question, 1, 120) AS question, c.status FROM reviewer_verdicts v JOIN conversations c ON c.id = v.conversation_id "
                    "ORDER BY v.conversation_id, v.reviewer")
     by_conv: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:

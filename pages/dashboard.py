@@ -146,7 +146,8 @@ with st.container(border=True):
             shown = team_report["disagreements"][:50]
             st.markdown("Conversations the reviewers disagree on (open one in Review → Queue → Go to conversation "
                         "id):\n\n" + "\n".join(f"- `{d['conversation_id']}` ({d['status']}): "
-                                                f"{escape_markdown(d['verdicts'])} — {escape_markdown(d['question'] or '')}"
+                                                f"{escape_markdown(d['verdicts'])} — "
+                                                f"{escape_markdown(d['question'] or '')}"
                                                 for d in shown))
             if len(team_report["disagreements"]) > len(shown):
                 st.caption(f"and {len(team_report['disagreements']) - len(shown):,} more")

@@ -114,7 +114,8 @@ f = ReviewFilter(status=ss["review.f.status"], run_id=ss["review.f.run"],
                  tag=ss["review.f.tag"], prompt_version=ss["review.f.version"] or None,
                  model=ss["review.f.model"], comparison_id=ss["review.f.comparison"],
                  search=ss["review.f.search"].strip(), quality=ss["review.f.quality"],
-                 assigned_to=reviewer if mine and reviewer else "", not_decided_by=reviewer if undecided and reviewer else "")
+                 assigned_to=reviewer if mine and reviewer else "",
+                 not_decided_by=reviewer if undecided and reviewer else "")
 try:
     f.validate()
 except GroundworkError as e:
@@ -457,7 +458,8 @@ def review_panel() -> None:
     where = f"{position:,} of {matching:,}" if position else "not in the current filter"
     status_line = c["status"] + (f" ({c['discard_reason']})" if c["discard_reason"] else "")
     st.subheader(f"Conversation {where}")
-    st.caption(f"`{cid}` · **{escape_markdown(status_line)}** · rating {c['rating'] or '–'} · {c['num_turns']} turn(s) · "
+    st.caption(f"`{cid}` · **{escape_markdown(status_line)}** · rating {c['rating'] or '–'} · "
+               f"{c['num_turns']} turn(s) · "
                f"{escape_markdown(c['provider'] or '')}/{escape_markdown(c['model'] or '')} · run `{c['run_id']}` · "
                f"{(c['created_at'] or '')[:19]}"
                + (f" · last action by {escape_markdown(c['reviewed_by'])} at {(c['reviewed_at'] or '')[:19]}"
@@ -473,7 +475,8 @@ def review_panel() -> None:
                             on_change=act, args=("needed", cid),
                             help="the status is set once this many reviewers decided, all the same way")
             st.caption(f"{len(decided)} of {needed} decision(s)"
-                       + (f" · assigned to {escape_markdown(', '.join(view['assignees']))}" if view["assignees"] else "")
+                       + (f" · assigned to {escape_markdown(', '.join(view['assignees']))}"
+                          if view["assignees"] else "")
                        + "".join(f" · **{escape_markdown(v['reviewer'])}**: {v['decision'] or 'undecided'}"
                                  + (f" {v['rating']}★" if v["rating"] else "")
                                  + (f", {v['edits']} edit(s)" if v["edits"] else "") for v in view["verdicts"]))

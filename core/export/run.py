@@ -330,7 +330,8 @@ def _check_no_empty_messages(db: Database, f: ReviewFilter) -> None:
         roles = [r["role"] for r in db.rows("SELECT role FROM turns WHERE conversation_id=? ORDER BY idx",
                                             [first["conversation_id"]])]
         raise ValidationError(f"Conversation {first['conversation_id']} has an empty {first['role']} message "
-                              f"({turn_label(roles, first['idx'])}){who}{more}: nothing was exported. Write the message on the Review "
+                              f"({turn_label(roles, first['idx'])}){who}{more}: nothing was exported. Write the "
+                              "message on the Review "
                               "page, or discard the conversation.")
 
 

@@ -129,7 +129,10 @@ ss["review.filter_full"] = f.as_dict()
 ss["review.filter"] = {**f.as_dict(), "assigned_to": "", "not_decided_by": ""}
 
 # ---- queue (drawn with the page: it follows the filter, not each key press) -----------------------------
-with st.expander("Queue: browse the filter's conversations page by page and open one", expanded=False):
+# Expanders that hold fields are keyed and tracked: a whole-page run can remount them (the panel below is a
+# fragment), and an untracked expander would then close under the reviewer's hands.
+with st.expander("Queue: browse the filter's conversations page by page and open one", key="review.queue_open",
+                 on_change="rerun"):
     matching_now = store.count(f)
     pages = max(1, -(-matching_now // PAGE_SIZE))
     ss.setdefault("review.page", 1)
@@ -148,6 +151,66 @@ with st.expander("Queue: browse the filter's conversations page by page and open
             ss["review.current"] = jump.strip()
             st.rerun()
         st.error(f"No conversation {jump.strip()!r} in this data dir.")
+
+
+# ---- team review: split the queue ------------------------------------------------------------------------------
+with st.expander("Team review: split this queue between reviewers", key="review.team_open", on_change="rerun"):
+    st.caption("Every conversation matching the filter goes to reviewers in turn (round robin, in queue order); each "
+               "reviewer then ticks 'Only conversations assigned to me'. With more than one review needed, a "
+               "conversation is approved or discarded only once that many reviewers decided it the same way; the "
+               "Dashboard shows how well reviewers agree.")
+    names = st.text_input("Reviewers (comma-separated)", key="review.team_names", placeholder="ana, ben")
+    k_needed = st.number_input("Reviews needed per conversation", 1, MAX_REVIEWS_NEEDED, 1, key="review.team_k")
+    if st.button("Split the queue", key="review.team_split", icon=":material/group:"):
+        try:
+            shares = store.split_queue(f, [n.strip() for n in names.split(",")], reviewer, reviews_needed=int(k_needed))
+            flash("success", "Queue split: " + ", ".join(f"{escape_markdown(n)} {k:,}" for n, k in shares.items())
+                  + f" conversation(s); {int(k_needed)} review(s) needed each.")
+            st.rerun()
+        except GroundworkError as e:
+            st.error(str(e))
+
+# ---- bulk actions on the whole filter ------------------------------------------------------------------
+with st.expander("Bulk actions on every conversation matching the filter", key="review.bulk_open",
+                 on_change="rerun"):
+    b1, b2 = st.columns([1, 2])
+    action = b1.selectbox("Action", ["approve", "discard", "restore", "tag"], key="review.bulk_action")
+    argument = ""
+    if action == "discard":
+        argument = b2.selectbox("Reason", DISCARD_REASONS, key="review.bulk_reason", index=None,
+                                placeholder="pick a reason") or ""
+    elif action == "tag":
+        argument = b2.text_input("Tag", key="review.bulk_tag")
+    if st.button(f"{action.capitalize()} the matching conversations…", key="review.bulk_prepare"):
+        ss["review.bulk_pending"] = {"action": action, "argument": argument, "count": store.count(f),
+                                     "filter": f.as_dict(),
+                                     "flagged": store.flagged_count(f) if action == "approve" else 0}
+    pending = ss.get("review.bulk_pending")
+    if pending and pending["filter"] == f.as_dict():
+        st.warning(f"{pending['action'].capitalize()} **{pending['count']:,}** conversations matching "
+                   f"{escape_markdown(f.describe())}"
+                   + (f" with {escape_markdown(pending['argument'])}" if pending["argument"] else "")
+                   + f"? Recorded under your name ({escape_markdown(reviewer or 'not set')})."
+                   + (f" **{pending['flagged']:,}** of them are flagged by the grounding checks (weakly grounded or "
+                      "identifiers absent from their passages)." if pending.get("flagged") else ""),
+                   icon=":material/warning:")
+        k1, k2 = st.columns(2)
+        if k1.button("Confirm", key="review.bulk_confirm", type="primary"):
+            try:
+                if pending["action"] == "tag":
+                    n = store.bulk_tag(f, pending["argument"], reviewer, expected=pending["count"])
+                else:
+                    status = {"approve": "approved", "discard": "discarded", "restore": "new"}[pending["action"]]
+                    n = store.bulk_status(f, status, reviewer, reason=pending["argument"], expected=pending["count"])
+                ss.pop("review.bulk_pending", None)
+                ss["review.current"] = None  # start again at the top of what the filter now matches
+                flash("success", f"{pending['action'].capitalize()}: {n:,} conversations updated.")
+                st.rerun()
+            except GroundworkError as e:
+                st.error(str(e))
+        if k2.button("Cancel", key="review.bulk_cancel"):
+            ss.pop("review.bulk_pending", None)
+            st.rerun()
 
 
 # ---- actions (callbacks: they run before the panel draws, so it shows the new state) ---------------------
@@ -557,62 +620,7 @@ def review_panel() -> None:
             st.caption("No review actions yet.")
 
 
-review_panel()
-
-# ---- team review: split the queue ------------------------------------------------------------------------------
-with st.expander("Team review: split this queue between reviewers"):
-    st.caption("Every conversation matching the filter goes to reviewers in turn (round robin, in queue order); each "
-               "reviewer then ticks 'Only conversations assigned to me'. With more than one review needed, a "
-               "conversation is approved or discarded only once that many reviewers decided it the same way; the "
-               "Dashboard shows how well reviewers agree.")
-    names = st.text_input("Reviewers (comma-separated)", key="review.team_names", placeholder="ana, ben")
-    k_needed = st.number_input("Reviews needed per conversation", 1, MAX_REVIEWS_NEEDED, 1, key="review.team_k")
-    if st.button("Split the queue", key="review.team_split", icon=":material/group:"):
-        try:
-            shares = store.split_queue(f, [n.strip() for n in names.split(",")], reviewer, reviews_needed=int(k_needed))
-            flash("success", "Queue split: " + ", ".join(f"{escape_markdown(n)} {k:,}" for n, k in shares.items())
-                  + f" conversation(s); {int(k_needed)} review(s) needed each.")
-            st.rerun()
-        except GroundworkError as e:
-            st.error(str(e))
-
-# ---- bulk actions on the whole filter ------------------------------------------------------------------
-with st.expander("Bulk actions on every conversation matching the filter"):
-    b1, b2 = st.columns([1, 2])
-    action = b1.selectbox("Action", ["approve", "discard", "restore", "tag"], key="review.bulk_action")
-    argument = ""
-    if action == "discard":
-        argument = b2.selectbox("Reason", DISCARD_REASONS, key="review.bulk_reason", index=None,
-                                placeholder="pick a reason") or ""
-    elif action == "tag":
-        argument = b2.text_input("Tag", key="review.bulk_tag")
-    if st.button(f"{action.capitalize()} the matching conversations…", key="review.bulk_prepare"):
-        ss["review.bulk_pending"] = {"action": action, "argument": argument, "count": store.count(f),
-                                     "filter": f.as_dict(),
-                                     "flagged": store.flagged_count(f) if action == "approve" else 0}
-    pending = ss.get("review.bulk_pending")
-    if pending and pending["filter"] == f.as_dict():
-        st.warning(f"{pending['action'].capitalize()} **{pending['count']:,}** conversations matching "
-                   f"{escape_markdown(f.describe())}"
-                   + (f" with {escape_markdown(pending['argument'])}" if pending["argument"] else "")
-                   + f"? Recorded under your name ({escape_markdown(reviewer or 'not set')})."
-                   + (f" **{pending['flagged']:,}** of them are flagged by the grounding checks (weakly grounded or "
-                      "identifiers absent from their passages)." if pending.get("flagged") else ""),
-                   icon=":material/warning:")
-        k1, k2 = st.columns(2)
-        if k1.button("Confirm", key="review.bulk_confirm", type="primary"):
-            try:
-                if pending["action"] == "tag":
-                    n = store.bulk_tag(f, pending["argument"], reviewer, expected=pending["count"])
-                else:
-                    status = {"approve": "approved", "discard": "discarded", "restore": "new"}[pending["action"]]
-                    n = store.bulk_status(f, status, reviewer, reason=pending["argument"], expected=pending["count"])
-                ss.pop("review.bulk_pending", None)
-                ss["review.current"] = None  # start again at the top of what the filter now matches
-                flash("success", f"{pending['action'].capitalize()}: {n:,} conversations updated.")
-                st.rerun()
-            except GroundworkError as e:
-                st.error(str(e))
-        if k2.button("Cancel", key="review.bulk_cancel"):
-            ss.pop("review.bulk_pending", None)
-            st.rerun()
+# Last on the page, in a container of its own: the team and bulk tools sit above it, so a whole-page run never
+# moves (and remounts) a field that is being typed in below a panel whose length varies per conversation.
+with st.container():
+    review_panel()

@@ -93,10 +93,10 @@ def review_data(tmp_path_factory, indexed_sample_dir, embedder):
 
 
 @contextmanager
-def serve(data: Path):
+def serve(data: Path, gemini_url: str):
     port = free_port()
     env = {**os.environ, "GROUNDWORK_DATA_DIR": str(data), "GEMINI_API_KEY": FAKE_KEY,
-           "GROUNDWORK_AUTO_INDEX_SAMPLE": "0", "HF_HUB_OFFLINE": "1"}
+           "GOOGLE_GEMINI_BASE_URL": gemini_url, "GROUNDWORK_AUTO_INDEX_SAMPLE": "0", "HF_HUB_OFFLINE": "1"}
     log_path = data.parent / "streamlit.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -122,7 +122,7 @@ def serve(data: Path):
 
 @pytest.fixture(scope="module")
 def app(review_data):
-    with serve(review_data["data"]) as a:
+    with FakeGemini(latency=0.05) as fake, serve(review_data["data"], fake.base_url) as a:
         yield {**a, **review_data}
 
 
@@ -423,7 +423,7 @@ def test_team_review_in_two_browsers(app, browser):
         assert first in dashboard and second not in dashboard  # the disagreement, not the agreed one
 
         nav_to(ana, "Export")
-        ana.get_by_role("checkbox", name="Only conversations the reviewers agree on").check()
+        ana.get_by_text("Only conversations the reviewers agree on").click()
         settle(ana)
         assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") > 1
         summary = main_text(ana)
@@ -434,3 +434,23 @@ def test_team_review_in_two_browsers(app, browser):
         ana_ctx.close()
         ben_ctx.close()
         db.close()
+
+
+def test_workshop_keeps_its_tab_and_shows_no_raw_step(app, browser):
+    context, page = new_page(browser)
+    try:
+        open_page(page, app, "workshop")
+        page.get_by_role("tab", name="Dry run").click()
+        settle(page)
+        page.get_by_role("button", name="Start a dry run").click()
+        settle(page)
+        for _ in range(3):  # briefing, question, retrieval: each click a whole-page run
+            page.get_by_role("button", name="Next step").click()
+            settle(page)
+            assert page.get_by_role("tab", name="Dry run").get_attribute("aria-selected") == "true"
+        text = main_text(page)
+        assert "Sampled briefing" in text and "Turn 1: retrieval" in text
+        assert "Step(" not in text  # Streamlit's magic wrote each step's repr above the title
+        assert text.lstrip().startswith("Workshop"), text[:80]  # nothing ("None") above the title
+    finally:
+        context.close()

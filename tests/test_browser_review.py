@@ -454,7 +454,7 @@ def test_workshop_keeps_its_tab_and_shows_no_raw_step(app, browser):
             settle(page)
             assert page.get_by_role("tab", name="Dry run").get_attribute("aria-selected") == "true"
         text = main_text(page)
-        assert "Sampled briefing" in text and "Turn 1: retrieval" in text
+        assert "Sampled briefing" in text and "Turn 1: question written by the instruction prompt" in text
         assert "Step(" not in text  # Streamlit's magic wrote each step's repr above the title
         assert text.lstrip().startswith("Workshop"), text[:80]  # nothing ("None") above the title
     finally:

@@ -280,7 +280,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     options = ExportOptions(
         formats=args.format or ["openai"], context=args.context, profile=args.profile,
         raft_distractors=args.raft_distractors, raft_no_oracle_share=args.raft_no_oracle_share,
-        filter=ReviewFilter(status=args.status, run_id=args.run or "", min_rating=args.min_rating, tag=args.tag or ""),
+        filter=ReviewFilter(status=args.status, run_id=args.run or "", min_rating=args.min_rating, tag=args.tag or "",
+                            require_agreement=args.require_agreement),
         split=None if args.no_split else args.split, seed=args.seed, split_group=args.split_group,
         with_system_prompt=args.with_system_prompt,
         tokenizer=args.tokenizer or "", max_tokens=args.max_tokens,
@@ -517,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="RUN_ID", help="only this generation run")
     p.add_argument("--min-rating", type=int, metavar="N", help="only conversations rated N or more (1-5)")
     p.add_argument("--tag", metavar="T", help="only conversations tagged T")
+    p.add_argument("--require-agreement", action="store_true",
+                   help="only conversations that two or more reviewers (at least as many as each needs) decided, "
+                        "all the same way (team review)")
     p.add_argument("--split", type=float, default=0.9,
                    help="share of document groups in train, between 0 and 1 (default 0.9); a group is every "
                         "document whose text reaches a row, so no validation document reaches a training row")

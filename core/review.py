@@ -23,6 +23,7 @@ from typing import Any
 from core.db import Database, dumps, fts_query, loads, new_id, now
 from core.errors import NotFoundError, ValidationError
 from core.quality import WEAKLY_GROUNDED_BELOW
+from core.turn_labels import turn_label, turn_number
 
 STATUSES = ("new", "approved", "discarded")
 STATUS_CHOICES = ("any", *STATUSES)
@@ -39,6 +40,12 @@ QUALITY_CHOICES = ("any", *QUALITY_CONDITIONS)
 # What approving or exporting asks about (core.quality.is_flagged); its one parameter is WEAKLY_GROUNDED_BELOW.
 FLAGGED_CONDITION = (f"(({QUALITY_CONDITIONS['weakly grounded']}) OR "
                      f"({QUALITY_CONDITIONS['unverified identifiers']}))")
+# Reviewers agree on a conversation: at least two of them (and at least its reviews_needed) approved or
+# discarded it, and every decision is the same. Export's "require agreement" and the Dashboard use it.
+_DECIDED = "FROM reviewer_verdicts v WHERE v.conversation_id = c.id AND v.decision IS NOT NULL"
+AGREED_CONDITION = (f"((SELECT COUNT(*) {_DECIDED}) >= MAX(2, COALESCE(c.reviews_needed, 1)) "
+                    f"AND (SELECT COUNT(DISTINCT v.decision) {_DECIDED}) = 1)")
+MAX_REVIEWS_NEEDED = 10
 DISCARD_REASONS = ("ungrounded: not supported by the passages", "wrong or misleading answer",
                    "unnatural conversation", "off topic", "duplicate", "other")
 MAX_TAG_CHARS = 50
@@ -62,6 +69,11 @@ class ReviewFilter:
         comparison_id: the conversations of one prompt A/B comparison.
         search: words that must all occur in the conversation's text (full-text search).
         quality: "any", or only conversations the quality checks flagged (see :data:`QUALITY_CONDITIONS`).
+        assigned_to: conversations a split queue gave this reviewer (:meth:`ReviewStore.split_queue`).
+        not_decided_by: conversations this reviewer has not approved or discarded yet (with k reviews needed a
+            conversation stays "new" after one reviewer's decision; this hides it from that reviewer).
+        require_agreement: only conversations that at least two reviewers (and at least as many as it needs)
+            decided, all the same way (:data:`AGREED_CONDITION`).
     """
 
     run_id: str = ""
@@ -74,6 +86,9 @@ class ReviewFilter:
     comparison_id: str = ""
     search: str = ""
     quality: str = "any"
+    assigned_to: str = ""
+    not_decided_by: str = ""
+    require_agreement: bool = False
 
     def validate(self) -> None:
         if self.quality not in QUALITY_CHOICES:
@@ -126,6 +141,16 @@ class ReviewFilter:
         if query:
             parts.append("c.rowid IN (SELECT rowid FROM conversations_fts WHERE conversations_fts MATCH ?)")
             params.append(query)
+        if self.assigned_to.strip():
+            parts.append("EXISTS (SELECT 1 FROM review_assignments a WHERE a.conversation_id = c.id "
+                         "AND a.reviewer = ?)")
+            params.append(self.assigned_to.strip())
+        if self.not_decided_by.strip():
+            parts.append("NOT EXISTS (SELECT 1 FROM reviewer_verdicts v WHERE v.conversation_id = c.id "
+                         "AND v.reviewer = ? AND v.decision IS NOT NULL)")
+            params.append(self.not_decided_by.strip())
+        if self.require_agreement:
+            parts.append(AGREED_CONDITION)
         return (" AND ".join(parts) or "1"), params
 
     def as_dict(self) -> dict[str, Any]:
@@ -155,6 +180,12 @@ class ReviewFilter:
             parts.append(f"text {self.search.strip()!r}")
         if self.quality != "any":
             parts.append(self.quality)
+        if self.assigned_to.strip():
+            parts.append(f"assigned to {self.assigned_to.strip()}")
+        if self.not_decided_by.strip():
+            parts.append(f"not yet decided by {self.not_decided_by.strip()}")
+        if self.require_agreement:
+            parts.append("reviewers agree")
         return ", ".join(parts)
 
 
@@ -162,9 +193,18 @@ class ReviewFilter:
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
 
 
+# Streamlit's markdown turns URLs, www. names and e-mail addresses into live links even when their
+# characters are escaped (checked in chromium: "https\://…" still became <a href>). An invisible word joiner
+# after each ":", "@" and "." (and before "." and "@": "www.") leaves the text looking the same but matches no
+# link pattern.
+_LINK_GLUE = re.compile(r"(?<=[:@.])(?=[^\s\\])|(?<=[^\s\\])(?=[.@])")
+WORD_JOINER = "\u2060"
+
+
 def escape_markdown(text: str) -> str:
     """Corpus or generated text made inert for ``st.markdown``: no links, images, HTML or LaTeX; line breaks kept."""
-    return _MD_SPECIAL.sub(r"\\\1", text or "").replace("\n", "  \n")
+    glued = _LINK_GLUE.sub(WORD_JOINER, text or "")
+    return _MD_SPECIAL.sub(r"\\\1", glued).replace("\n", "  \n")
 
 
 # ---- the store ----------------------------------------------------------------------------------
@@ -318,7 +358,8 @@ class ReviewStore:
         if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5):
             raise ValidationError(f"A rating is a whole number from 1 to 5 (got {rating!r}) for conversation "
                                   f"{conversation_id}.")
-        self._update(conversation_id, actor, "review.rate", {"rating": rating}, {"rating": rating})
+        self._update(conversation_id, actor, "review.rate", {"rating": rating}, {"rating": rating},
+                     verdict={"rating": rating})
 
     def note(self, conversation_id: str, text: str, actor: str) -> None:
         text = (text or "").strip()
@@ -328,7 +369,8 @@ class ReviewStore:
         self._update(conversation_id, actor, "review.note", {"note": text or None}, {"note": text})
 
     def approve(self, conversation_id: str, actor: str) -> None:
-        self._update(conversation_id, actor, "review.approve", {"status": "approved", "discard_reason": None}, {})
+        self._update(conversation_id, actor, "review.approve", {"status": "approved", "discard_reason": None}, {},
+                     verdict={"decision": "approved", "reason": None})
 
     def discard(self, conversation_id: str, reason: str, actor: str) -> None:
         """Soft: the conversation stays, marked discarded with the reason; :meth:`restore` undoes it."""
@@ -336,11 +378,12 @@ class ReviewStore:
         if not reason:
             raise ValidationError(f"Say why conversation {conversation_id} is discarded: pick or type a reason.")
         self._update(conversation_id, actor, "review.discard", {"status": "discarded", "discard_reason": reason},
-                     {"reason": reason})
+                     {"reason": reason}, verdict={"decision": "discarded", "reason": reason})
 
     def restore(self, conversation_id: str, actor: str) -> None:
         """Back to new: undoes an approve or a discard."""
-        self._update(conversation_id, actor, "review.restore", {"status": "new", "discard_reason": None}, {})
+        self._update(conversation_id, actor, "review.restore", {"status": "new", "discard_reason": None}, {},
+                     verdict={"decision": None, "reason": None})
 
     def tag(self, conversation_id: str, tag: str, actor: str) -> None:
         tag = _clean_tag(tag)
@@ -369,8 +412,9 @@ class ReviewStore:
         actor = _actor(actor)
         content = (content or "").rstrip()
         if not content.strip():
-            raise ValidationError(f"Conversation {conversation_id}, turn {idx}: a message cannot be empty. Write the "
-                                  "corrected text, or mark the turn bad / discard the conversation instead.")
+            raise ValidationError(f"Conversation {conversation_id}, {self._turn_label(conversation_id, idx)}: "
+                                  "a message cannot be empty. Write the corrected text, or mark the turn bad / "
+                                  "discard the conversation instead.")
         with self.db.write() as w:
             c = self._conversation(w, conversation_id)
             t = w.execute("SELECT * FROM turns WHERE conversation_id=? AND idx=?", [conversation_id, idx]).fetchone()
@@ -386,9 +430,17 @@ class ReviewStore:
                 w.execute("UPDATE turns SET content=?, original_content=?, edited_by=?, edited_at=? WHERE id=?",
                           [content, original, actor, now(), t["id"]])
             _sync_search_text(w, conversation_id)
+            w.execute("INSERT INTO reviewer_verdicts (conversation_id, reviewer, edits, updated_at) VALUES (?,?,1,?) "
+                      "ON CONFLICT (conversation_id, reviewer) DO UPDATE SET edits = COALESCE(edits, 0) + 1, "
+                      "updated_at = excluded.updated_at", [conversation_id, actor, now()])
             self._touch(w, c, actor, "review.edit", {"idx": idx, "role": t["role"], "before": t["content"],
                                                      "after": content})
         return True
+
+    def _turn_label(self, conversation_id: str, idx: int) -> str:
+        roles = [r["role"] for r in self.db.rows("SELECT role FROM turns WHERE conversation_id=? ORDER BY idx",
+                                                 [conversation_id])]
+        return turn_label(roles, idx) if 0 <= idx < len(roles) else f"message {idx}"
 
     def revert_message(self, conversation_id: str, idx: int, actor: str) -> bool:
         """Put back the original text of an edited turn."""
@@ -473,9 +525,14 @@ class ReviewStore:
             w.execute(f"INSERT INTO events (ts, actor, kind, run_id, conversation_id, payload) "
                       f"SELECT ?, ?, ?, c.run_id, c.id, ? FROM conversations c WHERE {where}",
                       [ts, actor, kind, payload, *params])
+            ids = [r[0] for r in w.execute(f"SELECT c.id FROM conversations c WHERE {where}", params).fetchall()]
             w.execute(f"UPDATE conversations SET status=?, discard_reason=?, reviewed_by=?, reviewed_at=? "
                       f"WHERE id IN (SELECT c.id FROM conversations c WHERE {where})",
                       [status, reason if status == "discarded" else None, actor, ts, *params])
+            decision = None if status == "new" else status
+            for cid in ids:
+                _record_verdict(w, cid, actor, {"decision": decision, "reason": reason or None}, ts)
+                _settle_status(w, cid)
         return n
 
     def bulk_tag(self, f: ReviewFilter, tag: str, actor: str, expected: int | None = None) -> int:
@@ -491,6 +548,62 @@ class ReviewStore:
             w.execute(f"INSERT OR IGNORE INTO tags (conversation_id, tag, created_at, created_by) "
                       f"SELECT c.id, ?, ?, ? FROM conversations c WHERE {where}", [tag, ts, actor, *params])
         return n
+
+    # ---- team review ----------------------------------------------------------------------------
+    def split_queue(self, f: ReviewFilter, reviewers: list[str], actor: str, reviews_needed: int = 1,
+                    expected: int | None = None) -> dict[str, int]:
+        """Share the conversations matching ``f`` between ``reviewers`` in queue order, round robin; each
+        conversation goes to ``reviews_needed`` different reviewers and needs that many decisions.
+
+        Earlier assignments of these conversations are replaced. Returns conversations per reviewer.
+        """
+        actor = _actor(actor)
+        names = list(dict.fromkeys(_actor(r) for r in reviewers if (r or "").strip()))
+        if not names:
+            raise ValidationError("Name at least one reviewer to split the queue between (comma-separated).")
+        k = _reviews_needed(reviews_needed)
+        if k > len(names):
+            raise ValidationError(f"Each conversation needs {k} reviews but only {len(names)} reviewer(s) were named: "
+                                  f"name at least {k}, or lower the reviews needed.")
+        where, params = f.where()
+        counts = dict.fromkeys(names, 0)
+        with self.db.write() as w:
+            self._check_expected(w, f, expected)
+            ids = [r[0] for r in w.execute(f"SELECT c.id FROM conversations c WHERE {where} "
+                                           "ORDER BY c.created_at, c.id", params).fetchall()]
+            ts = now()
+            for i, cid in enumerate(ids):
+                w.execute("DELETE FROM review_assignments WHERE conversation_id=?", [cid])
+                for j in range(k):
+                    who = names[(i * k + j) % len(names)]
+                    w.execute("INSERT OR IGNORE INTO review_assignments (conversation_id, reviewer, assigned_at, "
+                              "assigned_by) VALUES (?,?,?,?)", [cid, who, ts, actor])
+                    counts[who] += 1
+                w.execute("UPDATE conversations SET reviews_needed=? WHERE id=?", [k, cid])
+                _settle_status(w, cid)
+            w.execute("INSERT INTO events (ts, actor, kind, payload) VALUES (?,?,?,?)",
+                      [ts, actor, "review.split", dumps({"filter": f.describe(), "reviewers": names,
+                                                         "reviews_needed": k, "conversations": len(ids)})])
+        return counts
+
+    def set_reviews_needed(self, conversation_id: str, k: int, actor: str) -> None:
+        """How many reviewers must decide this conversation (all the same way) before its status is set."""
+        k = _reviews_needed(k)
+        actor = _actor(actor)
+        with self.db.write() as w:
+            c = self._conversation(w, conversation_id)
+            w.execute("UPDATE conversations SET reviews_needed=? WHERE id=?", [k, conversation_id])
+            _settle_status(w, conversation_id)
+            self._touch(w, c, actor, "review.reviews_needed", {"reviews_needed": k})
+
+    def verdicts(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Every reviewer's own rating, decision and edit count on one conversation."""
+        return self.db.rows("SELECT reviewer, rating, decision, reason, edits, updated_at FROM reviewer_verdicts "
+                            "WHERE conversation_id=? ORDER BY reviewer", [conversation_id])
+
+    def assignees(self, conversation_id: str) -> list[str]:
+        return [r["reviewer"] for r in self.db.rows("SELECT reviewer FROM review_assignments WHERE conversation_id=? "
+                                                    "ORDER BY reviewer", [conversation_id])]
 
     def _check_expected(self, w, f: ReviewFilter, expected: int | None) -> int:
         where, params = f.where()
@@ -604,7 +717,8 @@ class ReviewStore:
                                                              "keep_through": keep_through})
             old = self._conversation(w, conversation_id)
             if old["status"] != "discarded":
-                reason = f"regenerated from turn {keep_through} as {new}"
+                # Turn numbers as people read them (core.turn_labels), not the message index.
+                reason = f"regenerated from turn {turn_number([t['role'] for t in turns], keep_through)} as {new}"
                 w.execute("UPDATE conversations SET status='discarded', discard_reason=?, reviewed_by=?, "
                           "reviewed_at=? WHERE id=?", [reason, actor, now(), conversation_id])
                 _event(w, actor, "review.discard", old, {"reason": reason})
@@ -625,14 +739,44 @@ class ReviewStore:
         _event(w, actor, kind, c, payload, ts)
 
     def _update(self, conversation_id: str, actor: str, kind: str, changes: dict[str, Any],
-                payload: dict[str, Any]) -> None:
+                payload: dict[str, Any], verdict: dict[str, Any] | None = None) -> None:
         actor = _actor(actor)
         with self.db.write() as w:
             c = self._conversation(w, conversation_id)
             if changes:
                 sets = ", ".join(f"{k}=?" for k in changes)
                 w.execute(f"UPDATE conversations SET {sets} WHERE id=?", [*changes.values(), conversation_id])
+            if verdict is not None:  # this reviewer's own record, beside the conversation's shared state
+                _record_verdict(w, conversation_id, actor, verdict)
+                if "decision" in verdict:
+                    _settle_status(w, conversation_id)
             self._touch(w, c, actor, kind, {"previous_status": c["status"], **payload})
+
+
+def _record_verdict(w, conversation_id: str, actor: str, values: dict[str, Any], ts: str | None = None) -> None:
+    """Upsert this reviewer's verdict on a conversation with ``values`` (rating, decision, reason)."""
+    cols = list(values)
+    w.execute(f"INSERT INTO reviewer_verdicts (conversation_id, reviewer, {', '.join(cols)}, updated_at) "
+              f"VALUES (?, ?, {', '.join('?' * len(cols))}, ?) ON CONFLICT (conversation_id, reviewer) DO UPDATE SET "
+              + ", ".join(f"{k} = excluded.{k}" for k in [*cols, "updated_at"]),
+              [conversation_id, actor, *values.values(), ts or now()])
+
+
+def _settle_status(w, conversation_id: str) -> None:
+    """A conversation that needs k ≥ 2 reviews is approved or discarded only once k reviewers decided, all the
+    same way; until then (or while they disagree) it stays new. With one review needed the last decision
+    stands, as before team review."""
+    row = w.execute("SELECT reviews_needed FROM conversations WHERE id=?", [conversation_id]).fetchone()
+    needed = (row[0] if row else None) or 1
+    if needed <= 1:
+        return
+    decided = w.execute("SELECT decision, reason FROM reviewer_verdicts WHERE conversation_id=? AND decision IS NOT "
+                        "NULL ORDER BY updated_at DESC", [conversation_id]).fetchall()
+    if len(decided) >= needed and len({d[0] for d in decided}) == 1:
+        status, reason = decided[0][0], (decided[0][1] if decided[0][0] == "discarded" else None)
+    else:
+        status, reason = "new", None
+    w.execute("UPDATE conversations SET status=?, discard_reason=? WHERE id=?", [status, reason, conversation_id])
 
 
 def _event(w, actor: str, kind: str, c: dict[str, Any], payload: dict[str, Any], ts: str | None = None) -> None:
@@ -654,6 +798,12 @@ def _actor(actor: str) -> str:
     if len(actor) > MAX_ACTOR_CHARS:
         raise ValidationError(f"The reviewer name is {len(actor)} characters; use at most {MAX_ACTOR_CHARS}.")
     return actor
+
+
+def _reviews_needed(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_REVIEWS_NEEDED:
+        raise ValidationError(f"Reviews needed is a whole number from 1 to {MAX_REVIEWS_NEEDED} (got {k!r}).")
+    return k
 
 
 def _clean_tag(tag: str) -> str:

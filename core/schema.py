@@ -237,3 +237,26 @@ def m_issue23_grounding_calibrations(db: Database) -> None:
         "prompt_version_id": int, "corpus": str, "threshold": float, "labels": int,
         "agreement_before": float, "agreement_after": float, "active": int, "method": str, "fitted_at": str,
     }, pk="prompt_version_id", if_not_exists=True)
+
+
+@migrations()
+def m_issue24b_team_review(db: Database) -> None:
+    """Team review: each reviewer's own verdict per conversation, queue assignments, and reviews needed.
+
+    ``reviewer_verdicts``: one row per (conversation, reviewer) holding that reviewer's latest rating,
+    decision (approved / discarded / NULL after a restore), discard reason and how many edits they made;
+    agreement between reviewers (Dashboard) and an export that requires it read this table.
+    ``review_assignments``: who is to review which conversation when a queue is split.
+    ``conversations.reviews_needed``: how many reviewers must decide before the conversation's status is set
+    (NULL: one, the behaviour before team review).
+    """
+    db["reviewer_verdicts"].create({
+        "conversation_id": str, "reviewer": str, "rating": int, "decision": str, "reason": str, "edits": int,
+        "updated_at": str,
+    }, pk=("conversation_id", "reviewer"), defaults={"edits": 0}, if_not_exists=True)
+    db["reviewer_verdicts"].create_index(["reviewer"], if_not_exists=True)
+    db["review_assignments"].create({
+        "conversation_id": str, "reviewer": str, "assigned_at": str, "assigned_by": str,
+    }, pk=("conversation_id", "reviewer"), if_not_exists=True)
+    db["review_assignments"].create_index(["reviewer"], if_not_exists=True)
+    db["conversations"].add_column("reviews_needed", int)

@@ -6,9 +6,11 @@ whole server process, shared by every browser session and safe across threads.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import streamlit as st
 
@@ -247,7 +249,46 @@ def signed_in_user() -> str:
         headers = st.context.headers
     except Exception:  # outside a browser session
         return ""
-    return next((headers[h] for h in _PROXY_USER_HEADERS if headers.get(h)), "")
+    user = next((headers[h] for h in _PROXY_USER_HEADERS if headers.get(h)), "")
+    return user if isinstance(user, str) else ""  # AppTest's stand-in context answers with mock objects
+
+
+# The reviewer's name, kept for this browser in a cookie (no query parameter, nothing server-side): a reload
+# or a new tab starts a new Streamlit session, which reads it back from the request's cookies.
+REVIEWER_COOKIE = "groundwork_reviewer"
+_REVIEWER = "reviewer"
+_REVIEWER_PENDING = "app.reviewer_cookie_pending"
+
+
+def reviewer_name() -> str:
+    """Who reviews in this browser session: the signed-in user (st.login or an auth proxy), else the name
+    typed on the Review page, read back from this browser's cookie after a reload."""
+    user = signed_in_user()
+    if user:
+        return user
+    if _REVIEWER not in st.session_state:
+        try:
+            saved = st.context.cookies.get(REVIEWER_COOKIE) or ""
+        except Exception:  # outside a browser session (AppTest, bare mode)
+            saved = ""
+        st.session_state[_REVIEWER] = unquote(saved).strip()[:80] if isinstance(saved, str) else ""
+    return st.session_state[_REVIEWER]
+
+
+def set_reviewer_name(name: str) -> None:
+    """Use ``name`` from now on and keep it for this browser (written by :func:`write_reviewer_cookie`)."""
+    st.session_state[_REVIEWER] = (name or "").strip()[:80]
+    st.session_state[_REVIEWER_PENDING] = True
+
+
+def write_reviewer_cookie() -> None:
+    """Store a just-changed reviewer name in this browser's cookie (a year; this site only). A few bytes of
+    script in an st.html element: Streamlit can read cookies (st.context.cookies) but not set them."""
+    if not st.session_state.pop(_REVIEWER_PENDING, False):
+        return
+    value = json.dumps(st.session_state.get(_REVIEWER, "")).replace("<", "\\u003c")
+    st.html(f"<script>document.cookie = '{REVIEWER_COOKIE}=' + encodeURIComponent({value}) + "
+            "'; path=/; max-age=31536000; SameSite=Strict';</script>", unsafe_allow_javascript=True)
 
 
 def open_run_in_review(run_id: str) -> None:

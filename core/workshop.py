@@ -213,7 +213,7 @@ class Workshop:
                 questions, record = sim.write_questions(briefing, 1, rng)
                 q = questions[0]
                 result.calls.append(record)
-                yield Step("questions", "Generated question", record.system_prompt, record.messages,
+                yield Step("questions", "Turn 1: question written by the instruction prompt", record.system_prompt, record.messages,
                            "\n".join(x.text for x in questions), tokens=_tokens(record),
                            latency_ms=record.result.latency_ms)
             result.question = q
@@ -229,12 +229,13 @@ class Workshop:
                 result.calls.append(answer)
                 if t + 1 == turns:  # the last step: the result is complete as it is shown
                     result.turns = state.turns
-                yield Step("answer", f"Turn {t + 1}: assistant answer", answer.system_prompt, answer.messages,
+                yield Step("answer", f"Turn {t + 1}: answer", answer.system_prompt, answer.messages,
                            answer.text, tokens=_tokens(answer), latency_ms=answer.result.latency_ms)
                 if t + 1 < turns:
                     follow = sim.ask(state, seed=rng.randrange(2**31))["call"]
                     result.calls.append(follow)
-                    yield Step("follow_up", f"Turn {t + 1}: simulated user follow-up", follow.system_prompt,
+                    # The follow-up opens the next turn (core.turn_labels: turn N is a question and its answer).
+                    yield Step("follow_up", f"Turn {t + 2}: question from the simulated user", follow.system_prompt,
                                follow.messages, follow.text, tokens=_tokens(follow),
                                latency_ms=follow.result.latency_ms, query=follow.query)
             result.turns = state.turns

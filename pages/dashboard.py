@@ -138,3 +138,38 @@ chart("Coverage: how often each document was sampled for briefings and retrieved
 if report.uncovered:
     with st.expander(f"{len(report.uncovered)} documents never sampled nor retrieved"):
         st.dataframe(pd.DataFrame(report.uncovered), hide_index=True, width="stretch")
+
+# ---- team review: agreement between reviewers (core.team) ----------------------------------------------
+with st.container(border=True):
+    st.markdown("**Agreement between reviewers** — Krippendorff's alpha over every reviewer (1: full agreement, "
+                "0: no better than chance) on approve/discard and on ratings, Cohen's kappa per pair, and the "
+                "conversations they disagree on (different decisions, or ratings 2★ or more apart).")
+    from core import team
+
+    try:
+        team_report = team.agreement(wb.db)
+    except Exception as e:
+        ui_cache.show_error(e)
+        team_report = None
+    if team_report is None or len(team_report["reviewers"]) < 2:
+        st.caption("Fewer than two reviewers have reviewed here: split a queue between reviewers on the Review page.")
+    else:
+        fmt = lambda a: "n/a" if a is None else f"{a:.2f}"  # noqa: E731
+        with st.container(horizontal=True, gap="large"):
+            st.metric("Alpha on decisions", fmt(team_report["decision_alpha"]), width="content",
+                      help=f"over {team_report['decision_units']} conversations decided by two or more reviewers")
+            st.metric("Alpha on ratings", fmt(team_report["rating_alpha"]), width="content",
+                      help=f"over {team_report['rating_units']} conversations rated by two or more reviewers")
+            st.metric("Disagreements", len(team_report["disagreements"]), width="content")
+        st.dataframe(pd.DataFrame(team_report["pairs"]), hide_index=True, width="stretch")
+        if team_report["disagreements"]:
+            from core.review import escape_markdown
+
+            shown = team_report["disagreements"][:50]
+            st.markdown("Conversations the reviewers disagree on (open one in Review → Queue → Go to conversation "
+                        "id):\n\n" + "\n".join(f"- `{d['conversation_id']}` ({d['status']}): "
+                                                f"{escape_markdown(d['verdicts'])} — "
+                                                f"{escape_markdown(d['question'] or '')}"
+                                                for d in shown))
+            if len(team_report["disagreements"]) > len(shown):
+                st.caption(f"and {len(team_report['disagreements']) - len(shown):,} more")

@@ -35,7 +35,10 @@ if ss.pop("export.fresh_out", False):
 
 st.selectbox("Status", STATUS_CHOICES, key="export.status",
              help="from the Review page's filter; approved when you have not opened Review in this session")
-selection = ReviewFilter.from_dict({**base.as_dict(), "status": ss["export.status"]})
+agreed = st.checkbox("Only conversations the reviewers agree on", key="export.require_agreement",
+                     help="two or more reviewers (at least as many as a conversation needs) decided it, all the "
+                          "same way (team review; the Dashboard shows agreement)")
+selection = ReviewFilter.from_dict({**base.as_dict(), "status": ss["export.status"], "require_agreement": agreed})
 try:
     selected = store.count(selection)
 except GroundworkError as e:

@@ -35,6 +35,8 @@ st.text_area(f"{kind.capitalize()} prompt (editing from v{current['version']})",
 c1, c2 = st.columns([1, 2])
 name = c1.text_input("Version name", key=f"prompts.name.{kind}")
 note = c2.text_input("Note (what changed and why)", key=f"prompts.note.{kind}")
+if "prompts.error" in st.session_state:
+    ui_cache.show_error(st.session_state.pop("prompts.error"))
 if "prompts.flash" in st.session_state:
     st.success(st.session_state.pop("prompts.flash"))
 if st.button("Save as new version", type="primary", key=f"prompts.save.{kind}", icon=":material/save:"):
@@ -56,11 +58,15 @@ chosen = st.selectbox("Inspect a version", [h["id"] for h in history], key=f"pro
 if chosen:
     diff = library.diff(chosen)
     st.code(diff or "(first version: nothing to compare with)", language="diff")
-    if st.button("Restore this version (saves it as the newest)", key=f"prompts.restore.{kind}"):
+    def restore(version_id: int) -> None:
+        """A callback: it runs before the editor is drawn, so the editor may take the restored text (setting a
+        drawn widget's value in the script raises StreamlitAPIException and leaves the editor stale)."""
         try:
-            row = library.restore(chosen)
+            row = library.restore(version_id)
             st.session_state[text_key] = row["text"]
             st.session_state["prompts.flash"] = f"Restored as v{row['version']}."
-            st.rerun()
-        except Exception as e:
-            ui_cache.show_error(e)
+        except Exception as e:  # shown at the top of the page on this run, never as a traceback
+            st.session_state["prompts.error"] = e
+
+    st.button("Restore this version (saves it as the newest)", key=f"prompts.restore.{kind}", on_click=restore,
+              args=(chosen,))

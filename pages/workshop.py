@@ -39,7 +39,10 @@ def show_passages(passages: list[dict], terms: list[str] | None = None) -> None:
             st.html(f"<div style='white-space: pre-wrap'>{highlight_html(p['text'], terms or [])}</div>")
 
 
-preview, dry, ab, regen = st.tabs(["Retrieval preview", "Dry run", "Prompt A/B", "Regenerate"])
+# Keyed and tracked: the open tab is session state, so an action in a tab (a rerun) does not jump back to the
+# first one.
+preview, dry, ab, regen = st.tabs(["Retrieval preview", "Dry run", "Prompt A/B", "Regenerate"], key="workshop.tab",
+                                  on_change="rerun")
 
 with preview:
     question = st.text_input("Question", key="workshop.question",
@@ -72,7 +75,12 @@ with dry:
         """A callback: the step is taken before the page draws, so the buttons show the new state."""
         run = st.session_state.get("workshop.dry_run")
         try:
-            run.run_to_end() if to_end else run.next_step()
+            # Statements, not a bare conditional expression: Streamlit's magic would st.write the latter's
+            # value (a Step, or None) above the page title.
+            if to_end:
+                run.run_to_end()
+            else:
+                run.next_step()
         except Exception as e:  # shown below the buttons, never as a traceback
             st.session_state["workshop.dry_error"] = e
 
@@ -169,7 +177,7 @@ with ab:
                         st.text(f"{t['role']}: {t['content']}")
                     if st.button(f"{arm} is better", key=f"workshop.pick.{pair['pair']}.{arm}"):
                         workshop.pick(comparison, pair["pair"], arm,
-                                      actor=st.session_state.get("review.reviewer", ""))
+                                      actor=ui_cache.reviewer_name())
                         st.rerun()
             st.divider()
 

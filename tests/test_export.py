@@ -407,8 +407,8 @@ def test_bad_input_is_refused_with_a_clear_message_and_nothing_written(reviewed,
     with wb.db.write() as w:  # an empty edit that got in some other way (review itself refuses one)
         w.execute("UPDATE turns SET content='  ', edited_by='zed' WHERE conversation_id=? AND idx=1", [cid])
     out = tmp_path / "refused"
-    with pytest.raises(ValidationError, match=f"Conversation {cid} has an empty assistant message at turn 1, "
-                                              "edited by zed"):
+    with pytest.raises(ValidationError, match=f"Conversation {cid} has an empty assistant message "
+                                              r"\(turn 1 answer\), edited by zed"):
         run_export(wb, out.parent, name=out.name, formats=["openai", "raw"])
     assert not any(p.suffix == ".jsonl" for p in out.glob("*")) if out.exists() else True
     assert set(CONTEXTS) == {"none", "system", "user", "tool"}

@@ -160,7 +160,7 @@ def test_edit_keeps_the_original_marks_it_and_refuses_empty_text(generated):
     assert not store.edit_message(cid, 1, "Even better answer.", "ben")  # unchanged: nothing recorded
     search = wb.db.scalar("SELECT search_text FROM conversations WHERE id=?", [cid])
     assert "Even better answer." in search and first not in search
-    with pytest.raises(ValidationError, match=f"Conversation {cid}, turn 1: a message cannot be empty"):
+    with pytest.raises(ValidationError, match=f"Conversation {cid}, turn 1 answer: a message cannot be empty"):
         store.edit_message(cid, 1, "  \n ", "ana")
     assert store.get(cid)["turns"][1]["content"] == "Even better answer."  # nothing lost
     assert store.revert_message(cid, 1, "ana")

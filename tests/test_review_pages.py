@@ -267,7 +267,7 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     page = texts(at)
     assert "grounding " in page and "checks\\-v4" in page and "grounding stale" not in page
     # Open when an answer is flagged: its unsupported sentences beside the passages.
-    assert any(e.label in ("Evidence for each sentence", "Unsupported sentences beside their passages")
+    assert any(e.label.startswith(("Evidence for each sentence of the turn ", "Unsupported sentences of the turn "))
                for e in at.expander)
     at.text_input(key="review.reviewer_input").set_value("ana").run()
     at.text_area(key=f"review.edit.{ids[0]}.1").set_value("The passages do not say.").run()
@@ -302,5 +302,5 @@ def test_each_answer_shows_its_search_query_and_which_passages_are_new_or_carrie
     assert f"**Search query:** {escape_markdown(query)}" in shown  # the follow-up's standalone query, as stored
     assert "carried from earlier turns" in shown
     labels = [e.label.replace("\\", "") for e in at.expander]  # labels are markdown-escaped
-    assert any("carried from answer 1" in label for label in labels)
+    assert any("carried from turn 1" in label for label in labels)  # core.turn_labels
     assert any("dense #" in label or "lexical #" in label for label in labels), labels

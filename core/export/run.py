@@ -28,6 +28,7 @@ from core.export.tokens import MESSAGE_OVERHEAD_TOKENS, load_tokenizer, row_toke
 from core.export.writer import Output, prepare_out_dir
 from core.quality import GROUNDING_METHOD, WEAKLY_GROUNDED_BELOW, is_flagged, keep_best_of_clusters
 from core.review import ReviewFilter, ReviewStore, preferences_of
+from core.turn_labels import turn_label
 
 ProgressFn = Callable[[str, int, int], None]
 # A passage ties its document to a conversation's split group only when it holds this share of the answer's
@@ -326,8 +327,11 @@ def _check_no_empty_messages(db: Database, f: ReviewFilter) -> None:
         who = f", edited by {first['edited_by']}" if first["edited_by"] else ""
         others = sorted({b["conversation_id"] for b in bad} - {first["conversation_id"]})
         more = f" (also: {', '.join(others)})" if others else ""
-        raise ValidationError(f"Conversation {first['conversation_id']} has an empty {first['role']} message at turn "
-                              f"{first['idx']}{who}{more}: nothing was exported. Write the message on the Review "
+        roles = [r["role"] for r in db.rows("SELECT role FROM turns WHERE conversation_id=? ORDER BY idx",
+                                            [first["conversation_id"]])]
+        raise ValidationError(f"Conversation {first['conversation_id']} has an empty {first['role']} message "
+                              f"({turn_label(roles, first['idx'])}){who}{more}: nothing was exported. Write the "
+                              "message on the Review "
                               "page, or discard the conversation.")
 
 
@@ -345,7 +349,8 @@ def _load_conversation(db: Database, row: dict[str, Any], prompt_texts: dict[int
     for t in turns:
         t["retrieval"] = loads(t["retrieval"], None)
         if not (t["content"] or "").strip():  # the pre-check catches these; rows written meanwhile land here
-            raise ValidationError(f"Conversation {row['id']} has an empty {t['role']} message at turn {t['idx']}: "
+            raise ValidationError(f"Conversation {row['id']} has an empty {t['role']} message "
+                                  f"({turn_label([x['role'] for x in turns], t['idx'])}): "
                                   "nothing was exported. Write the message on the Review page, or discard it.")
         for p in t["retrieval"] or []:
             documents.add(_document_of(p))

@@ -10,6 +10,7 @@ from typing import Any
 
 from core.db import Database, loads
 
+NO_PROMPT_VERSION = "written, no prompt (example set)"  # conversations not generated with any prompt version
 STAGES = ("corpus", "briefings", "questions", "retrieval", "conversations", "review", "export")
 
 
@@ -80,7 +81,9 @@ def run_outcomes(db: Database) -> list[dict[str, Any]]:
 
 
 def tokens_per_conversation(db: Database, run_id: str | None) -> list[dict[str, Any]]:
+    """Token counts of generated conversations; written ones (the example set: no LLM calls) have none to count."""
     where, params = _run_filter(run_id)
+    where = (where + " AND" if where else "WHERE") + " prompt_tokens + completion_tokens + thinking_tokens > 0"
     return db.rows(f"SELECT id, prompt_tokens, completion_tokens, thinking_tokens, "
                    f"prompt_tokens + completion_tokens + thinking_tokens AS total_tokens FROM conversations {where}",
                    params)
@@ -98,7 +101,8 @@ def ratings_by_prompt_version(db: Database) -> list[dict[str, Any]]:
     versions = {r["id"]: r for r in db.rows("SELECT id, version, name FROM prompt_versions WHERE kind='respondent'")}
     for r in rows:
         v = versions.get(r["version_id"])
-        r["respondent_version"] = f"v{v['version']} · {v['name']}" if v else f"#{r['version_id']}"
+        r["respondent_version"] = (f"v{v['version']} · {v['name']}" if v else f"#{r['version_id']}"
+                                   if r["version_id"] is not None else NO_PROMPT_VERSION)
     return rows
 
 

@@ -1,4 +1,10 @@
-"""The shipped example set: reviewed conversations over the sample corpus, loaded into a data dir of their own.
+"""The demo data dir: the fictional sample corpus and the shipped example set, beside the user's data dir.
+
+The sample corpus enters a user's own data dir only when asked for (Home's button, ``groundwork index
+--sample``, or GROUNDWORK_AUTO_INDEX_SAMPLE=1); the demo runs here instead, so briefings never come from
+fictional cases in a real project.
+
+The example set: reviewed conversations over the sample corpus.
 
 The file names passages by document and an exact quote rather than by chunk id, so it survives
 changes to chunking: on import each quote is found in the indexed chunks of its document and scored
@@ -17,16 +23,37 @@ from core.db import dumps, new_id, now
 from core.conversation_store import store_conversation
 from core.simulator import Question, format_passages
 from core.errors import ValidationError
+from core.run_config import RunConfig
 from core.corpus import Passage
 from core.workbench import Workbench
 
+SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "sample_data" / "corpus"
 EXAMPLES_FILE = Path(__file__).resolve().parent.parent / "sample_data" / "examples" / "reviewed_conversations.jsonl"
 EXAMPLE_RUN_KIND = "examples"
 
 
 def examples_data_dir(data_dir: Path) -> Path:
-    """Where the example set lives: beside the main data dir, never inside it."""
+    """Where the demo data dir (sample corpus and example set) lives: beside the main data dir, never inside it."""
     return data_dir.parent / f"{data_dir.name}-examples"
+
+
+# One line, shown wherever the offline model is offered for the demo.
+OFFLINE_LIMITS = ("What the offline model can do: short replies that reuse the passages' words, enough to watch "
+                  "the whole pipeline — it does not reason across passages, drifts over turns and refuses badly, "
+                  "so expect flags in Review; use Gemini or an OpenAI-compatible server for data you train on.")
+
+
+def demo_config(local: bool) -> RunConfig:
+    """The live part of the demo: one short conversation, small enough to watch in a meeting.
+
+    With the offline model every call is seconds of CPU: one question per briefing, at most two turns, short
+    replies asked again at most once, and a token budget that ends the run cleanly if replies keep being
+    rejected (measured: README, "A demo that fits in a meeting").
+    """
+    if local:
+        return RunConfig(num_dialogs=1, max_turns=2, max_concurrency=1, max_tokens=160, instructions_per_sample=1,
+                         reply_retries=1, replacement_budget=1, token_budget=12_000, kind="generate")
+    return RunConfig(num_dialogs=1, max_turns=2, max_concurrency=2, max_tokens=512, instructions_per_sample=1)
 
 
 def _find_passage(wb: Workbench, source_path: str, quote: str) -> Passage:

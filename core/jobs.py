@@ -28,6 +28,7 @@ class Job:
     grounding_error: str = ""  # why the offline grounding checks after the run stopped, if they did
     grading: tuple[int, int] = (0, 0)  # (checked, to check) while those checks run: the page shows it
     run_done: bool = False  # the run itself has ended; the thread may still be running the grounding checks
+    cancel_requested: bool = False  # pages say "Cancelling" from the click on, until the run has stopped
 
     @property
     def alive(self) -> bool:
@@ -95,11 +96,17 @@ class JobManager:
     def cancel(self, run_id: str) -> None:
         job = self._jobs.get(run_id)
         if job:
+            job.cancel_requested = True
             job.run.cancel()
 
     def active(self) -> list[str]:
-        """Runs generating in this process (not those whose grounding checks alone are left)."""
+        """Runs generating in this process (not those whose grounding checks alone are left), oldest first."""
         return [rid for rid, job in self._jobs.items() if job.running]
+
+    def latest_alive(self) -> str | None:
+        """The newest run whose thread still works (generating or checking), wherever it was started."""
+        alive = [rid for rid, job in self._jobs.items() if job.alive]
+        return alive[-1] if alive else None
 
     def shutdown(self, timeout: float = 30.0) -> None:
         for job in self._jobs.values():

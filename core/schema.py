@@ -217,3 +217,11 @@ def add_batch_jobs(db: Database) -> None:
     }, pk="key", if_not_exists=True)
     db["batch_requests"].create_index(["job_id", "status"], if_not_exists=True)
     db["work_items"].add_column("batch_state", str)
+
+
+@migrations()
+def m_issue24a_document_tags(db: Database) -> None:
+    """Tags on documents (the Corpus page, ``generate --tag``): a run can draw briefings from tagged ones only."""
+    db["document_tags"].create({"document_id": str, "tag": str, "created_at": str},
+                               pk=("document_id", "tag"), if_not_exists=True)
+    db["document_tags"].create_index(["tag"], if_not_exists=True)

@@ -43,10 +43,14 @@ def chart(title: str, rows: list[dict], make, key: str, empty: str) -> None:
 
 left, right = st.columns(2)
 with left:
+    # Minutes as categories: plotly would read one or two timestamps as a date axis zoomed to milliseconds.
     chart("Conversations per minute", analytics.conversations_per_minute(wb.db, run_id),
-          lambda f: px.bar(f, x="minute", y="conversations"), "per_minute", "No conversations.")
+          lambda f: px.bar(f, x="minute", y="conversations").update_xaxes(type="category", title="minute (UTC)"),
+          "per_minute", "No conversations.")
     chart("Tokens per conversation", analytics.tokens_per_conversation(wb.db, run_id),
-          lambda f: px.histogram(f, x="total_tokens", nbins=30), "tokens", "No token counts.")
+          lambda f: px.histogram(f, x="total_tokens", nbins=30).update_yaxes(rangemode="nonnegative"), "tokens",
+          "No token counts: only generated conversations have them (the example set's were written, not "
+          "generated).")
     chart("Rating distribution per respondent prompt version", analytics.ratings_by_prompt_version(wb.db),
           lambda f: px.bar(f, x="rating", y="n", color="respondent_version", barmode="group"), "ratings",
           "No ratings yet: rate conversations on the Review page.")

@@ -166,7 +166,9 @@ with browse:
                               format_func=lambda t: f"{t} ({tags_known[t]})" if t else "any tag")
     matching = count_documents(corpus, folder=folder_filter.rstrip("/"), tag=tag_filter)
     pages = max(1, -(-matching // PAGE_SIZE))
-    page = st.number_input(f"Page (of {pages})", min_value=1, value=1, step=1, key="corpus.page")
+    # Pages of the folder and tag filter; a word filter ranks by relevance and is not counted ahead.
+    page = st.number_input("Page" if text_filter.strip() else f"Page (of {pages})", min_value=1, value=1, step=1,
+                           key="corpus.page")
     docs = list_documents(corpus, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, search=text_filter,
                           folder=folder_filter.rstrip("/"), tag=tag_filter)
     if not docs:
@@ -181,9 +183,10 @@ with browse:
         chosen = [docs[r]["id"] for r in rows]
         # Acting on rows: tick them in the table (or take the whole filtered list), then tag or delete.
         with st.container(border=True):
-            take_all = st.checkbox(f"Act on all {plural(matching, 'document')} of this filter"
-                                   if not text_filter else "Act on the documents listed on this page",
-                                   key="corpus.act_all")
+            # One label whatever the filter: a label that changes would make a new widget and drop the tick.
+            take_all = st.checkbox("Act on every document this filter lists", key="corpus.act_all",
+                                   help="folder and tag filters: every matching document, all pages; a word filter: "
+                                        "the documents listed on this page")
             if take_all:
                 chosen = ([d["id"] for d in docs] if text_filter else
                           [d["id"] for d in list_documents(corpus, limit=matching or 1, folder=folder_filter.rstrip("/"),

@@ -59,6 +59,65 @@ def demo_config(local: bool) -> RunConfig:
     return RunConfig(num_dialogs=1, max_turns=2, max_concurrency=2, max_tokens=512, instructions_per_sample=1)
 
 
+def _find_passage(wb: Workbench, source_path: str, quote: str) -> Passage:
+    # One file can hold several documents (JSONL, CSV): look in every document from that file.
+    row = wb.db.one("SELECT c.id, c.position, c.text, d.id AS document_id, d.title, d.source_path FROM chunks c "
+                    "JOIN documents d ON d.id = c.document_id WHERE d.source_path=? AND d.collection=? "
+                    "AND instr(c.text, ?) > 0 ORDER BY d.id, c.position LIMIT 1",
+                    [source_path, wb.corpus.collection, quote])
+    if not row:
+        if not wb.db.scalar("SELECT COUNT(*) FROM documents WHERE source_path=?", [source_path]):
+            raise ValidationError(f"The example set refers to {source_path}, which is not indexed: index "
+                                  "sample_data/corpus first.")
+        raise ValidationError(f"Quote not found in {source_path}: {quote[:80]!r}")
+    return Passage(id=row["id"], score=0.0, text=row["text"], document_id=row["document_id"], title=row["title"],
+                   source_path=row["source_path"], position=row["position"])
+
+
+def import_examples(wb: Workbench, path: Path = EXAMPLES_FILE) -> int:
+    """Import the example conversations once (a second call imports nothing); returns how many were added."""
+    if wb.db.scalar("SELECT COUNT(*) FROM runs WHERE kind=?", [EXAMPLE_RUN_KIND]):
+        return 0
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    run_id = new_id()[:12]
+    prepared = []
+    for ex in lines:
+        briefing = [_find_passage(wb, b["source_path"], b["quote"]) for b in ex["briefing"]]
+        turns = []
+        for i, t in enumerate(ex["turns"]):
+            passages = [_find_passage(wb, p["source_path"], p["quote"]) for p in t.get("passages", [])]
+            if t["role"] == "assistant":
+                # Score each passage against the user message it answered, as retrieval would have.
+                query = ex["turns"][i - 1]["content"]
+                vectors = wb.embedder.encode([query] + [p.text for p in passages])
+                for p, v in zip(passages, vectors[1:]):
+                    p.score = float(np.dot(vectors[0], v))
+                passages.sort(key=lambda p: -p.score)
+            turns.append({"role": t["role"], "content": t["content"], "call": None,
+                          "retrieval": [p.as_dict() for p in passages] if t["role"] == "assistant" else None})
+        prepared.append((ex, briefing, turns))
+    with wb.db.write() as w:
+        w["runs"].insert({"id": run_id, "kind": EXAMPLE_RUN_KIND, "status": "completed", "reason": "",
+                          "num_dialogs": len(prepared), "saved": len(prepared), "failed": 0, "provider": "examples",
+                          "model": "written for the project", "recipe": dumps({"source": str(path.name)}),
+                          "created_at": now(), "finished_at": now()})
+        for ex, briefing, turns in prepared:
+            question = Question(turns[0]["content"], {**ex.get("question_meta", {}), "example_id": ex["id"]},
+                                [p.id for p in briefing], format_passages(briefing))
+            cid = store_conversation(w, run_id=run_id, work_item_id=ex["id"], provider="examples",
+                                     model="written for the project", prompt_versions={}, question=question,
+                                     result={"turns": turns, "calls": []},
+                                     turns=sum(t["role"] == "assistant" for t in turns))
+            w.execute("UPDATE conversations SET status=?, rating=?, note=?, discard_reason=?, reviewed_by=?, "
+                      "reviewed_at=? WHERE id=?",
+                      [ex["status"], ex.get("rating"), ex.get("note", ""), ex.get("discard_reason", ""),
+                       ex.get("reviewed_by", "example reviewer"), now(), cid])
+            for tag in ex.get("tags", []):
+                w["tags"].insert({"conversation_id": cid, "tag": tag, "created_at": now(),
+                                  "created_by": ex.get("reviewed_by", "example reviewer")}, replace=True)
+    return len(prepared)
+
+
 def load_example_workspace(main_data_dir: Path, make_workbench, corpus_dir: Path,
                            progress=None) -> tuple[Path, int]:
     """Prepare the examples data dir: index the sample corpus there if needed, then import the examples.

@@ -320,12 +320,14 @@ def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(ke
     # Progress is visible while the live conversation is generated, with its Cancel button.
     wait_for_text(page, r"demo \w+: 0/1 conversations · \d+ LLM calls", timeout_s=DEMO_BUDGET_S)
     page.get_by_role("button", name="Cancel the demo run").wait_for()
-    wait_for_text(page, r"Demo done in \d+ s|Demo run stopped", timeout_s=DEMO_BUDGET_S)
+    # Waited for past the budget so the time is measured (and the rest checked) even on a loaded machine;
+    # the budget is asserted at the end.
+    wait_for_text(page, r"Demo done in \d+ s|Demo run stopped", timeout_s=900)
     took = time.monotonic() - started
     shot(page, "p4-demo-done")
-    print(f"\ndemo: {took:.0f} s from the click to the live conversation saved and checked")
+    load = os.getloadavg()[0]
+    print(f"\ndemo: {took:.0f} s from the click to the live conversation saved and checked (load {load:.1f})")
     assert "Demo done" in main_text(page), main_text(page)[-800:]
-    assert took <= DEMO_BUDGET_S, f"the demo took {took:.0f} s"
     demo_dir = app["data"].parent / f"{app['data'].name}-examples"
     demo = Database(demo_dir / "groundwork.db")
     assert demo.scalar("SELECT COUNT(*) FROM conversations WHERE provider='local'") == 1
@@ -355,4 +357,5 @@ def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(ke
     page.get_by_role("button", name="Start the demo").click()
     page.get_by_role("button", name="Cancel the demo run").click()
     wait_for_text(page, r"Cancelling: the call in flight finishes|Demo run stopped")
-    wait_for_text(page, r"Demo run stopped: cancelled by the user|Demo done", timeout_s=120)
+    wait_for_text(page, r"Demo run stopped: cancelled by the user|Demo done", timeout_s=300)
+    assert took <= DEMO_BUDGET_S, f"the demo took {took:.0f} s (load average {load:.1f} on {os.cpu_count()} cores)"

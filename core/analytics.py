@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.db import Database, loads
+from core.documents import plural
 
 NO_PROMPT_VERSION = "written, no prompt (example set)"  # conversations not generated with any prompt version
 STAGES = ("corpus", "briefings", "questions", "retrieval", "conversations", "review", "export")
@@ -26,11 +27,11 @@ def pipeline_counts(db: Database, collection: str, exports_dir: Path | None = No
                   "FROM conversations")
     exports = len(list(exports_dir.rglob("manifest.json"))) if exports_dir and exports_dir.exists() else 0
     return {
-        "corpus": {"value": corpus["documents"], "detail": f"{corpus['chunks']:,} chunks"},
-        "briefings": {"value": chunks["briefings"] or 0, "detail": f"{chunks['briefed'] or 0:,} passages sampled"},
+        "corpus": {"value": corpus["documents"], "detail": plural(corpus["chunks"], "chunk")},
+        "briefings": {"value": chunks["briefings"] or 0, "detail": plural(chunks["briefed"] or 0, "passage") + " sampled"},
         "questions": {"value": conv["questions"] or 0, "detail": "distinct opening questions"},
         "retrieval": {"value": chunks["retrieved"] or 0,
-                      "detail": f"{chunks['retrieved_distinct'] or 0:,} distinct passages retrieved"},
+                      "detail": plural(chunks["retrieved_distinct"] or 0, "distinct passage") + " retrieved"},
         "conversations": {"value": conv["total"] or 0, "detail": f"{conv['rated'] or 0:,} rated"},
         "review": {"value": (conv["approved"] or 0) + (conv["discarded"] or 0),
                    "detail": f"{conv['approved'] or 0:,} approved · {conv['discarded'] or 0:,} discarded"},

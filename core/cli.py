@@ -78,6 +78,7 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from core.documents import plural
     from core.workbench import Workbench
 
     wb = Workbench(_settings(args), store_idle_close_s=0, wait_for_store_s=args.wait)
@@ -100,7 +101,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"{path}: {report.summary()}")
             total = report
         stats = wb.corpus.stats()
-        print(f"collection {stats['collection']}: {stats['documents']} documents, {stats['chunks']} chunks "
+        print(f"collection {stats['collection']}: {plural(stats['documents'], 'document')}, "
+              f"{plural(stats['chunks'], 'chunk')} "
               f"({stats['engine']} store at {stats['location']})")
         if stats["warning"]:
             print(f"note: {stats['warning']}", file=sys.stderr)

@@ -63,7 +63,7 @@ def show_index_status(status: dict | None) -> None:
     elif status["state"] == "pending":
         st.caption(f"Search index: a build is due (it starts when writes settle); searches run as {mode}.")
     else:
-        st.caption(f"Search index: ready · {status['points']:,} chunks · {mode}.")
+        st.caption(f"Search index: ready · {plural(status['points'], 'chunk')} · {mode}.")
 
 
 def read_index_status() -> dict | None:

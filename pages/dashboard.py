@@ -5,6 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import analytics, quality, ui_cache
+from core.documents import plural
 from core.quality import calibration
 
 st.title("Dashboard")
@@ -118,5 +119,5 @@ def coverage_chart(frame):
 chart("Coverage: how often each document was sampled for briefings and retrieved for answers",
       report.documents, coverage_chart, "coverage", "No indexed documents.")
 if report.uncovered:
-    with st.expander(f"{len(report.uncovered)} documents never sampled nor retrieved"):
+    with st.expander(f"{plural(len(report.uncovered), 'document')} never sampled nor retrieved"):
         st.dataframe(pd.DataFrame(report.uncovered), hide_index=True, width="stretch")

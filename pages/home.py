@@ -9,6 +9,7 @@ import streamlit as st
 
 from core import ui_cache
 from core.analytics import STAGES, conversations_by_status, pipeline_counts
+from core.documents import plural
 from core.engine import list_runs
 from core.run_config import RunConfig
 from core.examples import EXAMPLES_FILE, OFFLINE_LIMITS, demo_config, load_example_workspace
@@ -64,7 +65,8 @@ if stats["documents"] == 0 and not st.session_state.get("app.data_dir"):
                       {"home.index_sample_now": True}))
 
 if stats["pending"]:
-    st.warning(f"{stats['pending']} documents were interrupted mid-ingest: index the same files again to finish them.")
+    st.warning(f"{plural(stats['pending'], 'document')} interrupted mid-ingest: index the same files again to "
+               "finish them.")
 if stats["warning"]:
     st.warning(stats["warning"])
 

@@ -74,28 +74,42 @@ def _find_passage(wb: Workbench, source_path: str, quote: str) -> Passage:
                    source_path=row["source_path"], position=row["position"])
 
 
-def import_examples(wb: Workbench, path: Path = EXAMPLES_FILE) -> int:
-    """Import the example conversations once (a second call imports nothing); returns how many were added."""
+def import_examples(wb: Workbench, path: Path = EXAMPLES_FILE, progress=None) -> int:
+    """Import the example conversations once (a second call imports nothing); returns how many were added.
+
+    ``progress``: ``(stage, done, total)``, as an ingest reports it (the demo shows it).
+    """
     if wb.db.scalar("SELECT COUNT(*) FROM runs WHERE kind=?", [EXAMPLE_RUN_KIND]):
         return 0
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     run_id = new_id()[:12]
     prepared = []
+    to_score: list[tuple[str, list[Passage]]] = []  # (the user message, the passages of the answer to it)
     for ex in lines:
         briefing = [_find_passage(wb, b["source_path"], b["quote"]) for b in ex["briefing"]]
         turns = []
         for i, t in enumerate(ex["turns"]):
             passages = [_find_passage(wb, p["source_path"], p["quote"]) for p in t.get("passages", [])]
             if t["role"] == "assistant":
-                # Score each passage against the user message it answered, as retrieval would have.
-                query = ex["turns"][i - 1]["content"]
-                vectors = wb.embedder.encode([query] + [p.text for p in passages])
-                for p, v in zip(passages, vectors[1:]):
-                    p.score = float(np.dot(vectors[0], v))
-                passages.sort(key=lambda p: -p.score)
-            turns.append({"role": t["role"], "content": t["content"], "call": None,
-                          "retrieval": [p.as_dict() for p in passages] if t["role"] == "assistant" else None})
+                to_score.append((ex["turns"][i - 1]["content"], passages))
+            turns.append({"role": t["role"], "content": t["content"], "call": None, "passages": passages})
         prepared.append((ex, briefing, turns))
+    # Score each passage against the user message it answered, as retrieval would have: every text embedded
+    # in one call (one call per turn costs minutes on a busy CPU).
+    texts = list(dict.fromkeys([q for q, _ in to_score] + [p.text for _, ps in to_score for p in ps]))
+    if progress:
+        progress("scoring the example set's passages", 0, len(texts))
+    vectors = dict(zip(texts, wb.embedder.encode(texts))) if texts else {}
+    if progress:
+        progress("scoring the example set's passages", len(texts), len(texts))
+    for query, passages in to_score:
+        for p in passages:
+            p.score = float(np.dot(vectors[query], vectors[p.text]))
+        passages.sort(key=lambda p: -p.score)
+    for _, _, turns in prepared:
+        for t in turns:
+            passages = t.pop("passages")
+            t["retrieval"] = [p.as_dict() for p in passages] if t["role"] == "assistant" else None
     with wb.db.write() as w:
         w["runs"].insert({"id": run_id, "kind": EXAMPLE_RUN_KIND, "status": "completed", "reason": "",
                           "num_dialogs": len(prepared), "saved": len(prepared), "failed": 0, "provider": "examples",
@@ -131,4 +145,4 @@ def load_example_workspace(main_data_dir: Path, make_workbench, corpus_dir: Path
     wb = make_workbench(target)
     if wb.corpus.stats()["documents"] == 0:
         wb.corpus.ingest_path(corpus_dir, progress=progress)
-    return target, import_examples(wb)
+    return target, import_examples(wb, progress=progress)

@@ -318,7 +318,7 @@ def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(ke
     started = time.monotonic()
     page.get_by_role("button", name="Start the demo").click()
     # Progress is visible while the live conversation is generated, with its Cancel button.
-    wait_for_text(page, r"demo \w+: 0/1 conversations · \d+ LLM calls", timeout_s=DEMO_BUDGET_S)
+    wait_for_text(page, r"demo \w+: 0/1 conversations · \d+ LLM calls", timeout_s=900)
     page.get_by_role("button", name="Cancel the demo run").wait_for()
     # Waited for past the budget so the time is measured (and the rest checked) even on a loaded machine;
     # the budget is asserted at the end.

@@ -103,11 +103,6 @@ class JobManager:
         """Runs generating in this process (not those whose grounding checks alone are left), oldest first."""
         return [rid for rid, job in self._jobs.items() if job.running]
 
-    def latest_alive(self) -> str | None:
-        """The newest run whose thread still works (generating or checking), wherever it was started."""
-        alive = [rid for rid, job in self._jobs.items() if job.alive]
-        return alive[-1] if alive else None
-
     def shutdown(self, timeout: float = 30.0) -> None:
         for job in self._jobs.values():
             job.run.cancel()

@@ -137,9 +137,12 @@ if submitted:
 
 
 # A run started elsewhere in this app (Home's demo, another tab) is shown here too, with its Cancel button.
+# This session's own run keeps the panel while it generates; once it has stopped (its grounding checks may
+# still run), a run generating elsewhere takes the panel.
 _mine = manager.get(st.session_state["generate.run_id"]) if st.session_state.get("generate.run_id") else None
-if not (_mine and _mine.alive) and manager.latest_alive():
-    st.session_state["generate.run_id"] = manager.latest_alive()
+_others = [r for r in manager.active() if r != st.session_state.get("generate.run_id")]
+if not (_mine and _mine.running) and _others:
+    st.session_state["generate.run_id"] = _others[-1]
     st.session_state.pop("generate.seen", None)
 
 

@@ -278,8 +278,9 @@ def test_the_runs_table_counts_what_is_saved(app, page, fake):
         page.keyboard.press("Tab")
         settle(page)
         page.get_by_role("button", name="Start").click()
+        run_id = wait_until(lambda: db.scalar("SELECT id FROM runs WHERE num_dialogs=12"))
+        wait_for_text(page, f"Run {run_id}")
         wait_for_text(page, r"[2-9]/12 conversations · running")
-        run_id = db.scalar("SELECT id FROM runs WHERE num_dialogs=12")
         grid = page.locator('[data-testid="stDataFrame"]').last
         # The grid's accessible table (drawn cells are on a canvas): the row of this run, its saved column.
         saved_cell = wait_until(lambda: grid.evaluate(

@@ -313,6 +313,7 @@ def keyless_app(tmp_path_factory):
     stop_app(proc, log)
 
 
+@pytest.mark.timeout(1800)  # measured to the end even when it overruns its budget on a loaded machine
 def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(keyless_app, page):
     app = keyless_app
     open_page(page, app)

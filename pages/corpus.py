@@ -132,7 +132,12 @@ def _show_report(report) -> None:
         st.caption(f"Skipped (unsupported type): {', '.join(report.skipped[:20])}")
 
 
-@st.dialog("Delete documents?")
+DELETE_KEY = "corpus.delete_pending"  # the documents a Delete click asked about, until confirmed or dismissed
+
+
+# Opened from state, not from the click's return value: any rerun while it is open (a field committing its
+# value, a poll) draws it again instead of closing it.
+@st.dialog("Delete documents?", on_dismiss=lambda: st.session_state.pop(DELETE_KEY, None))
 def confirm_delete(ids: list[str], titles: list[str]) -> None:
     n = len(ids)
     st.write(f"Delete **{plural(n, 'document')}** from the corpus: their chunks leave the search index and the "
@@ -147,8 +152,10 @@ def confirm_delete(ids: list[str], titles: list[str]) -> None:
             except Exception as e:
                 st.session_state["corpus.flash_error"] = str(e)
             st.session_state.pop("corpus.table", None)
+            st.session_state.pop(DELETE_KEY, None)
             st.rerun()
         if st.button("Cancel", key="corpus.delete_cancel"):
+            st.session_state.pop(DELETE_KEY, None)
             st.rerun()
 
 
@@ -207,8 +214,10 @@ with browse:
                 st.session_state["corpus.flash"] = f"Removed “{tag_text.strip()}” from {plural(removed, 'document')}."
                 st.rerun()
             if c4.button("Delete", key="corpus.delete", icon=":material/delete:", disabled=not chosen):
-                titles = [d["title"] for d in docs if d["id"] in set(chosen)]
-                confirm_delete(chosen, titles)
+                names = {d["id"]: d["title"] for d in docs}
+                st.session_state[DELETE_KEY] = (chosen, [names.get(i, i) for i in chosen])
+    if st.session_state.get(DELETE_KEY):
+        confirm_delete(*st.session_state[DELETE_KEY])
         if len(rows) == 1:
             doc = corpus.document(docs[rows[0]]["id"])
             st.subheader(escape_markdown(doc["title"]))  # corpus text: inert, no links or images

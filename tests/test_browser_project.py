@@ -204,7 +204,8 @@ def test_export_writes_what_i_approved_and_asks_about_an_empty_validation_side(a
     page.get_by_role("button", name="Preview first rows").click()
     wait_for_text(page, r"openai\.\w+\.jsonl · first 1 of 1 rows")
     bubbles = page.locator('[data-testid="stChatMessage"]')
-    assert bubbles.count() >= 2  # the row's messages as chat bubbles
+    bubbles.nth(1).wait_for()  # the row's messages as chat bubbles (a question and its answer at least)
+    settle(page)
     assert "{...}" not in main_text(page) and "…}" not in main_text(page)  # today: rows collapsed to {...}
     shot(page, "p2-export-preview")
     out = app["root"] / "out" / "approved"

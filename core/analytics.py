@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from core.db import Database, loads
+from core.documents import plural
 
+NO_PROMPT_VERSION = "written, no prompt (example set)"  # conversations not generated with any prompt version
 STAGES = ("corpus", "briefings", "questions", "retrieval", "conversations", "review", "export")
 
 
@@ -25,11 +27,11 @@ def pipeline_counts(db: Database, collection: str, exports_dir: Path | None = No
                   "FROM conversations")
     exports = len(list(exports_dir.rglob("manifest.json"))) if exports_dir and exports_dir.exists() else 0
     return {
-        "corpus": {"value": corpus["documents"], "detail": f"{corpus['chunks']:,} chunks"},
-        "briefings": {"value": chunks["briefings"] or 0, "detail": f"{chunks['briefed'] or 0:,} passages sampled"},
+        "corpus": {"value": corpus["documents"], "detail": plural(corpus["chunks"], "chunk")},
+        "briefings": {"value": chunks["briefings"] or 0, "detail": plural(chunks["briefed"] or 0, "passage") + " sampled"},
         "questions": {"value": conv["questions"] or 0, "detail": "distinct opening questions"},
         "retrieval": {"value": chunks["retrieved"] or 0,
-                      "detail": f"{chunks['retrieved_distinct'] or 0:,} distinct passages retrieved"},
+                      "detail": plural(chunks["retrieved_distinct"] or 0, "distinct passage") + " retrieved"},
         "conversations": {"value": conv["total"] or 0, "detail": f"{conv['rated'] or 0:,} rated"},
         "review": {"value": (conv["approved"] or 0) + (conv["discarded"] or 0),
                    "detail": f"{conv['approved'] or 0:,} approved · {conv['discarded'] or 0:,} discarded"},
@@ -80,7 +82,9 @@ def run_outcomes(db: Database) -> list[dict[str, Any]]:
 
 
 def tokens_per_conversation(db: Database, run_id: str | None) -> list[dict[str, Any]]:
+    """Token counts of generated conversations; written ones (the example set: no LLM calls) have none to count."""
     where, params = _run_filter(run_id)
+    where = (where + " AND" if where else "WHERE") + " prompt_tokens + completion_tokens + thinking_tokens > 0"
     return db.rows(f"SELECT id, prompt_tokens, completion_tokens, thinking_tokens, "
                    f"prompt_tokens + completion_tokens + thinking_tokens AS total_tokens FROM conversations {where}",
                    params)
@@ -98,7 +102,8 @@ def ratings_by_prompt_version(db: Database) -> list[dict[str, Any]]:
     versions = {r["id"]: r for r in db.rows("SELECT id, version, name FROM prompt_versions WHERE kind='respondent'")}
     for r in rows:
         v = versions.get(r["version_id"])
-        r["respondent_version"] = f"v{v['version']} · {v['name']}" if v else f"#{r['version_id']}"
+        r["respondent_version"] = (f"v{v['version']} · {v['name']}" if v else f"#{r['version_id']}"
+                                   if r["version_id"] is not None else NO_PROMPT_VERSION)
     return rows
 
 

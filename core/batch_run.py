@@ -21,6 +21,7 @@ from dataclasses import asdict
 from typing import Any
 
 from core.briefing import BriefingSampler
+from core.documents import select_documents
 from core.config import Settings
 from core.conversation_store import store_call, store_conversation
 from core.corpus import Corpus, Passage
@@ -80,7 +81,9 @@ class BatchGenerationRun(GenerationRun):
         prompt_texts = self._prompt_texts()
         retriever = self._open_retriever(scope)
         self.sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
-                                       random.Random(self.config.seed + self._count("done")), self.config.max_docs)
+                                       random.Random(self.config.seed + self._count("done")), self.config.max_docs,
+                                       select_documents(self.db, self.corpus.collection, self.config.documents,
+                                                        self.config.tags))
         self.simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
                                    context_tokens=self._context_tokens())
         self._seed_questions(self.simulator)

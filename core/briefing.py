@@ -12,7 +12,9 @@ from core.errors import GroundworkError
 class BriefingSampler:
     """Samples briefings from the least-used passages, so a run covers the corpus before repeating it."""
 
-    def __init__(self, db: Database, collection: str, passages: int, rng: random.Random, max_docs: int = 0):
+    def __init__(self, db: Database, collection: str, passages: int, rng: random.Random, max_docs: int = 0,
+                 documents: list[str] | None = None):
+        """``documents``: the ids a run's selection allows (core.documents.select_documents); None: all."""
         self.db = db
         self.passages = passages
         self.rng = rng
@@ -20,6 +22,12 @@ class BriefingSampler:
         rows = db.rows("SELECT c.id, c.document_id, c.position, c.briefing_uses FROM chunks c JOIN documents d "
                        "ON d.id=c.document_id WHERE c.collection=? AND d.status='complete' "
                        "ORDER BY c.document_id, c.position", [collection])
+        if documents is not None:
+            allowed = set(documents)
+            rows = [r for r in rows if r["document_id"] in allowed]
+            if not rows:
+                raise GroundworkError("The run's document selection holds no indexed passages: choose other "
+                                      "documents or tags (Corpus page), or clear the selection.")
         if max_docs > 0:
             doc_ids = sorted({r["document_id"] for r in rows})
             keep = set(random.Random(max_docs).sample(doc_ids, min(max_docs, len(doc_ids))))

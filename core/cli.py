@@ -79,6 +79,7 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from core.readonly import require_writable
+    from core.documents import plural
     from core.workbench import Workbench
 
     settings = _settings(args)
@@ -87,7 +88,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     try:
         total = None
-        for path in args.paths:
+        paths = list(args.paths)
+        if args.sample:  # the fictional sample corpus enters a data dir only when asked for
+            from core.examples import SAMPLE_CORPUS
+
+            paths.append(str(SAMPLE_CORPUS))
+        if not paths:
+            raise GroundworkError("Nothing to index: give files or folders, or --sample for the fictional sample "
+                                  "corpus.")
+        for path in paths:
             report = wb.corpus.ingest_path(path, text_field=args.text_field, progress=progress,
                                            title_key=args.title_key)
             progress.close()
@@ -96,7 +105,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"{path}: {report.summary()}")
             total = report
         stats = wb.corpus.stats()
-        print(f"collection {stats['collection']}: {stats['documents']} documents, {stats['chunks']} chunks "
+        print(f"collection {stats['collection']}: {plural(stats['documents'], 'document')}, "
+              f"{plural(stats['chunks'], 'chunk')} "
               f"({stats['engine']} store at {stats['location']})")
         if stats["warning"]:
             print(f"note: {stats['warning']}", file=sys.stderr)
@@ -156,8 +166,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            follow_up_queries=args.follow_up_queries, token_budget=args.token_budget,
                            auto_improve=args.auto_improve, max_improve_attempts=args.improve_attempts,
                            judge_threshold=args.judge_threshold, verify_grounding=args.verify_grounding,
-                           batch=args.batch,
+                           batch=args.batch, documents=list(args.documents or []), tags=list(args.tag or []),
                            question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
+        if config.documents or config.tags:  # a name that selects nothing: say so before anything starts
+            from core.documents import selection_summary
+
+            print(selection_summary(wb.db, wb.corpus.collection, config.documents, config.tags), file=sys.stderr)
     run = generation_run(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
                          run_id=args.resume, more_replacements=args.more_replacements,
                          on_alert=[lambda a: print(f"alert - {a.name} - {a.message}", file=sys.stderr)])
@@ -413,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index files or folders into the corpus")
-    p.add_argument("paths", nargs="+", help="files or folders (recursive): txt md html pdf docx jsonl csv")
+    p.add_argument("paths", nargs="*", help="files or folders (recursive): txt md html pdf docx jsonl csv")
+    p.add_argument("--sample", action="store_true",
+                   help="also index the fictional case-law sample corpus (sample_data/corpus) into this data dir")
     _add_store_options(p)
     p.add_argument("--text-field", help="text field of JSONL/CSV rows (default: the content key)")
     p.add_argument("--title-key", default=_env("GROUNDWORK_TITLE_KEY"),
@@ -440,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_options(p)
     p.add_argument("--max-docs", type=int, default=_int_env("MAX_DOCS", 0),
                    help="sample briefings from at most N documents (env MAX_DOCS; 0: all)")
+    p.add_argument("--documents", nargs="+", metavar="NAME",
+                   help="draw briefings only from these documents: ids, source paths, folders (everything under "
+                        "them) or globs on the source path such as 'leases/*.md'")
+    p.add_argument("--tag", action="append", metavar="TAG",
+                   help="draw briefings only from documents carrying this tag (Corpus page); repeatable; with "
+                        "--documents, a document matching either is drawn from")
     p.add_argument("--num-dialogs", type=int, default=_int_env("NUM_DIALOGS", 10),
                    help="conversations to save (env NUM_DIALOGS)")
     p.add_argument("--max-turns", type=int, default=_int_env("MAX_TURNS", 3),

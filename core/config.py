@@ -59,8 +59,10 @@ class Settings:
         -1, "GEMINI_THINKING_BUDGET",
         "Thinking tokens per call (billed, count against max tokens). -1: the model's default; 0: off.")
     request_timeout: float = _setting(120.0, "GROUNDWORK_REQUEST_TIMEOUT", "Seconds before one LLM call times out.")
-    auto_index_sample: int = _setting(1, "GROUNDWORK_AUTO_INDEX_SAMPLE",
-                                      "1: on first open of an empty data dir, index sample_data/corpus; 0: don't.")
+    auto_index_sample: int = _setting(0, "GROUNDWORK_AUTO_INDEX_SAMPLE",
+                                      "1: on first open of an empty data dir, index the fictional sample corpus "
+                                      "(sample_data/corpus) into it; 0 (default): only when asked (Home's button, "
+                                      "`groundwork index --sample`). The demo uses a demo data dir of its own.")
     prices: str = _setting("", "GROUNDWORK_PRICES",
                            "US$ per million tokens for cost estimates, 'model=in/out;…' (e.g. "
                            "gemini-2.5-flash=0.30/2.50); built-in defaults cover current Gemini models.")

@@ -49,7 +49,9 @@ class IngestReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        parts = [f"{self.added_documents} documents ({self.added_chunks} chunks) indexed"]
+        from core.documents import plural
+
+        parts = [f"{plural(self.added_documents, 'document')} ({plural(self.added_chunks, 'chunk')}) indexed"]
         if self.already_indexed:
             parts.append(f"{self.already_indexed} already indexed")
         if self.retitled:

@@ -28,6 +28,7 @@ from typing import Any
 
 from core import prompts as prompt_lib
 from core.briefing import BriefingSampler
+from core.documents import select_documents
 from core.config import Settings
 from core.conversation_store import conversation_record, store_call, store_conversation
 from core.corpus import Corpus
@@ -374,7 +375,8 @@ class GenerationRun:
         # instruction calls are in flight: those need only briefing passages, from SQLite.
         retriever = self._open_retriever(scope)
         sampler = BriefingSampler(self.db, self.corpus.collection, self.config.briefing_passages,
-                                  random.Random(self.config.seed + self._count("done")), self.config.max_docs)
+                                  random.Random(self.config.seed + self._count("done")), self.config.max_docs,
+                                  select_documents(self.db, self.corpus.collection, self.config.documents, self.config.tags))
         self.provider = self._provider_factory(self.gate)
         simulator = Simulator(self.provider, retriever, self.config, prompt_texts, self.monitor,
                               context_tokens=self._context_tokens())

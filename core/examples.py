@@ -1,4 +1,10 @@
-"""The shipped example set: reviewed conversations over the sample corpus, loaded into a data dir of their own.
+"""The demo data dir: the fictional sample corpus and the shipped example set, beside the user's data dir.
+
+The sample corpus enters a user's own data dir only when asked for (Home's button, ``groundwork index
+--sample``, or GROUNDWORK_AUTO_INDEX_SAMPLE=1); the demo runs here instead, so briefings never come from
+fictional cases in a real project.
+
+The example set: reviewed conversations over the sample corpus.
 
 The file names passages by document and an exact quote rather than by chunk id, so it survives
 changes to chunking: on import each quote is found in the indexed chunks of its document and scored
@@ -17,16 +23,40 @@ from core.db import dumps, new_id, now
 from core.conversation_store import store_conversation
 from core.simulator import Question, format_briefing
 from core.errors import ValidationError
+from core.run_config import RunConfig
 from core.corpus import Passage
 from core.workbench import Workbench
 
+SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "sample_data" / "corpus"
 EXAMPLES_FILE = Path(__file__).resolve().parent.parent / "sample_data" / "examples" / "reviewed_conversations.jsonl"
 EXAMPLE_RUN_KIND = "examples"
 
 
 def examples_data_dir(data_dir: Path) -> Path:
-    """Where the example set lives: beside the main data dir, never inside it."""
+    """Where the demo data dir (sample corpus and example set) lives: beside the main data dir, never inside it."""
     return data_dir.parent / f"{data_dir.name}-examples"
+
+
+# One line, shown wherever the offline model is offered for the demo.
+OFFLINE_LIMITS = ("What the offline model can do: short replies that reuse the passages' words, enough to watch "
+                  "the whole pipeline — it does not reason across passages, drifts over turns and refuses badly, "
+                  "so expect flags in Review; use Gemini or an OpenAI-compatible server for data you train on.")
+
+
+def demo_config(local: bool) -> RunConfig:
+    """The live part of the demo: one short conversation, small enough to watch in a meeting.
+
+    With the offline model the time goes into reading the prompt (measured on this project's 2-core machine
+    under load: ~15 prompt tokens a second, so a 1,300-token prompt is a minute and a half): one briefing
+    passage, two passages per answer, one question and its answer, short replies asked again at most once, and
+    a token budget that ends the run cleanly if replies keep being rejected (README, "A demo that fits in a
+    meeting").
+    """
+    if local:
+        return RunConfig(num_dialogs=1, max_turns=1, max_concurrency=1, max_tokens=120, top_k=2,
+                         briefing_passages=1, instructions_per_sample=1, reply_retries=1, replacement_budget=1,
+                         token_budget=8_000)
+    return RunConfig(num_dialogs=1, max_turns=2, max_concurrency=2, max_tokens=512, instructions_per_sample=1)
 
 
 def _find_passage(wb: Workbench, source_path: str, quote: str) -> Passage:
@@ -44,28 +74,42 @@ def _find_passage(wb: Workbench, source_path: str, quote: str) -> Passage:
                    source_path=row["source_path"], position=row["position"])
 
 
-def import_examples(wb: Workbench, path: Path = EXAMPLES_FILE) -> int:
-    """Import the example conversations once (a second call imports nothing); returns how many were added."""
+def import_examples(wb: Workbench, path: Path = EXAMPLES_FILE, progress=None) -> int:
+    """Import the example conversations once (a second call imports nothing); returns how many were added.
+
+    ``progress``: ``(stage, done, total)``, as an ingest reports it (the demo shows it).
+    """
     if wb.db.scalar("SELECT COUNT(*) FROM runs WHERE kind=?", [EXAMPLE_RUN_KIND]):
         return 0
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     run_id = new_id()[:12]
     prepared = []
+    to_score: list[tuple[str, list[Passage]]] = []  # (the user message, the passages of the answer to it)
     for ex in lines:
         briefing = [_find_passage(wb, b["source_path"], b["quote"]) for b in ex["briefing"]]
         turns = []
         for i, t in enumerate(ex["turns"]):
             passages = [_find_passage(wb, p["source_path"], p["quote"]) for p in t.get("passages", [])]
             if t["role"] == "assistant":
-                # Score each passage against the user message it answered, as retrieval would have.
-                query = ex["turns"][i - 1]["content"]
-                vectors = wb.embedder.encode([query] + [p.text for p in passages])
-                for p, v in zip(passages, vectors[1:]):
-                    p.score = float(np.dot(vectors[0], v))
-                passages.sort(key=lambda p: -p.score)
-            turns.append({"role": t["role"], "content": t["content"], "call": None,
-                          "retrieval": [p.as_dict() for p in passages] if t["role"] == "assistant" else None})
+                to_score.append((ex["turns"][i - 1]["content"], passages))
+            turns.append({"role": t["role"], "content": t["content"], "call": None, "passages": passages})
         prepared.append((ex, briefing, turns))
+    # Score each passage against the user message it answered, as retrieval would have: every text embedded
+    # in one call (one call per turn costs minutes on a busy CPU).
+    texts = list(dict.fromkeys([q for q, _ in to_score] + [p.text for _, ps in to_score for p in ps]))
+    if progress:
+        progress("scoring the example set's passages", 0, len(texts))
+    vectors = dict(zip(texts, wb.embedder.encode(texts))) if texts else {}
+    if progress:
+        progress("scoring the example set's passages", len(texts), len(texts))
+    for query, passages in to_score:
+        for p in passages:
+            p.score = float(np.dot(vectors[query], vectors[p.text]))
+        passages.sort(key=lambda p: -p.score)
+    for _, _, turns in prepared:
+        for t in turns:
+            passages = t.pop("passages")
+            t["retrieval"] = [p.as_dict() for p in passages] if t["role"] == "assistant" else None
     with wb.db.write() as w:
         w["runs"].insert({"id": run_id, "kind": EXAMPLE_RUN_KIND, "status": "completed", "reason": "",
                           "num_dialogs": len(prepared), "saved": len(prepared), "failed": 0, "provider": "examples",
@@ -101,4 +145,4 @@ def load_example_workspace(main_data_dir: Path, make_workbench, corpus_dir: Path
     wb = make_workbench(target)
     if wb.corpus.stats()["documents"] == 0:
         wb.corpus.ingest_path(corpus_dir, progress=progress)
-    return target, import_examples(wb)
+    return target, import_examples(wb, progress=progress)

@@ -30,6 +30,7 @@ class Job:
     grading: tuple[int, int] = (0, 0)  # (checked, to check) while those checks run: the page shows it
     run_done: bool = False  # the run itself has ended; the thread may still be running the grounding checks
     checks: Any = None  # the background grounding checks (core.quality.background), fed as conversations are saved
+    cancel_requested: bool = False  # pages say "Cancelling" from the click on, until the run has stopped
 
     @property
     def alive(self) -> bool:
@@ -111,10 +112,11 @@ class JobManager:
     def cancel(self, run_id: str) -> None:
         job = self._jobs.get(run_id)
         if job:
+            job.cancel_requested = True
             job.run.cancel()
 
     def active(self) -> list[str]:
-        """Runs generating in this process (not those whose grounding checks alone are left)."""
+        """Runs generating in this process (not those whose grounding checks alone are left), oldest first."""
         return [rid for rid, job in self._jobs.items() if job.running]
 
     def shutdown(self, timeout: float = 30.0) -> None:

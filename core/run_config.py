@@ -46,6 +46,8 @@ class RunConfig:
     token_budget: int = 0  # 0: none; otherwise stop cleanly once this many tokens were used
     output: str = ""  # JSONL path, written as conversations complete
     max_docs: int = 0  # 0: briefings may come from any document; N: from N documents chosen by the seed
+    documents: list[str] = field(default_factory=list)  # briefings only from these (ids, paths, folders, globs)
+    tags: list[str] = field(default_factory=list)  # ... or from documents carrying these tags (core.documents)
     log_dir: str = ""  # monitor log folder; empty: the data dir's logs/
     auto_improve: bool = False  # judge each conversation; regenerate with the judge's feedback when below threshold
     judge_threshold: float = 3.5  # mean rubric score (1-5) a conversation must reach
@@ -88,6 +90,8 @@ class RunConfig:
         if self.batch and (self.auto_improve or self.verify_grounding):
             problems.append("a batch run does not run the judge or the LLM verifier (turn off auto-improve and "
                             "grounding verification, or run without batch mode)")
+        if not all(isinstance(x, str) for x in [*self.documents, *self.tags]):
+            problems.append("documents and tags must be lists of names")
         if problems:
             raise ValidationError("Run settings: " + "; ".join(problems) + ".")
 

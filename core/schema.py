@@ -260,3 +260,11 @@ def m_issue24b_team_review(db: Database) -> None:
     }, pk=("conversation_id", "reviewer"), if_not_exists=True)
     db["review_assignments"].create_index(["reviewer"], if_not_exists=True)
     db["conversations"].add_column("reviews_needed", int)
+
+
+@migrations()
+def m_issue24a_document_tags(db: Database) -> None:
+    """Tags on documents (the Corpus page, ``generate --tag``): a run can draw briefings from tagged ones only."""
+    db["document_tags"].create({"document_id": str, "tag": str, "created_at": str},
+                               pk=("document_id", "tag"), if_not_exists=True)
+    db["document_tags"].create_index(["tag"], if_not_exists=True)

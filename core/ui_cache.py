@@ -110,7 +110,7 @@ def sidebar() -> None:
     with st.sidebar:
         st.caption(f"Data dir: `{s.data_path}`")
         if st.session_state.get("app.data_dir"):
-            st.caption("Viewing the example set.")
+            st.caption("Viewing the demo data dir: the sample corpus and the example set.")
             if st.button("Back to my data dir", key="app.back_to_main"):
                 del st.session_state["app.data_dir"]
                 st.rerun()

@@ -1,4 +1,5 @@
-"""Corpus: stats, paged browse of documents and chunks, semantic search, and the ingest form."""
+"""Corpus: stats, paged browse of documents and chunks (filter by folder and tag; tag and delete documents),
+semantic search, and the ingest form."""
 
 from pathlib import Path
 
@@ -6,6 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_cache
+from core.documents import (count_documents, delete_documents, folders, list_documents, plural, tag_counts,
+                            tag_documents, untag_documents)
 from core.errors import GroundworkError
 from core.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
 from core.retrieval import found_by_label
@@ -60,7 +63,7 @@ def show_index_status(status: dict | None) -> None:
     elif status["state"] == "pending":
         st.caption(f"Search index: a build is due (it starts when writes settle); searches run as {mode}.")
     else:
-        st.caption(f"Search index: ready · {status['points']:,} chunks · {mode}.")
+        st.caption(f"Search index: ready · {plural(status['points'], 'chunk')} · {mode}.")
 
 
 def read_index_status() -> dict | None:
@@ -82,19 +85,28 @@ def follow_index_build() -> None:
     show_index_status(status)
 
 
-# One container whatever it holds: the elements after it (the tabs) keep their place in the page, or the
+# One element whatever it holds: the elements after it (the tabs) keep their place in the page, or the
 # browser would take them for new ones and jump back to the first tab.
-with st.container():
-    if stats["engine"] == "edge":
+index_area = st.empty()
+
+
+def draw_index_status(after_change: bool = False) -> None:
+    """The index caption; drawn again after an ingest or a delete so its count matches the stats above."""
+    if stats["engine"] != "edge":
+        return
+    with index_area.container():
         index = st.session_state["corpus.index_status"] = read_index_status()
-        if index and index["state"] == "building":
+        if index and index["state"] == "building" and not after_change:
             follow_index_build()
         else:
             show_index_status(index)
+
+
+draw_index_status()
 if stats["warning"]:
     st.warning(stats["warning"])
 if stats["pending"]:
-    st.warning(f"{stats['pending']} documents were interrupted mid-ingest: ingest the same files again to finish.")
+    st.warning(f"{plural(stats['pending'], 'document')} interrupted mid-ingest: ingest the same files again to finish.")
 
 browse, search, ingest = st.tabs(["Browse", "Search", "Ingest"])
 
@@ -110,6 +122,7 @@ def _progress_bar():
 
 def _show_report(report) -> None:
     show_stats(corpus.stats())
+    draw_index_status(after_change=True)
     st.success(report.summary())
     for line in report.problems:
         st.warning(line)
@@ -119,23 +132,97 @@ def _show_report(report) -> None:
         st.caption(f"Skipped (unsupported type): {', '.join(report.skipped[:20])}")
 
 
+DELETE_KEY = "corpus.delete_pending"  # the documents a Delete click asked about, until confirmed or dismissed
+
+
+# Opened from state, not from the click's return value: any rerun while it is open (a field committing its
+# value, a poll) draws it again instead of closing it.
+@st.dialog("Delete documents?", on_dismiss=lambda: st.session_state.pop(DELETE_KEY, None))
+def confirm_delete(ids: list[str], titles: list[str]) -> None:
+    n = len(ids)
+    st.write(f"Delete **{plural(n, 'document')}** from the corpus: their chunks leave the search index and the "
+             "full-text index. Conversations keep the passages they quoted. This cannot be undone.")
+    st.caption("; ".join(escape_markdown(t) for t in titles[:8]) + (" …" if n > 8 else ""))
+    with st.container(horizontal=True):
+        if st.button(f"Delete {plural(n, 'document')}", type="primary", key="corpus.delete_confirm"):
+            try:
+                done = delete_documents(corpus, ids)
+                st.session_state["corpus.flash"] = (f"Deleted {plural(done['documents'], 'document')} "
+                                                    f"({plural(done['chunks'], 'chunk')}).")
+            except Exception as e:
+                st.session_state["corpus.flash_error"] = str(e)
+            st.session_state.pop("corpus.table", None)
+            st.session_state.pop(DELETE_KEY, None)
+            st.rerun()
+        if st.button("Cancel", key="corpus.delete_cancel"):
+            st.session_state.pop(DELETE_KEY, None)
+            st.rerun()
+
+
 with browse:
-    text_filter = st.text_input("Filter documents (full text)", key="corpus.filter")
-    page = st.number_input("Page", min_value=1, value=1, step=1, key="corpus.page")
-    docs = corpus.documents(limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, search=text_filter)
+    if flash := st.session_state.pop("corpus.flash", None):
+        st.success(flash)
+    if flash := st.session_state.pop("corpus.flash_error", None):
+        st.error(flash)
+    c1, c2, c3 = st.columns([2, 1.2, 1])
+    text_filter = c1.text_input("Filter documents (full text)", key="corpus.filter")
+    folder_filter = c2.selectbox("Folder", [""] + [f"{f}/" for f in folders(corpus)], key="corpus.folder_filter",
+                                 format_func=lambda f: f or "all folders")
+    tags_known = tag_counts(corpus)
+    tag_filter = c3.selectbox("Tag", [""] + list(tags_known), key="corpus.tag_filter",
+                              format_func=lambda t: f"{t} ({tags_known[t]})" if t else "any tag")
+    matching = count_documents(corpus, folder=folder_filter.rstrip("/"), tag=tag_filter)
+    pages = max(1, -(-matching // PAGE_SIZE))
+    # Pages of the folder and tag filter; a word filter ranks by relevance and is not counted ahead.
+    page = st.number_input("Page" if text_filter.strip() else f"Page (of {pages})", min_value=1, value=1, step=1,
+                           key="corpus.page")
+    docs = list_documents(corpus, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, search=text_filter,
+                          folder=folder_filter.rstrip("/"), tag=tag_filter)
     if not docs:
-        st.info("No documents here. Ingest files in the Ingest tab." if not text_filter else "No match.")
+        st.info("No documents here. Ingest files in the Ingest tab."
+                if not (text_filter or folder_filter or tag_filter) else "No match.")
     else:
-        frame = pd.DataFrame(docs)
-        event = st.dataframe(frame[["title", "source_path", "n_chars", "n_chunks", "status"]],
-                             hide_index=True, on_select="rerun", selection_mode="single-row",
+        frame = pd.DataFrame(docs).fillna({"tags": ""})
+        event = st.dataframe(frame[["title", "source_path", "tags", "n_chars", "n_chunks", "status"]],
+                             hide_index=True, on_select="rerun", selection_mode="multi-row",
                              key="corpus.table", width="stretch")
-        rows = event.selection.rows if event else []
-        if rows:
+        rows = [r for r in (event.selection.rows if event else []) if r < len(docs)]
+        chosen = [docs[r]["id"] for r in rows]
+        # Acting on rows: tick them in the table (or take the whole filtered list), then tag or delete.
+        with st.container(border=True):
+            # One label whatever the filter: a label that changes would make a new widget and drop the tick.
+            take_all = st.checkbox("Act on every document this filter lists", key="corpus.act_all",
+                                   help="folder and tag filters: every matching document, all pages; a word filter: "
+                                        "the documents listed on this page")
+            if take_all:
+                chosen = ([d["id"] for d in docs] if text_filter else
+                          [d["id"] for d in list_documents(corpus, limit=matching or 1, folder=folder_filter.rstrip("/"),
+                                                           tag=tag_filter)])
+            st.caption(f"{plural(len(chosen), 'document')} chosen" + ("" if chosen else
+                       ": tick rows in the table above (the box left of each row)"))
+            c1, c2, c3, c4 = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
+            tag_text = c1.text_input("Tag to add or remove", key="corpus.tag_text", placeholder="e.g. contracts")
+            if c2.button("Add tag", key="corpus.tag_add", icon=":material/sell:", disabled=not chosen):
+                try:
+                    added = tag_documents(corpus, chosen, tag_text)
+                    st.session_state["corpus.flash"] = f"Tagged {plural(added, 'document')} “{tag_text.strip()}”."
+                    st.rerun()
+                except Exception as e:
+                    ui_cache.show_error(e)
+            if c3.button("Remove tag", key="corpus.tag_remove", icon=":material/label_off:", disabled=not chosen):
+                removed = untag_documents(corpus, chosen, " ".join(tag_text.split()))
+                st.session_state["corpus.flash"] = f"Removed “{tag_text.strip()}” from {plural(removed, 'document')}."
+                st.rerun()
+            if c4.button("Delete", key="corpus.delete", icon=":material/delete:", disabled=not chosen):
+                names = {d["id"]: d["title"] for d in docs}
+                st.session_state[DELETE_KEY] = (chosen, [names.get(i, i) for i in chosen])
+    if st.session_state.get(DELETE_KEY):
+        confirm_delete(*st.session_state[DELETE_KEY])
+        if len(rows) == 1:
             doc = corpus.document(docs[rows[0]]["id"])
             st.subheader(escape_markdown(doc["title"]))  # corpus text: inert, no links or images
-            st.caption(f"{doc['source_path']} · {doc['n_chars']:,} characters · {doc['n_chunks']} chunks · "
-                       f"id {doc['id']}")
+            st.caption(f"{doc['source_path']} · {doc['n_chars']:,} characters · {plural(doc['n_chunks'], 'chunk')}"
+                       f" · id {doc['id']}")
             if doc["metadata"]:
                 st.json(doc["metadata"], expanded=False)
             full, chunked = st.tabs(["Full text", "Chunks"])

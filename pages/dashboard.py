@@ -5,6 +5,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import analytics, quality, ui_cache
+from core.documents import plural
 from core.quality import calibration, reviewer_fit
 
 st.title("Dashboard")
@@ -43,10 +44,14 @@ def chart(title: str, rows: list[dict], make, key: str, empty: str) -> None:
 
 left, right = st.columns(2)
 with left:
+    # Minutes as categories: plotly would read one or two timestamps as a date axis zoomed to milliseconds.
     chart("Conversations per minute", analytics.conversations_per_minute(wb.db, run_id),
-          lambda f: px.bar(f, x="minute", y="conversations"), "per_minute", "No conversations.")
+          lambda f: px.bar(f, x="minute", y="conversations").update_xaxes(type="category", title="minute (UTC)"),
+          "per_minute", "No conversations.")
     chart("Tokens per conversation", analytics.tokens_per_conversation(wb.db, run_id),
-          lambda f: px.histogram(f, x="total_tokens", nbins=30), "tokens", "No token counts.")
+          lambda f: px.histogram(f, x="total_tokens", nbins=30).update_yaxes(rangemode="nonnegative"), "tokens",
+          "No token counts: only generated conversations have them (the example set's were written, not "
+          "generated).")
     chart("Rating distribution per respondent prompt version", analytics.ratings_by_prompt_version(wb.db),
           lambda f: px.bar(f, x="rating", y="n", color="respondent_version", barmode="group"), "ratings",
           "No ratings yet: rate conversations on the Review page.")
@@ -136,7 +141,7 @@ def coverage_chart(frame):
 chart("Coverage: how often each document was sampled for briefings and retrieved for answers",
       report.documents, coverage_chart, "coverage", "No indexed documents.")
 if report.uncovered:
-    with st.expander(f"{len(report.uncovered)} documents never sampled nor retrieved"):
+    with st.expander(f"{plural(len(report.uncovered), 'document')} never sampled nor retrieved"):
         st.dataframe(pd.DataFrame(report.uncovered), hide_index=True, width="stretch")
 
 # ---- team review: agreement between reviewers (core.team) ----------------------------------------------

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import json
+
 import pandas as pd
 import streamlit as st
 
@@ -10,8 +12,11 @@ from core.access import confine_path
 from core.errors import GroundworkError
 from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
                          SPLIT_GROUPS, TRAINERS, ExportOptions, default_out_dir, export, reason_table, zip_export)
+from core.analytics import run_choices
 from core.export.preview import preview_export
-from core.review import STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
+from core.export.selection import DEFAULT_STATUS, split_sides
+from core.export.selection import selection_summary as export_selection_summary
+from core.review import QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 ss = st.session_state
 
@@ -23,30 +28,35 @@ except Exception as e:
     ui_cache.show_error(e)
     st.stop()
 
-# What you see is what you export: start from the Review page's filter, else approved conversations.
-review_filter = ss.get("review.filter")
-base = ReviewFilter.from_dict(review_filter) if review_filter else ReviewFilter(status="approved")
-if "export.status" not in ss or ss.get("export.seeded_from") != review_filter:  # follow the review filter
-    ss["export.status"] = base.status
-    ss["export.seeded_from"] = review_filter
+# The export's own selection: approved conversations unless changed here, never the Review page's queue filter
+# (what a reviewer is looking at is not what they approved for training).
 ss.setdefault("export.out", str(default_out_dir(wb.settings)))
 if ss.pop("export.fresh_out", False):
     ss["export.out"] = str(default_out_dir(wb.settings))
-
-st.selectbox("Status", STATUS_CHOICES, key="export.status",
-             help="from the Review page's filter; approved when you have not opened Review in this session")
-agreed = st.checkbox("Only conversations the reviewers agree on", key="export.require_agreement",
-                     help="two or more reviewers (at least as many as a conversation needs) decided it, all the "
-                          "same way (team review; the Dashboard shows agreement)")
-selection = ReviewFilter.from_dict({**base.as_dict(), "status": ss["export.status"], "require_agreement": agreed})
-try:
-    selected = store.count(selection)
-except GroundworkError as e:
-    st.error(str(e))
-    st.stop()
-source = "the Review page's filter" if review_filter else "the default selection"
-st.info(f"**{selected:,} conversations** selected — {source}: {escape_markdown(selection.describe())}. "
-        "Change the other conditions on the Review page.")
+runs = {r["id"]: r for r in run_choices(wb.db)}
+tags = [r["tag"] for r in wb.db.rows("SELECT DISTINCT tag FROM tags ORDER BY tag")]
+with st.container(border=True):
+    st.markdown("**What to export**")
+    c1, c2, c3, c4 = st.columns(4)
+    status = c1.selectbox("Status", STATUS_CHOICES, index=STATUS_CHOICES.index(DEFAULT_STATUS), key="export.status",
+                          help="approved by default: only what a reviewer approved is written")
+    run_id = c2.selectbox("Run", [""] + list(runs), key="export.run_id",
+                          format_func=lambda r: "all runs" if not r else
+                          f"{r} · {runs[r]['kind']} · {runs[r]['created_at'][:16]}")
+    tag = c3.selectbox("Tag", [""] + tags, key="export.tag", format_func=lambda t: t or "any tag")
+    quality_choice = c4.selectbox("Quality", QUALITY_CHOICES, key="export.quality",
+                                  help="any, or only the conversations the grounding checks flagged")
+    agreed = st.checkbox("Only conversations the reviewers agree on", key="export.require_agreement",
+                         help="two or more reviewers (at least as many as a conversation needs) decided it, all "
+                              "the same way (team review; the Dashboard shows agreement)")
+    selection = ReviewFilter(status=status, run_id=run_id, tag=tag, quality=quality_choice, require_agreement=agreed)
+    try:
+        summary = export_selection_summary(wb.db, selection)
+    except GroundworkError as e:
+        st.error(str(e))
+        st.stop()
+    selected = summary["selected"]
+    st.markdown(escape_markdown(summary["line"]))
 
 c1, c2 = st.columns(2)
 formats = c1.multiselect("Formats", FORMATS, default=["openai"], key="export.formats",
@@ -124,22 +134,58 @@ with st.container(horizontal=True):
                                help="asks first when the selection holds flagged conversations")
 
 
-@st.dialog("Export flagged conversations?")
-def confirm_flagged(count: int) -> None:
+@st.dialog("Export these conversations?")
+def confirm_export(count: int, empty_validation: bool) -> None:
     if ss.pop("export.dialog_done", False):
         st.rerun()  # the whole page, which runs the export below
-    st.write(f"**{count:,}** of the {selected:,} conversations to export are flagged by the grounding checks.")
+    if count:
+        st.write(f"**{count:,}** of the {selected:,} conversations to export are flagged by the grounding checks.")
+    if empty_validation:
+        st.write(f"**The validation side would be empty**: the {selected:,} conversations share their documents, so "
+                 "every one lands in train. Export without a validation set, or cancel and change the split (seed, "
+                 "ratio, grouping) or the selection.")
     with st.container(horizontal=True):
         # Callbacks, not return values: they take effect whichever way the dialog's click reruns the page.
-        st.button(f"Export all {selected:,}", key="export.confirm", type="primary",
+        st.button(f"Export all {selected:,}" if count else "Export with an empty validation side",
+                  key="export.confirm", type="primary",
                   on_click=lambda: ss.update({"export.go": True, "export.dialog_done": True}))
         st.button("Cancel", key="export.cancel", on_click=lambda: ss.update({"export.dialog_done": True}))
 
 
-if export_clicked and flagged:
-    confirm_flagged(flagged)
+empty_validation = False
+if export_clicked and options.split is not None and selected:
+    try:  # asked before anything is written: the split's sides, computed as the export will
+        empty_validation = split_sides(wb.db, options)["validation"] == 0
+    except GroundworkError:
+        empty_validation = False  # the export itself reports the problem below
+if export_clicked and (flagged or empty_validation):
+    confirm_export(flagged, empty_validation)
 else:
     ss.pop("export.dialog_done", None)
+
+
+def show_row(row: dict) -> None:
+    """One exported row, readable: chat rows as chat bubbles, anything else as indented JSON."""
+    messages = row.get("messages") or [{"role": {"human": "user", "gpt": "assistant"}.get(m.get("from"), m.get("from")),
+                                        "content": m.get("value", "")} for m in row.get("conversations") or []]
+    if messages:
+        with st.container(border=True):
+            for m in messages:
+                role = m.get("role") or "user"
+                content = m.get("content")
+                if not isinstance(content, str):  # a tool call: its arguments as JSON
+                    content = json.dumps(m.get("tool_calls") or content, ensure_ascii=False, indent=2)
+                with st.chat_message("assistant" if role == "assistant" else "user" if role == "user" else "ai",
+                                     avatar=":material/build:" if role in ("tool", "system") else None):
+                    st.caption(role)
+                    st.text(content)  # row text is shown as it is written, never as Markdown or links
+            extra = {k: v for k, v in row.items() if k not in ("messages", "conversations")}
+            if extra:
+                st.code(json.dumps(extra, ensure_ascii=False, indent=2), language="json", wrap_lines=True)
+    else:
+        st.code(json.dumps(row, ensure_ascii=False, indent=2), language="json", wrap_lines=True)
+
+
 if preview_clicked:
     try:
         if options.tokenizer:
@@ -150,7 +196,7 @@ if preview_clicked:
             with st.expander(f"{name} · first {len(info['rows'])} of {info['total']:,} rows", expanded=True,
                              icon=":material/description:"):
                 for row in info["rows"]:
-                    st.json(row, expanded=2)
+                    show_row(row)
         if not preview["files"]:
             st.info("No rows would be written: see the warnings.")
         for warning in preview["warnings"]:
@@ -160,7 +206,7 @@ if preview_clicked:
     except Exception as e:
         ui_cache.show_error(e)
 
-if (export_clicked and not flagged) or ss.pop("export.go", False):
+if (export_clicked and not flagged and not empty_validation) or ss.pop("export.go", False):
     try:
         # Paths typed in the browser: only under the data dir, sample_data/ or GROUNDWORK_ALLOWED_ROOTS.
         if options.tokenizer:

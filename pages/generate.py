@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import ui_cache
 from core.cost import estimate_run, parse_prices
+from core.documents import folders, list_documents, selection_summary, tag_counts
 from core.engine import list_runs, run_errors
 from core.jobs import eta_text
 from core.run_config import QuestionMix, RunConfig
@@ -31,6 +32,12 @@ if wb.corpus.stats()["chunks"] == 0:
 library = PromptLibrary(wb.db)
 library.ensure_defaults()
 
+
+def _selectable() -> list[str]:
+    """Folders first (each selects everything under it), then every document's source path."""
+    return [f"{f}/" for f in folders(wb.corpus)] + [d["source_path"] for d in list_documents(wb.corpus, limit=5000)]
+
+
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns(4)
     num_dialogs = c1.number_input("Conversations", 1, 100_000, 5, **ui_cache.remembered("generate.num_dialogs"))
@@ -54,6 +61,23 @@ with st.container(border=True):
                              **ui_cache.remembered("generate.unanswerable"))
     token_budget = c3.number_input("Token budget (0: none)", 0, 10**9, 0, step=10_000,
                                    **ui_cache.remembered("generate.budget"))
+    # Which documents briefings come from: all, or a selection by folder, document and tag (Corpus page).
+    c1, c2 = st.columns(2)
+    selectable, known_tags = _selectable(), list(tag_counts(wb.corpus))
+    for key, options in (("generate.documents", selectable), ("generate.tags", known_tags)):
+        ui_cache.remember(key)  # a remembered name since deleted would make the widget fail: drop it
+        if isinstance(st.session_state.get(key), list):
+            st.session_state[key] = [v for v in st.session_state[key] if v in options]
+    chosen_names = c1.multiselect("Briefings only from (folders or documents)", selectable,
+                                  **ui_cache.remembered("generate.documents"),
+                                  help="empty: every indexed document; a folder selects everything under it")
+    chosen_tags = c2.multiselect("… or documents tagged", known_tags,
+                                 **ui_cache.remembered("generate.tags"),
+                                 help="tag documents on the Corpus page; a document matching either side is used")
+    try:
+        st.caption(selection_summary(wb.db, wb.corpus.collection, chosen_names, chosen_tags))
+    except Exception as e:
+        ui_cache.show_error(e)
     versions = {}
     cols = st.columns(3)
     for col, kind in zip(cols, KINDS):
@@ -90,6 +114,7 @@ with st.container(border=True):
                        auto_improve=bool(auto_improve and judge_ok), max_improve_attempts=int(attempts),
                        judge_threshold=float(threshold), verify_grounding=bool(verify and judge_ok),
                        batch=bool(large and info.name == "gemini"),
+                       documents=list(chosen_names), tags=list(chosen_tags),
                        question_mix=QuestionMix(unanswerable_share=float(unanswerable)))
     try:
         texts = {kind: library.get(vid)["text"] for kind, vid in versions.items()}
@@ -109,6 +134,16 @@ if submitted:
         st.session_state["generate.run_id"] = manager.start(config, factory, settings=settings)
     except Exception as e:
         ui_cache.show_error(e)
+
+
+# A run started elsewhere in this app (Home's demo, another tab) is shown here too, with its Cancel button.
+# This session's own run keeps the panel while it generates; once it has stopped (its grounding checks may
+# still run), a run generating elsewhere takes the panel.
+_mine = manager.get(st.session_state["generate.run_id"]) if st.session_state.get("generate.run_id") else None
+_others = [r for r in manager.active() if r != st.session_state.get("generate.run_id")]
+if not (_mine and _mine.running) and _others:
+    st.session_state["generate.run_id"] = _others[-1]
+    st.session_state.pop("generate.seen", None)
 
 
 def run_panel() -> None:
@@ -150,12 +185,14 @@ def run_panel() -> None:
         st.caption("Replies rejected by the checks and asked again: "
                    + "; ".join(f"{n} × {why}" for why, n in m["rejections"].items()))
     if running:
-        if progress.status in ("running", "pending"):
-            if st.button("Cancel", key="generate.cancel", icon=":material/stop_circle:"):
-                manager.cancel(run_id)
-                st.info("Cancelling: calls in flight finish, everything completed is kept.")
+        # A callback, not the button's return value: the cancel takes effect before this panel redraws, and
+        # the message stays from the click until the run has stopped (calls in flight can take seconds).
+        if job.cancel_requested or progress.status not in ("running", "pending"):
+            st.info("Cancelling: calls in flight finish, everything completed is kept.",
+                    icon=":material/hourglass_top:")
         else:
-            st.caption("Stopping: calls in flight finish …")
+            st.button("Cancel", key="generate.cancel", icon=":material/stop_circle:", on_click=manager.cancel,
+                      args=(run_id,))
         return
     if job and job.error:
         st.error(job.error)
@@ -181,10 +218,17 @@ ui_cache.draw_polled(run_panel, active=bool(_job and _job.alive))  # live while 
 
 st.subheader("Runs")
 runs = list_runs(wb.db)
+
+
+def runs_table() -> None:
+    """Saved counts straight from the runs' rows, redrawn while any run is running (a CLI's too)."""
+    st.dataframe(pd.DataFrame(list_runs(wb.db)), hide_index=True, width="stretch")
+
+
 if not runs:
     st.caption("No runs yet.")
 else:
-    st.dataframe(pd.DataFrame(runs), hide_index=True, width="stretch")
+    ui_cache.draw_polled(runs_table, active=any(r["status"] in ("running", "pending") for r in runs), every_s=2.0)
     resumable = [r["id"] for r in runs if r["status"] in ("incomplete", "interrupted", "running", "pending")
                  and r["id"] not in manager.active()]
     if resumable:

@@ -218,7 +218,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     assert metric_value(page, "Documents") == "40"  # the numbers at the top follow the ingest, no reload
     folder.fill(str(app["docs"]))
     page.get_by_role("button", name="Ingest folder").click()
-    wait_for_text(page, r"1 documents \(\d+ chunks\) indexed")
+    wait_for_text(page, r"1 document \(\d+ chunks?\) indexed")
     assert metric_value(page, "Documents") == "41"
     check_layout(page, "01-corpus-ingest")
 

@@ -73,6 +73,8 @@ def test_first_command_sets_up_and_serves_the_sample_corpus(tmp_path):
                 "--disable-component-update", "--disable-sync", "--no-first-run"])
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
+            # The sample corpus enters the user's data dir only on request.
+            page.get_by_role("button", name="Index the sample corpus into my data dir").click(timeout=300_000)
             page.get_by_text(re.compile(r"Sample corpus ready: 40 documents")).wait_for(timeout=300_000)
             browser.close()
         print(f"README command 1: app answering after {setup_seconds:.0f} s; corpus ready after "

@@ -4,7 +4,8 @@
 from tests.conftest import new_app, rerun_until_success
 
 
-def test_home_indexes_the_sample_corpus_on_first_open(app_env):
+def test_home_indexes_the_sample_corpus_on_first_open_when_the_setting_says_so(app_env, monkeypatch):
+    monkeypatch.setenv("GROUNDWORK_AUTO_INDEX_SAMPLE", "1")  # default 0: only on request (test_project_data)
     at = new_app()
     assert any("Sample corpus ready" in s.value for s in at.success)
     metrics = {m.label: m.value for m in at.metric}

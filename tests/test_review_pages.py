@@ -182,7 +182,7 @@ def test_regenerate_from_the_page(review_env, monkeypatch):
     db.close()
 
 
-def test_export_page_exports_what_review_shows(review_env, tmp_path):
+def test_export_page_exports_what_i_approved_not_what_review_shows(review_env, tmp_path):
     data_dir, ids = review_env
     db = db_of(data_dir)
     store = ReviewStore(db)
@@ -191,31 +191,37 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
     store.tag(ids[0], "gold", "ana")
     store.tag(ids[4], "gold", "ana")
     db.close()
-    # Without a review filter in this session: approved conversations.
+    # The export's own selection: approved conversations, with a one-line summary of what will be written.
     at = new_app("pages/export.py")
     assert at.selectbox(key="export.status").value == "approved"
-    assert "4 conversations" in at.info[0].value
+    assert any(m.value.startswith("Will write 4 conversations \\(4 approved; ") for m in at.markdown), \
+        [m.value for m in at.markdown]
     out = data_dir / "exports" / "page-export"  # a folder typed in the browser must be under an allowed root
     at.multiselect(key="export.formats").set_value(["openai", "raw"]).run()
     at.text_input(key="export.out").set_value(str(out)).run()
+    at.checkbox(key="export.do_split").uncheck().run()
     at.button(key="export.run").click().run()
     assert not at.exception and at.success, [e.value for e in at.error]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["selection"]["conversations"] == 4 and set(manifest["formats"]) == {"openai", "raw"}
     assert any(b.label == "Download as zip" for b in at.get("download_button"))
-    # With the review page's filter: the same conditions, carried over.
+    # The Review page's filter does not follow into Export; the export's own conditions select.
     at = new_app("pages/review.py")
     at.selectbox(key="review.f.status").set_value("any").run()
     at.selectbox(key="review.f.tag").set_value("gold").run()
     at.switch_page("pages/export.py").run()
     assert not at.exception
-    assert at.selectbox(key="export.status").value == "any" and "2 conversations" in at.info[0].value
+    assert at.selectbox(key="export.status").value == "approved"
+    at.selectbox(key="export.status").set_value("any").run()
+    at.selectbox(key="export.tag").set_value("gold").run()
+    assert any(m.value.startswith("Will write 2 conversations") for m in at.markdown)
     out2 = data_dir / "exports" / "filtered"
     at.text_input(key="export.out").set_value(str(out2)).run()
     at.multiselect(key="export.formats").set_value(["raw"]).run()
     db = db_of(data_dir)  # Review graded what it opened: a flagged selection asks before it is exported
-    flagged = ReviewStore(db).flagged_count(ReviewFilter.from_dict(at.session_state["review.filter"]))
+    flagged = ReviewStore(db).flagged_count(ReviewFilter(status="any", tag="gold"))
     db.close()
+    at.checkbox(key="export.do_split").uncheck().run()
     at.button(key="export.run").click().run()
     confirm = [b for b in at.button if b.key == "export.confirm"]
     assert bool(confirm) == bool(flagged)
@@ -223,14 +229,13 @@ def test_export_page_exports_what_review_shows(review_env, tmp_path):
         assert not (out2 / "manifest.json").exists()
         assert any(f"**{flagged}** of the 2 conversations" in m.value for m in at.markdown)
         confirm[0].click().run()
-    rows = [json.loads(line) for name in ("raw.train.jsonl", "raw.validation.jsonl") if (out2 / name).exists()
-            for line in (out2 / name).read_text().splitlines()]
+    rows = [json.loads(line) for line in (out2 / "raw.jsonl").read_text().splitlines()]
     assert {r["id"] for r in rows} == {ids[0], ids[4]}
     # Bad input on the page: an empty selection is a message, not a traceback.
     at.selectbox(key="export.status").set_value("discarded").run()
     at.button(key="export.run").click().run()
     assert not at.exception and "Nothing to export" in at.error[0].value
-    assert ReviewFilter.from_dict(at.session_state["review.filter"]).tag == "gold"
+    assert ReviewFilter.from_dict(at.session_state["review.filter"]).tag == "gold"  # Review keeps its own filter
 
 
 def test_export_page_checks_the_conversations_never_checked_before_it_counts_flags(review_env):

@@ -38,13 +38,7 @@ def _clean_tag(tag: str) -> str:
 def list_documents(corpus, limit: int = 50, offset: int = 0, search: str = "", folder: str = "",
                    tag: str = "") -> list[dict[str, Any]]:
     """One page of documents with their tags, optionally within a folder, carrying a tag, or matching words."""
-    where, params = ["d.collection=?"], [corpus.collection]
-    if folder:
-        where.append("(d.source_path = ? OR d.source_path LIKE ? ESCAPE '\\')")
-        params += [folder, _like_prefix(folder.rstrip("/") + "/")]
-    if tag:
-        where.append("EXISTS (SELECT 1 FROM document_tags t WHERE t.document_id=d.id AND t.tag=?)")
-        params.append(tag)
+    where, params = _where(corpus, folder, tag)
     tags = "(SELECT group_concat(tag, ', ') FROM (SELECT tag FROM document_tags t WHERE t.document_id=d.id " \
            "ORDER BY tag)) AS tags"
     cols = f"d.id, d.title, d.source_path, d.n_chars, d.n_chunks, d.status, {tags}"
@@ -58,7 +52,8 @@ def list_documents(corpus, limit: int = 50, offset: int = 0, search: str = "", f
                           "LIMIT ? OFFSET ?", [*params, limit, offset])
 
 
-def count_documents(corpus, folder: str = "", tag: str = "") -> int:
+def _where(corpus, folder: str, tag: str) -> tuple[list[str], list[Any]]:
+    """SQL conditions (on ``documents d``) for this collection, optionally within a folder or carrying a tag."""
     where, params = ["d.collection=?"], [corpus.collection]
     if folder:
         where.append("(d.source_path = ? OR d.source_path LIKE ? ESCAPE '\\')")
@@ -66,6 +61,11 @@ def count_documents(corpus, folder: str = "", tag: str = "") -> int:
     if tag:
         where.append("EXISTS (SELECT 1 FROM document_tags t WHERE t.document_id=d.id AND t.tag=?)")
         params.append(tag)
+    return where, params
+
+
+def count_documents(corpus, folder: str = "", tag: str = "") -> int:
+    where, params = _where(corpus, folder, tag)
     return corpus.db.scalar(f"SELECT COUNT(*) FROM documents d WHERE {' AND '.join(where)}", params) or 0
 
 

@@ -129,6 +129,7 @@ def evaluate(retriever, chains: list[dict], labels: dict[str, str], k: int = 3, 
                                                for d in briefing_docs])
         state = sim.start(question)
         conversation_docs: set[str] = set()
+        last_new: list = []  # the engine's new passages of the previous turn (their header goes into sloppy queries)
         for t, turn in enumerate(chain["turns"]):
             relevant = {labels[d] for d in turn["docs"]}
             conversation_docs |= relevant

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from core.config import Settings
-from core.providers.base import CallGate, LLMError, LLMProvider, LLMRequest, Message, ProviderInfo
+from core.providers.base import CallGate, LLMError, LLMProvider, LLMRequest, Message, ProviderInfo, redact
 
 # Errors that prove the server answered: the connection works even though this reply was unusable.
 _ANSWERED_KINDS = frozenset({"max_tokens", "safety", "recitation", "empty", "malformed"})

@@ -88,8 +88,8 @@ def turn_badge(detail: dict[str, Any] | None, threshold: float = WEAKLY_GROUNDED
     open_claims = sum(1 for s in detail.get("sentences") or [] if s.get("check") == "none")
     if open_claims:
         # Offline, nothing could be shown wrong, but not everything could be matched: say so, not "grounded".
-        return Badge(f"no offline flag · {open_claims} sentence{'s' if open_claims != 1 else ''} not checked "
-                     "offline", "gray", ":material/fact_check:", False)
+        # Short: a badge must fit beside the passages at 1024 px; the sentences themselves say which (grey).
+        return Badge(f"no flag · {open_claims} unchecked offline", "gray", ":material/fact_check:", False)
     return Badge(f"grounded · passage match · {score:.2f}", "green", ":material/check_circle:", False)
 
 

@@ -23,7 +23,7 @@ def test_badges_say_what_the_checks_found():
     assert bad.label == "2 unsupported sentences (figure check, polarity check) · 1 identifier not in the passages"
     # Not decided offline: neutral, not a flag, and not called grounded either.
     open_ = turn_badge(detail(0.7, ["supported", "not_checked"], checks=["similarity", "none"]))
-    assert (open_.colour, open_.flagged) == ("gray", False) and "1 sentence not checked offline" in open_.label
+    assert (open_.colour, open_.flagged) == ("gray", False) and "1 unchecked offline" in open_.label
     # Below the threshold (a stored older result, or one fitted to reviewers): amber.
     weak = turn_badge(detail(0.2, ["weak"]))
     assert weak.colour == "orange" and weak.flagged

@@ -151,7 +151,7 @@ def test_every_format_loads_and_follows_its_rules(reviewed, tmp_path, context):
             for m in row["messages"]:
                 if m["role"] == "user":
                     assert m["content"].startswith("<context>\nThe passages below are quoted") and "</context>" in m["content"]
-                    assert '<passage n="1" id="' in m["content"]
+                    assert '<passage n="1" title="' in m["content"]
     if context == "tool":
         assert all(row["tools"] for row in openai_rows)
         assert all(any(m["role"] == "tool" for m in row["messages"]) for row in openai_rows)
@@ -207,7 +207,7 @@ def test_system_context_takes_single_turn_rows_only(reviewed, tmp_path):
     for row in rows:
         check_openai(row)
         system, user, answer = row["messages"]
-        assert system["role"] == "system" and '<passage n="1" id="' in system["content"]
+        assert system["role"] == "system" and '<passage n="1" title="' in system["content"]
         assert user["role"] == "user" and "<context>" not in user["content"]
 
 

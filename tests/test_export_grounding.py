@@ -18,7 +18,7 @@ from core.review import ReviewStore
 from tests.test_export import ANY, cli, reviewed, rows_of, run_export  # noqa: F401
 from tests.test_review import fake, insert_synthetic  # noqa: F401
 
-_PASSAGE_ID = re.compile(r'^<passage n="\d+" id="([^"]+)"', re.MULTILINE)
+_PASSAGE_ID = re.compile(r'^<passage n="\d+" title="[^"]*" id="([^"]+)"', re.MULTILINE)
 
 
 def chat_with_context(row, fmt):
@@ -86,7 +86,10 @@ def test_carried_passages_are_shown_and_labelled_and_old_rows_still_work(reviewe
         "SELECT COUNT(*) FROM turns WHERE conversation_id=? AND role='assistant'", [c]) >= 2)
     first, second = [loads(r["retrieval"]) for r in wb.db.rows(
         "SELECT retrieval FROM turns WHERE conversation_id=? AND role='assistant' ORDER BY idx", [cid])][:2]
-    carried = [{**p, "carried": True, "found_by": ["conversation"], "from_turn": 1} for p in first[:1]]
+    # A turn-1 passage that turn 2 did not retrieve again (anchored turns often do: then a copy under a new id).
+    second_ids = {p["id"] for p in second}
+    earlier = next((p for p in first if p["id"] not in second_ids), {**first[0], "id": first[0]["id"] + "-t1"})
+    carried = [{**earlier, "carried": True, "found_by": ["conversation"], "from_turn": 1}]
     dup = [{**second[0]}]  # a passage listed twice is shown once
     with wb.db.write() as w:
         w.execute("UPDATE turns SET retrieval=? WHERE conversation_id=? AND idx=3",

@@ -391,6 +391,6 @@ def test_conversations_stored_before_the_upgrade_still_open_review_and_export(tm
     record = conversation_record(db, "conv1")
     assert record["retrieved_context"] == [{"turn": 1, "query": None, "passages": [
         {**{k: old_passage[k] for k in ("id", "score", "text", "document_id", "title", "source_path")},
-         "carried": False, "found_by": []}]}]
+         "carried": False, "found_by": [], "used": None}]}]  # stored before answers' evidence was recorded
     assert ReviewStore(db).get("conv1")["turns"][1]["retrieval"][0]["id"] == "c1"
     db.close()

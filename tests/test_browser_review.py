@@ -308,7 +308,8 @@ def test_no_live_link_from_corpus_or_model_text_on_any_page(app, browser):
         page.get_by_role("textbox", name="Go to conversation id").fill(app["linked"])
         page.get_by_role("textbox", name="Go to conversation id").press("Enter")
         page.get_by_role("button", name="Go").click()
-        wait_for_text(page, app["linked"])
+        # The id also sits in the queue table's hidden grid cells: wait for a visible place that shows it.
+        page.get_by_text(re.compile(app["linked"])).locator("visible=true").first.wait_for(timeout=120_000)
         for expander in page.locator('[data-testid="stExpander"] summary').all():
             if "Links" in expander.inner_text() or "Briefing" in expander.inner_text():
                 expander.click()

@@ -580,7 +580,10 @@ class ReviewStore:
                               "assigned_by) VALUES (?,?,?,?)", [cid, who, ts, actor])
                     counts[who] += 1
                 w.execute("UPDATE conversations SET reviews_needed=? WHERE id=?", [k, cid])
-                _settle_status(w, cid)
+                # A conversation someone already approved or discarded keeps that status until a reviewer decides
+                # it again (a split for re-review must not silently un-approve what was approved).
+                if w.execute("SELECT status FROM conversations WHERE id=?", [cid]).fetchone()[0] == "new":
+                    _settle_status(w, cid)
             w.execute("INSERT INTO events (ts, actor, kind, payload) VALUES (?,?,?,?)",
                       [ts, actor, "review.split", dumps({"filter": f.describe(), "reviewers": names,
                                                          "reviews_needed": k, "conversations": len(ids)})])

@@ -91,6 +91,16 @@ def test_a_queue_is_split_between_reviewers_and_each_sees_their_share(team_wb):
     queue = ReviewFilter(status="new", assigned_to="ana", not_decided_by="ana")
     assert ids[0] not in [r["id"] for r in store.page(queue, limit=50)]  # decided by ana: gone from her queue
     assert ids[0] in [r["id"] for r in store.page(ReviewFilter(status="new", not_decided_by="ben"), limit=50)]
+    # Re-review of approved conversations: the split keeps their status until a reviewer decides again.
+    store.set_reviews_needed(ids[5], 1, "lead")
+    store.approve(ids[5], "lead")
+    assert store.get(ids[5])["status"] == "approved"
+    store.split_queue(ReviewFilter(status="approved"), ["ana", "ben"], "lead", reviews_needed=2)
+    assert store.get(ids[5])["status"] == "approved"
+    store.approve(ids[5], "ana")  # two agreeing decisions (lead's and ana's): still approved
+    assert store.get(ids[5])["status"] == "approved"
+    store.discard(ids[5], "off topic", "ben")  # now they disagree: open again
+    assert store.get(ids[5])["status"] == "new"
     with pytest.raises(ValidationError, match="needs 3 reviews but only 2 reviewer"):
         store.split_queue(ReviewFilter(status="new"), ["ana", "ben"], "lead", reviews_needed=3)
     with pytest.raises(ValidationError, match="Name at least one reviewer"):

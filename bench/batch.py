@@ -32,9 +32,9 @@ from throughput import KEY, Env  # noqa: E402
 
 
 def run_case(env: Env, batch: bool, dialogs: int, max_turns: int, concurrency: int) -> dict:
-    from core.batch_run import generation_run
+    from core.generation.batch_run import generation_run
     from core.providers.gemini import GeminiProvider
-    from core.run_config import RunConfig
+    from core.generation.run_config import RunConfig
 
     wb = env.fresh_workbench()
     fake = FakeGemini().start()

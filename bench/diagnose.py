@@ -71,8 +71,8 @@ class StageClock:
 
 @contextmanager
 def instrument_engine():
-    """Instrument core.engine's worker path for the duration of the block; yields the clock."""
-    from core import engine
+    """Instrument core.generation.engine's worker path for the duration of the block; yields the clock."""
+    from core.generation import engine
 
     clock = StageClock()
     clock.wrap(engine.QuestionPool, "take", "question pool (wait + own instruction calls)")

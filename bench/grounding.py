@@ -33,7 +33,7 @@ PY = sys.executable
 
 
 def quality(args) -> None:
-    from core.embeddings import Embedder
+    from core.corpus.embeddings import Embedder
     from core.quality.benchmark import (DEV, DEV_3, HELD_OUT_2, HELD_OUT_3, as_dict, evaluate, format_report,
                                         load_held_out, load_in_sample)
     from core.quality.grounding import OfflineVerifier

@@ -22,7 +22,7 @@ _EXTRA = ["The court also noted that the parties had tried mediation before the 
 
 
 def build_rows(answers: int, seed: int = 7, turns: int = 3) -> list[dict]:
-    from core.chunking import chunk_text
+    from core.corpus.chunking import chunk_text
 
     rng = random.Random(seed)
     docs = []
@@ -63,7 +63,7 @@ def grade_speed(answers: int, workdir: Path) -> dict:
     """Answers per second of `groundwork grade`'s offline path (model loaded and warm; a cold window cache)."""
     import time
 
-    from core.embeddings import Embedder
+    from core.corpus.embeddings import Embedder
     from core.quality.grade import grade_file
     from core.quality.grounding import OfflineVerifier
 

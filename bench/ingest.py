@@ -67,8 +67,8 @@ class StageTimer:
 
 def ingest_once(wb, docs_dir: Path, label: str) -> tuple[float, int, int, object]:
     """Ingest docs_dir with wb (instrumented per stage); prints the block and returns (seconds, docs, chunks, usage)."""
-    import core.corpus as corpus_mod
-    from core.corpus import EMBED_GROUP_CHUNKS
+    import core.corpus.collection as corpus_mod
+    from core.corpus.collection import EMBED_GROUP_CHUNKS
 
     timer = StageTimer()
     corpus = wb.corpus

@@ -30,7 +30,7 @@ for _name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "GRO
 from core.config import Settings  # noqa: E402
 from fakes.gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
 from fakes.gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
-from core.gate import AdaptiveGate  # noqa: E402
+from core.generation.gate import AdaptiveGate  # noqa: E402
 from core.providers.base import LLMRequest, Message  # noqa: E402
 from core.providers.gemini import GeminiProvider  # noqa: E402
 from machine import CpuMeter  # noqa: E402

@@ -104,11 +104,11 @@ class _Said:
 
 
 def evaluate(retriever, chains: list[dict], labels: dict[str, str], k: int = 3, misses: int = 0) -> dict:
-    from core.corpus import Passage
+    from core.corpus.collection import Passage
     from core.providers.base import Message
-    from core.run_config import RunConfig
-    from core.simulator import Question, Simulator
-    from core.standalone_query import standalone_query
+    from core.generation.run_config import RunConfig
+    from core.generation.simulator import Question, Simulator
+    from core.generation.standalone_query import standalone_query
 
     titles = retriever.corpus.titles()
     sim = Simulator(None, retriever, RunConfig(top_k=k), {"respondent": "{context}", "correspondent": "{briefing}",
@@ -219,7 +219,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from core.config import Settings
-    from core.retrieval import Retriever
+    from core.generation.retrieval import Retriever
     from core.workbench import Workbench
 
     chosen = SETS if args.set == "all" else {args.set: SETS[args.set]}

@@ -114,7 +114,7 @@ class Env:
 
     def __init__(self, root: Path):
         from core.config import Settings
-        from core.embeddings import Embedder
+        from core.corpus.embeddings import Embedder
         from core.workbench import Workbench
 
         self.root = root
@@ -203,7 +203,7 @@ def schedule_changes(fake, changes: list | None) -> list[threading.Timer]:
 def run_ours(env: Env, label: str, latency: float, concurrency: int, dialogs: int, max_turns: int,
              fake_options: dict | None = None, instrument_gate: bool = False, diagnose: bool = False,
              changes: list | None = None) -> Result:
-    from core.engine import GenerationRun, RunConfig, worker_count
+    from core.generation.engine import GenerationRun, RunConfig, worker_count
     from core.providers.gemini import GeminiProvider
 
     res = Result(label, latency, concurrency, dialogs)
@@ -456,7 +456,7 @@ def _cell(xs: list[float], fmt: str) -> str:
 def quota_cases(env: Env, args, log, ai_ready: bool, corpus_json: Path) -> None:
     """Ours and AfterImage under the same quotas (requests per window; tokens per window and a limit cut and raised
     on request), each with 429s in every shape asked for on every window kind asked for, ``--repeat`` rounds."""
-    from core.embeddings import packaged_model_path
+    from core.corpus.embeddings import packaged_model_path
 
     q, w = args.quota, args.window
     kinds = [
@@ -675,7 +675,7 @@ def main() -> int:
                 corpus_json.write_text(json.dumps(env.chunk_texts), encoding="utf-8")
         runs: dict[str, list[Result]] = {}
         if not args.only_quota:
-            from core.embeddings import packaged_model_path
+            from core.corpus.embeddings import packaged_model_path
 
             specs = []
             for spec in filter(None, args.cases.split(",")):

@@ -10,13 +10,13 @@ count as hits).
 Vectors: at 10k, real all-MiniLM-L6-v2 embeddings of short legal sentences (~200 characters: MiniLM embeds
 1,000-character chunks at ~19/s here, so 10k of those would take 9 minutes; the embeddings are cached in
 bench/.cache after the first run); at 100k, synthetic Gaussian vectors of the same dimension (384).
-Random vectors are the hardest case for HNSW; below core.edge_store.EXACT_MAX_POINTS Edge searches by full
+Random vectors are the hardest case for HNSW; below core.corpus.edge_store.EXACT_MAX_POINTS Edge searches by full
 scan: "exact" (float32) before the index build and for small collections, "scan" (int8 copies rescored in
 float32) after it.
 
 End to end: conversations/min of a GenerationRun at concurrency 32 against FakeGemini (0.5 s latency) on
 the 100k-chunk corpus, with each engine holding it. Local mode: the engine's Retriever snapshots the vectors
-into numpy at run start (in the background). Edge: past core.vectorstore.SNAPSHOT_MAX_POINTS the engine
+into numpy at run start (in the background). Edge: past core.corpus.vectorstore.SNAPSHOT_MAX_POINTS the engine
 searches the shard live every turn, holding it for the run; "edge-snapshot" forces the snapshot path on the
 same corpus, for comparison.
 
@@ -94,7 +94,7 @@ def real_embeddings(n: int) -> tuple[np.ndarray, list[str]]:
     path = CACHE / f"vectorstore-minilm-{key}.npy"
     if path.exists():
         return np.load(path), texts
-    from core.embeddings import Embedder
+    from core.corpus.embeddings import Embedder
 
     print(f"embedding {n:,} real sentences with all-MiniLM-L6-v2 (cached for next time) …", flush=True)
     e = Embedder()
@@ -131,8 +131,8 @@ def filters_for(n: int, seed: int = 0) -> list[tuple[list[str], str]]:
 # ---- store side -------------------------------------------------------------------------------
 def open_engine(engine: str, data: Path):
     from core.config import Settings
-    from core.edge_store import EdgeStore
-    from core.storehub import open_store
+    from core.corpus.edge_store import EdgeStore
+    from core.corpus.storehub import open_store
 
     settings = Settings(data_dir=str(data), embedded_engine=engine)
     if engine == "edge":  # both engines hold the corpus here on purpose: no "migrate me" check
@@ -169,8 +169,8 @@ sys.path[:0] = [sys.argv[1]]
 engine, data, vec_path, n, max_filtered = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 import qdrant_client, qdrant_edge  # imported before the baseline: only the store's own memory is counted
 from core.config import Settings
-from core.storehub import open_store
-from core.vectorstore import PointFilter
+from core.corpus.storehub import open_store
+from core.corpus.vectorstore import PointFilter
 sys.path[:0] = [sys.argv[7]]
 from vectorstore import filters_for, chunk_id, COLLECTION
 
@@ -256,9 +256,9 @@ def write_sqlite(data: Path, ds: dict) -> None:
 
 
 def end_to_end(data: Path, mode: str, dialogs: int, embedder) -> dict:
-    from core import engine as engine_mod
+    from core.generation import engine as engine_mod
     from core.config import Settings
-    from core.engine import GenerationRun, RunConfig
+    from core.generation.engine import GenerationRun, RunConfig
     from fakes.gemini import FakeGemini
     from core.providers.gemini import GeminiProvider
     from core.workbench import Workbench
@@ -301,7 +301,7 @@ def end_to_end(data: Path, mode: str, dialogs: int, embedder) -> dict:
 def retrieval_only(data: Path, ds: dict, embedder) -> dict:
     """Per-call retrieval at this size: the engine's numpy snapshot against searching the Edge shard."""
     from core.config import Settings
-    from core.engine import Retriever
+    from core.generation.engine import Retriever
     from core.workbench import Workbench
 
     wb = Workbench(Settings(data_dir=str(data), embedded_engine="edge"), store_idle_close_s=60, embedder=embedder)
@@ -342,7 +342,7 @@ def main() -> int:
     dialogs = args.dialogs or (48 if args.quick else 160)
     max_filtered_local_large = 3  # local mode filters in Python: ~1.4 s a query at 10k, ~15 s at 100k
 
-    from core import edge_store
+    from core.corpus import edge_store
 
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-vectorstore-"))
     started = time.perf_counter()
@@ -363,7 +363,7 @@ def main() -> int:
                     large_ds, large_data = ds, data
             print_table(results, small, large)
             if not args.skip_e2e:
-                from core.embeddings import Embedder
+                from core.corpus.embeddings import Embedder
 
                 embedder = Embedder()
                 embedder.load()

@@ -79,7 +79,7 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from core.readonly import require_writable
-    from core.documents import plural
+    from core.corpus.documents import plural
     from core.workbench import Workbench
 
     settings = _settings(args)
@@ -119,7 +119,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from core.readonly import is_read_only
-    from core.retrieval import found_by_label, search
+    from core.generation.retrieval import found_by_label, search
     from core.workbench import Workbench
 
     settings = _settings(args)
@@ -142,8 +142,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from core.batch_run import NEEDS_GEMINI, generation_run
-    from core.run_config import QuestionMix, RunConfig
+    from core.generation.batch_run import NEEDS_GEMINI, generation_run
+    from core.generation.run_config import QuestionMix, RunConfig
     from core.providers.registry import make_provider, provider_name
     from core.readonly import require_writable
     from core.workbench import Workbench
@@ -169,7 +169,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            batch=args.batch, documents=list(args.documents or []), tags=list(args.tag or []),
                            question_mix=QuestionMix(unanswerable_share=args.unanswerable_share))
         if config.documents or config.tags:  # a name that selects nothing: say so before anything starts
-            from core.documents import selection_summary
+            from core.corpus.documents import selection_summary
 
             print(selection_summary(wb.db, wb.corpus.collection, config.documents, config.tags), file=sys.stderr)
     run = generation_run(settings, wb.db, wb.corpus, lambda gate: make_provider(settings, gate=gate), config=config,
@@ -239,7 +239,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from core.engine import list_runs
+    from core.generation.engine import list_runs
 
     settings = _settings(args)
     db = _existing_database(settings)
@@ -288,7 +288,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from core.errors import DataDirReadOnlyError
     from core.export import ExportOptions, default_out_dir, export
     from core.readonly import is_read_only, read_only_message
-    from core.review import ReviewFilter
+    from core.review.store import ReviewFilter
 
     settings = _settings(args)
     options = ExportOptions(
@@ -340,7 +340,7 @@ def _grade_run(wb, run_id: str, progress: Progress, checks=None) -> str | None:
     reached yet is waited for, then any conversation of the run still unchecked (saved by an earlier session
     of a resumed run) is checked here."""
     from core.quality import score_conversations
-    from core.review import ReviewFilter, ReviewStore
+    from core.review.store import ReviewFilter, ReviewStore
 
     try:
         checked = 0
@@ -363,9 +363,9 @@ def _grade_run(wb, run_id: str, progress: Progress, checks=None) -> str | None:
 
 def _grade_selection(settings, db, f, progress: Progress) -> None:
     """Check the selected conversations never checked, so the manifest's grounding counts are complete."""
-    from core.embeddings import Embedder
+    from core.corpus.embeddings import Embedder
     from core.quality import score_ids
-    from core.review import ReviewStore
+    from core.review.store import ReviewStore
 
     ids = ReviewStore(db).unchecked_ids(f)
     if ids:
@@ -388,7 +388,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     db = None
     if args.provider:
         from core.db import Database
-        from core.judge import judge_available
+        from core.quality.judge import judge_available
         from core.providers.registry import make_provider
         from core.quality.verify import DatabaseCache, LLMVerifier
 
@@ -398,7 +398,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         db = Database(settings.db_path)
         verifier = LLMVerifier(make_provider(settings), cache=DatabaseCache(db))
     else:
-        from core.embeddings import Embedder
+        from core.corpus.embeddings import Embedder
         from core.quality.grounding import OfflineVerifier
 
         # Sentence vectors are kept in the data dir (when there is one): grading again, or grading a run's
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from core.migrate import load_snapshot, migrate
+    from core.corpus.migrate import load_snapshot, migrate
 
     if bool(args.to) == bool(args.from_snapshot):
         raise GroundworkError("Give either --to edge|local or --from-snapshot FILE.")

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from core.db import dumps, new_id, now
-from core.conversation_store import store_conversation
-from core.simulator import Question, format_briefing
+from core.generation.conversation_store import store_conversation
+from core.generation.simulator import Question, format_briefing
 from core.errors import ValidationError
-from core.run_config import RunConfig
-from core.corpus import Passage
+from core.generation.run_config import RunConfig
+from core.corpus.collection import Passage
 from core.workbench import Workbench
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "sample_data" / "corpus"

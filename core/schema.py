@@ -191,7 +191,7 @@ def add_run_leases(db: Database) -> None:
 
 @migrations()
 def add_batch_jobs(db: Database) -> None:
-    """Gemini Batch API jobs of batch runs (core.batch_run), every request's key, and each conversation's progress.
+    """Gemini Batch API jobs of batch runs (core.generation.batch_run), every request's key, and each conversation's progress.
 
     A round's job row and its request rows are written before the job is created at Google, and the job's name
     as soon as it exists, so a process stopped at any point resumes polling the same job (or finds it by its
@@ -222,7 +222,7 @@ def add_batch_jobs(db: Database) -> None:
 @migrations()
 def m_issue25_embedding_identity(db: Database) -> None:
     """The embedding model a collection's vectors were made with: name, dimension, pooling, normalisation and
-    a probe vector (JSON, core.embeddings.Embedder.identity). Searches and runs compare it with the configured
+    a probe vector (JSON, core.corpus.embeddings.Embedder.identity). Searches and runs compare it with the configured
     model before any LLM call. NULL for collections indexed before: recorded on first open if the configured
     model reproduces their stored vectors."""
     db["collections"].add_column("embedding_identity", str)

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import streamlit as st
 
 from core.config import Settings
-from core.embeddings import Embedder
+from core.corpus.embeddings import Embedder
 from core.errors import GroundworkError, ValidationError
 from core.workbench import Workbench
 
@@ -205,7 +205,7 @@ def show_error(e: Exception) -> None:
 
 @st.cache_resource(show_spinner=False)
 def _jobs(data_dir: str, collection: str, embedding_model: str, qdrant_url: str):
-    from core.jobs import JobManager
+    from core.generation.jobs import JobManager
 
     return JobManager(_workbench(data_dir, collection, embedding_model, qdrant_url))
 

@@ -7,11 +7,11 @@ model, the vector store) load on first use, so opening a workbench is cheap.
 from __future__ import annotations
 
 from core.config import Settings
-from core.corpus import Corpus
+from core.corpus.collection import Corpus
 from core.db import Database
-from core.embeddings import Embedder
+from core.corpus.embeddings import Embedder
 from core.readonly import read_only_message
-from core.storehub import StoreHub, open_store
+from core.corpus.storehub import StoreHub, open_store
 
 
 class Workbench:

@@ -7,16 +7,16 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_cache
-from core.documents import (count_documents, delete_documents, folders, list_documents, plural, tag_counts,
+from core.corpus.documents import (count_documents, delete_documents, folders, list_documents, plural, tag_counts,
                             tag_documents, untag_documents)
 from core.errors import GroundworkError
-from core.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
-from core.retrieval import found_by_label
-from core.retrieval import search as hybrid_search
+from core.corpus.loaders import SUPPORTED_EXTENSIONS, safe_upload_name
+from core.generation.retrieval import found_by_label
+from core.generation.retrieval import search as hybrid_search
 from core.access import confine_path
-from core.lexical import query_terms
-from core.readable import readable_html
-from core.review import escape_markdown
+from core.corpus.lexical import query_terms
+from core.corpus.readable import readable_html
+from core.review.store import escape_markdown
 
 PAGE_SIZE = 25
 

@@ -4,8 +4,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import analytics, quality, ui_cache
-from core.documents import plural
+from core.review import analytics
+
+from core import quality, ui_cache
+from core.corpus.documents import plural
 from core.quality import calibration, reviewer_fit
 
 st.title("Dashboard")
@@ -144,12 +146,12 @@ if report.uncovered:
     with st.expander(f"{plural(len(report.uncovered), 'document')} never sampled nor retrieved"):
         st.dataframe(pd.DataFrame(report.uncovered), hide_index=True, width="stretch")
 
-# ---- team review: agreement between reviewers (core.team) ----------------------------------------------
+# ---- team review: agreement between reviewers (core.review.team) ----------------------------------------------
 with st.container(border=True):
     st.markdown("**Agreement between reviewers** — Krippendorff's alpha over every reviewer (1: full agreement, "
                 "0: no better than chance) on approve/discard and on ratings, Cohen's kappa per pair, and the "
                 "conversations they disagree on (different decisions, or ratings 2★ or more apart).")
-    from core import team
+    from core.review import team
 
     try:
         team_report = team.agreement(wb.db)
@@ -168,7 +170,7 @@ with st.container(border=True):
             st.metric("Disagreements", len(team_report["disagreements"]), width="content")
         st.dataframe(pd.DataFrame(team_report["pairs"]), hide_index=True, width="stretch")
         if team_report["disagreements"]:
-            from core.review import escape_markdown
+            from core.review.store import escape_markdown
 
             shown = team_report["disagreements"][:50]
             st.markdown("Conversations the reviewers disagree on (open one in Review → Queue → Go to conversation "

@@ -7,16 +7,18 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core import evidence, quality, ui_cache
+from core.review import evidence
+
+from core import quality, ui_cache
 from core.access import confine_path
 from core.errors import GroundworkError
 from core.export import (CONTEXT_HELP, CONTEXTS, FORMAT_HELP, FORMATS, NO_CONTEXT_WARNING, PROFILE_HELP, PROFILES,
                          SPLIT_GROUPS, TRAINERS, ExportOptions, default_out_dir, export, reason_table, zip_export)
-from core.analytics import run_choices
+from core.review.analytics import run_choices
 from core.export.preview import preview_export
 from core.export.selection import DEFAULT_STATUS, split_sides
 from core.export.selection import selection_summary as export_selection_summary
-from core.review import QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
+from core.review.store import QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter, ReviewStore, escape_markdown
 
 ss = st.session_state
 

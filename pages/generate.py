@@ -4,13 +4,13 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_cache
-from core.cost import estimate_run, parse_prices
-from core.documents import folders, list_documents, selection_summary, tag_counts
-from core.engine import list_runs, run_errors
-from core.jobs import eta_text
-from core.run_config import QuestionMix, RunConfig
-from core.judge import judge_available
-from core.prompts import KINDS, PromptLibrary
+from core.generation.cost import estimate_run, parse_prices
+from core.corpus.documents import folders, list_documents, selection_summary, tag_counts
+from core.generation.engine import list_runs, run_errors
+from core.generation.jobs import eta_text
+from core.generation.run_config import QuestionMix, RunConfig
+from core.quality.judge import judge_available
+from core.generation.prompts import KINDS, PromptLibrary
 from core.providers.registry import provider_info
 
 st.title("Generate")

@@ -8,10 +8,10 @@ import plotly.express as px
 import streamlit as st
 
 from core import ui_cache
-from core.analytics import STAGES, conversations_by_status, pipeline_counts
-from core.documents import plural
-from core.engine import list_runs
-from core.run_config import RunConfig
+from core.review.analytics import STAGES, conversations_by_status, pipeline_counts
+from core.corpus.documents import plural
+from core.generation.engine import list_runs
+from core.generation.run_config import RunConfig
 from core.examples import EXAMPLES_FILE, OFFLINE_LIMITS, demo_config, load_example_workspace
 from core.providers.registry import provider_info
 

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import ui_cache
-from core.prompts import KINDS, PLACEHOLDER_HELP, PLACEHOLDERS, TEMPLATES, PromptLibrary
+from core.generation.prompts import KINDS, PLACEHOLDER_HELP, PLACEHOLDERS, TEMPLATES, PromptLibrary
 
 st.title("Prompts")
 st.caption("Every save is a new immutable version; runs record the versions they used.")

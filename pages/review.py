@@ -8,11 +8,13 @@ grounding, rendered HTML, history) is cached per conversation under a stamp of e
 import pandas as pd
 import streamlit as st
 
-from core import evidence, quality, ui_cache
+from core.review import evidence
+
+from core import quality, ui_cache
 from core.quality import verify
 from core.errors import GroundworkError
-from core.retrieval import found_by_label
-from core.review import (DISCARD_REASONS, MAX_REVIEWS_NEEDED, QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter,
+from core.generation.retrieval import found_by_label
+from core.review.store import (DISCARD_REASONS, MAX_REVIEWS_NEEDED, QUALITY_CHOICES, STATUS_CHOICES, ReviewFilter,
                          ReviewStore, escape_markdown)
 from core.turn_labels import turn_label, turn_number
 

@@ -5,7 +5,7 @@ import streamlit as st
 from core import ui_cache
 from core.config import describe_settings
 from core.providers.registry import provider_info, test_connection
-from core.review import escape_markdown
+from core.review.store import escape_markdown
 
 st.title("Settings")
 base = ui_cache.settings()

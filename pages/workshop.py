@@ -3,11 +3,11 @@
 import streamlit as st
 
 from core import ui_cache
-from core.prompts import PromptLibrary
+from core.generation.prompts import PromptLibrary
 from core.providers.registry import provider_info
-from core.retrieval import found_by_label
-from core.review import escape_markdown
-from core.workshop import Workshop, highlight_html, low_rated, regenerate_with_versions, tokens_text
+from core.generation.retrieval import found_by_label
+from core.review.store import escape_markdown
+from core.generation.workshop import Workshop, highlight_html, low_rated, regenerate_with_versions, tokens_text
 
 st.title("Workshop")
 try:

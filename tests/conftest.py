@@ -14,7 +14,7 @@ for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY",
     os.environ.pop(name, None)
 
 from core.config import Settings  # noqa: E402
-from core.embeddings import Embedder  # noqa: E402
+from core.corpus.embeddings import Embedder  # noqa: E402
 from core.workbench import Workbench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

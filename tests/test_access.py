@@ -8,7 +8,7 @@ import pytest
 from core.access import confine_path, session_settings
 from core.errors import ValidationError
 from fakes.gemini import FakeOpenAI
-from core.review import escape_markdown
+from core.review.store import escape_markdown
 from tests.conftest import ROOT, make_settings, new_app
 
 SERVER_KEY = "sk-server-secret-0000000000000016"

@@ -9,15 +9,15 @@ import threading
 
 import pytest
 
-from core.anchoring import (TitleIndex, anchor_documents, evidence_to_carry, turn_focus, used_passages)
-from core.corpus import Passage
+from core.generation.anchoring import (TitleIndex, anchor_documents, evidence_to_carry, turn_focus, used_passages)
+from core.corpus.collection import Passage
 from core.db import loads
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
-from core.reply_checks import FROM_PROMPT, REPEATED, OpeningQuestions, check_question
-from core.lexical import query_terms
-from core.standalone_query import clean_query, query_noise, standalone_query
+from core.generation.reply_checks import FROM_PROMPT, REPEATED, OpeningQuestions, check_question
+from core.corpus.lexical import query_terms
+from core.generation.standalone_query import clean_query, query_noise, standalone_query
 from test_loaders import make_pdf
 
 KEY = "AIzaSy-anchoring-test-key-00000000000000"
@@ -130,7 +130,7 @@ def test_titles_come_from_metadata_in_every_format(wb, tmp_path):
     titles = {r["source_path"]: r["title"] for r in wb.db.rows("SELECT source_path, title FROM documents")}
     assert titles == {"caselaw.jsonl": "Harlow Analytics v. Brenner", "manual.md": "Nimbus Mesh AX3000 User Manual",
                       "policy.html": "Larkspur Parental Leave Policy", "wording.pdf": "Cobalt TravelSafe Policy Wording"}
-    from core.retrieval import search
+    from core.generation.retrieval import search
     hits = search(wb.corpus, "how long to hold reset until the light blinks", k=4)
     assert hits[0].title == "Nimbus Mesh AX3000 User Manual"
 
@@ -144,7 +144,7 @@ def test_reindexing_with_a_title_key_retitles_without_re_embedding(wb, tmp_path)
     assert {r["title"] for r in wb.db.rows("SELECT title FROM documents")} == {f"rows.jsonl line {i}" for i in (1, 2, 3)}
     again = wb.corpus.ingest_path(path, title_key="docket")
     assert (again.added_chunks, again.retitled) == (0, 3) and "retitled without re-embedding" in again.summary()
-    from core.retrieval import search
+    from core.generation.retrieval import search
     assert search(wb.corpus, "the tenant Birch prevailed", k=1)[0].title == "CV-1"
 
 

@@ -108,3 +108,51 @@ def test_core_never_imports_streamlit_or_test_doubles():
         if path.parent.name != "pages" and path.name not in ("ui_cache.py", "app.py"):
             # the one module of cached getters the pages share is the only core module that knows Streamlit
             assert not any(n.split(".")[0] == "streamlit" for n in names), f"{path} imports streamlit"
+
+
+# Each subsystem and what it may import (besides itself and the standard library); the packages' docstrings say
+# the same. Foundations import only foundations; the entry points (cli, ui_cache, examples) import anything.
+FOUNDATIONS = {"errors", "config", "schema", "db", "ids", "readonly", "access", "turn_labels"}
+LAYERS = {
+    "foundations": FOUNDATIONS,
+    "corpus": FOUNDATIONS,
+    "providers": FOUNDATIONS,
+    "workbench": FOUNDATIONS | {"corpus"},
+    "quality": FOUNDATIONS | {"corpus", "providers"},
+    "generation": FOUNDATIONS | {"corpus", "providers", "quality", "workbench"},
+    "review": FOUNDATIONS | {"corpus", "providers", "quality", "generation"},
+    "export": FOUNDATIONS | {"corpus", "providers", "quality", "generation", "review"},
+}
+ENTRY_POINTS = {"cli", "ui_cache", "examples"}
+
+
+def unit_of(module: str) -> str:
+    """The subsystem a core module belongs to: its package, or the top-level module's own name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "core"
+
+
+def test_each_subsystem_imports_only_the_ones_before_it():
+    top_level = {p.stem for p in CORE.glob("*.py")} - {"__init__"}
+    packages = {p.parent.name for p in CORE.glob("*/__init__.py")}
+    assert top_level - ENTRY_POINTS - {"workbench"} == FOUNDATIONS, "a new top-level module: place it in a layer"
+    assert packages == set(LAYERS) - {"foundations", "workbench"}, "a new package: give it a layer"
+    wrong = []
+    for path in CORE.rglob("*.py"):
+        unit = unit_of(module_name(path))
+        if unit in ENTRY_POINTS or unit == "core":
+            continue
+        allowed = LAYERS["foundations" if unit in FOUNDATIONS else unit] | {unit}
+        for name in imports_of(path):
+            if name.split(".")[0] != "core" or name == "core":
+                continue
+            target = unit_of(name)
+            if target not in allowed:
+                wrong.append(f"{module_name(path)} imports {name}")
+    assert wrong == []
+
+
+def test_every_package_says_what_it_holds_and_what_it_may_import():
+    for init in CORE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        assert "May import" in doc, f"{init.parent.name}/__init__.py does not say what it may import"

@@ -15,10 +15,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from core.errors import GroundworkError
 from fakes.gemini import FakeGemini
-from core.prompts import PromptLibrary
+from core.generation.prompts import PromptLibrary
 from core.providers.base import LLMRequest, Message
 from core.providers.gemini import GeminiProvider
 from core.providers.registry import test_connection as check_connection

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from core.batch_run import BatchGenerationRun, generation_run
-from core.cost import estimate_run
-from core.engine import RunOwnedError
+from core.generation.batch_run import BatchGenerationRun, generation_run
+from core.generation.cost import estimate_run
+from core.generation.engine import RunOwnedError
 from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
-from core.run_config import RunConfig
+from core.generation.run_config import RunConfig
 from core.workbench import Workbench
 
 from tests.conftest import ROOT

@@ -448,7 +448,7 @@ def test_generate_with_the_offline_model_in_the_browser(app, page):
     answer = db.scalar("SELECT content FROM turns WHERE role='assistant' ORDER BY id DESC LIMIT 1")
     assert len(answer.split()) >= 3  # the offline model really wrote text
     # The demo a stakeholder reads opens with a readable question, not "..." or a loop (#18).
-    from core.reply_checks import check_question
+    from core.generation.reply_checks import check_question
 
     question = db.scalar("SELECT t.content FROM turns t JOIN conversations c ON c.id = t.conversation_id "
                          "WHERE c.provider='local' AND t.role='user' ORDER BY c.created_at DESC, t.idx LIMIT 1")

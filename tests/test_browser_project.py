@@ -17,7 +17,7 @@ import pytest
 
 from core.db import Database
 from fakes.gemini import FakeGemini
-from core.review import ReviewStore
+from core.review.store import ReviewStore
 from tests.conftest import ROOT
 from tests.test_browser import (CHROMIUM, CHROMIUM_FLAGS, browser, free_port, main_text, metric_value,  # noqa: F401
                                 nav_to, open_page, page, settle, shot, wait_for_text)

@@ -23,7 +23,7 @@ import pytest
 from core import quality
 from core.db import Database, dumps, loads
 from fakes.gemini import FakeGemini
-from core.review import ReviewFilter, ReviewStore
+from core.review.store import ReviewFilter, ReviewStore
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings
 from tests.test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, browser, free_port, main_text,  # noqa: F401

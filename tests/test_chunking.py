@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from core.chunking import MODEL_MAX_WORDPIECES, Chunk, chunk_text, estimate_wordpieces, would_truncate
+from core.corpus.chunking import MODEL_MAX_WORDPIECES, Chunk, chunk_text, estimate_wordpieces, would_truncate
 from core.ids import chunk_id, content_hash, document_id, normalise_source
 
 WORDS = ["the", "pump", "valve", "pressure", "operator", "manual", "should", "check", "filter", "before",

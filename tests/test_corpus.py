@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.errors import IngestError, ModelMismatchError, StoreLockedError, VectorStoreError
-from core.vectorstore import QdrantStore
+from core.corpus.vectorstore import QdrantStore
 from core.workbench import Workbench
 from tests.conftest import ROOT, SAMPLE_DIR, make_settings
 

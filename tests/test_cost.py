@@ -2,11 +2,11 @@
 
 import pytest
 
-from core.cost import calls_per_conversation, estimate_run, parse_prices
-from core.engine import GenerationRun, RunConfig
+from core.generation.cost import calls_per_conversation, estimate_run, parse_prices
+from core.generation.engine import GenerationRun, RunConfig
 from core.errors import ConfigError
 from fakes.gemini import FakeGemini
-from core.prompts import KINDS, PromptLibrary
+from core.generation.prompts import KINDS, PromptLibrary
 from core.providers.gemini import GeminiProvider
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import edge_store
-from core.edge_store import EdgeStore
+from core.corpus import edge_store
+from core.corpus.edge_store import EdgeStore
 from core.errors import ModelMismatchError, StoreLockedError, VectorStoreError
-from core.migrate import load_snapshot, migrate
-from core.storehub import open_store
-from core.vectorstore import PointFilter, QdrantStore
+from core.corpus.migrate import load_snapshot, migrate
+from core.corpus.storehub import open_store
+from core.corpus.vectorstore import PointFilter, QdrantStore
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings
 from tests.test_corpus import run_cli, write_docs

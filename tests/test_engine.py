@@ -13,7 +13,7 @@ import time
 import pytest
 
 from core.db import loads
-from core.engine import AdaptiveGate, GenerationRun, RunConfig
+from core.generation.engine import AdaptiveGate, GenerationRun, RunConfig
 from fakes.gemini import Fault, FakeGemini
 from core.providers.gemini import GeminiProvider
 from tests.conftest import ROOT
@@ -343,7 +343,7 @@ def test_gate_gives_a_free_slot_to_the_highest_priority_waiter_first():
 
 
 def test_cancel_while_queued_at_the_gate_leaves_no_ticket_behind():
-    from core.engine import RunStopped
+    from core.generation.engine import RunStopped
 
     gate = AdaptiveGate(max_concurrency=1)
     errors = []
@@ -383,7 +383,7 @@ def test_more_workers_than_call_slots_never_exceed_max_concurrency(indexed_wb):
 
 
 def test_questions_written_but_not_taken_are_kept_for_the_resume(indexed_wb, fake):
-    from core.engine import Question, QuestionPool
+    from core.generation.engine import Question, QuestionPool
 
     calls = []
 
@@ -426,8 +426,8 @@ def test_a_collection_that_fails_to_load_in_the_background_stops_the_run_with_it
 
 
 def test_a_large_edge_collection_is_searched_live_and_held_for_the_run(indexed_wb, fake, monkeypatch):
-    from core import engine
-    from core.edge_store import EdgeStore
+    from core.generation import engine
+    from core.corpus.edge_store import EdgeStore
 
     monkeypatch.setattr(engine, "SNAPSHOT_MAX_POINTS", 10)  # the sample corpus (190 chunks) counts as large
     searches = []
@@ -492,7 +492,7 @@ def test_a_failed_query_pass_reaches_every_waiting_caller(embedder, monkeypatch)
 def test_daily_quota_advice_says_when_it_resets_and_never_suggests_pacing(indexed_wb, fake):
     import re
 
-    from core.monitor import RunMonitor
+    from core.generation.monitor import RunMonitor
 
     fake.fault_for = lambda n, body: "rate_day" if n > 6 else None
     run = make_run(indexed_wb, fake, RunConfig(num_dialogs=10, max_turns=1, max_concurrency=4))
@@ -509,7 +509,7 @@ def test_daily_quota_advice_says_when_it_resets_and_never_suggests_pacing(indexe
 
 
 def test_per_minute_quota_advice_says_what_the_run_does_about_it():
-    from core.monitor import RunMonitor
+    from core.generation.monitor import RunMonitor
 
     monitor = RunMonitor("r", 10)
     for _ in range(10):

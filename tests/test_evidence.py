@@ -1,9 +1,9 @@
 """What the workbench shows first: grounding badges, readable inert corpus text, a batch's ETA (no Streamlit)."""
 
-from core.engine import RunProgress
-from core.evidence import flagged_answers, turn_badge
-from core.jobs import eta_text
-from core.readable import readable_html
+from core.generation.engine import RunProgress
+from core.review.evidence import flagged_answers, turn_badge
+from core.generation.jobs import eta_text
+from core.corpus.readable import readable_html
 
 
 def detail(score, kinds=(), citations=0, stale=False, checks=None):

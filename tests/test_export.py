@@ -9,12 +9,12 @@ import tracemalloc
 import pytest
 
 from core.db import Database, dumps, loads
-from core.embeddings import packaged_model_path as embedding_model_dir
+from core.corpus.embeddings import packaged_model_path as embedding_model_dir
 from core.errors import ValidationError
 from core.export import CONTEXTS, FORMATS, ExportOptions, export, load_tokenizer, split_of
-from core.prompts import PromptLibrary
-from core.review import ReviewFilter, ReviewStore
-from core.workshop import Workshop
+from core.generation.prompts import PromptLibrary
+from core.review.store import ReviewFilter, ReviewStore
+from core.generation.workshop import Workshop
 from tests.conftest import ROOT
 from tests.test_review import fake, gemini, generate, insert_synthetic, multi_turn  # noqa: F401
 

@@ -12,9 +12,9 @@ from core.export import (CHAT_FORMATS, RAFT_REFUSAL, ExportOptions, export, labe
                          reason_table)
 from core.export.raft import oracle_ids
 from core.export.split import DocumentGroups, QuestionOverlap
-from core.engine import format_passages
-from core.corpus import Passage
-from core.review import ReviewStore
+from core.generation.engine import format_passages
+from core.corpus.collection import Passage
+from core.review.store import ReviewStore
 from tests.test_export import ANY, cli, reviewed, rows_of, run_export  # noqa: F401
 from tests.test_review import fake, insert_synthetic  # noqa: F401
 

@@ -7,7 +7,7 @@ import time
 
 from core.config import Settings
 from fakes.gemini import Fault, FakeGemini
-from core.gate import AdaptiveGate
+from core.generation.gate import AdaptiveGate
 from core.providers.base import LLMRequest, Message
 from core.providers.gemini import GeminiProvider
 

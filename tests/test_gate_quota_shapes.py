@@ -6,7 +6,7 @@ import pytest
 
 from fakes.gemini import FakeGemini
 from fakes.gemini_process import FakeGeminiProcess
-from core.gate import STATED_SHARE, AdaptiveGate
+from core.generation.gate import STATED_SHARE, AdaptiveGate
 from tests.test_gate import drive, in_range
 
 QUOTA, WINDOW = 20, 2.0

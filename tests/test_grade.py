@@ -212,7 +212,7 @@ def store_conversation(db: Database, answer: str, passages: list[dict]) -> str:
 
 
 def test_an_edited_turn_is_stale_until_regraded_and_only_it_is_regraded(wb, embedder):
-    from core.review import ReviewStore
+    from core.review.store import ReviewStore
 
     cid = store_conversation(wb.db, "Annual plans can be refunded in full within 14 days of purchase.", [PASSAGE])
     quality.score_conversation(wb.db, embedder, cid)
@@ -327,8 +327,8 @@ class VerifyingGemini:
 
 
 def test_generation_verifies_each_answer_when_enabled_and_the_estimate_counts_it(indexed_wb):
-    from core.cost import calls_per_conversation, estimate_run
-    from core.engine import GenerationRun, RunConfig
+    from core.generation.cost import calls_per_conversation, estimate_run
+    from core.generation.engine import GenerationRun, RunConfig
     from core.providers.gemini import GeminiProvider
 
     responder = VerifyingGemini()

@@ -8,10 +8,10 @@ import re
 import pytest
 
 from core.db import loads
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from fakes.gemini import FakeGemini, leaning_user
 from core.providers.gemini import GeminiProvider
-from core.turn_context import BRIEFING_NOTICE, DATA_NOTICE
+from core.generation.turn_context import BRIEFING_NOTICE, DATA_NOTICE
 
 KEY = "AIzaSy-grounded-test-key-0000000000000"
 
@@ -67,7 +67,7 @@ def test_follow_ups_that_lean_on_the_conversation_retrieve_from_its_documents(in
         assert t["query"] and len(t["query"]) > 45  # the message plus the conversation's subject terms
         assert all(p.get("found_by") for p in t["retrieval"] if not p.get("carried"))
     # The JSONL record shows each turn's query.
-    from core.conversation_store import conversation_record
+    from core.generation.conversation_store import conversation_record
     record = conversation_record(indexed_wb.db, follow_ups[0]["cid"])
     assert all(entry["query"] for entry in record["retrieved_context"])
 
@@ -259,7 +259,7 @@ def test_opening_questions_that_are_not_questions_about_the_briefing_are_rejecte
 
 
 def test_identifiers_are_findable_and_each_hit_says_which_side_found_it(indexed_wb):
-    from core.retrieval import search
+    from core.generation.retrieval import search
 
     text = indexed_wb.db.one("SELECT text FROM documents WHERE source_path LIKE '%okafor%'")["text"]
     docket = re.search(r"\b\dD\d\d-\d{4}\b", text).group(0)
@@ -280,13 +280,13 @@ def test_identifiers_are_findable_and_each_hit_says_which_side_found_it(indexed_
     ("The court held X. The court held X. The court held X. It ended.", "a repeated sentence loop"),
 ])
 def test_check_reply(text, reason):
-    from core.reply_checks import check_reply
+    from core.generation.reply_checks import check_reply
 
     assert check_reply(text).reason == reason
 
 
 def test_check_reply_cuts_a_transcript_and_rejects_a_cut_off_reply():
-    from core.reply_checks import TRANSCRIPT, TRUNCATED, check_reply
+    from core.generation.reply_checks import TRANSCRIPT, TRUNCATED, check_reply
 
     checked = check_reply("You: Does it apply to sublets?\nAssistant: Yes, it does.\nYou: ok", user_turn=True)
     assert checked.ok and checked.text == "Does it apply to sublets?" and checked.trimmed == TRANSCRIPT
@@ -298,7 +298,7 @@ def test_check_reply_cuts_a_transcript_and_rejects_a_cut_off_reply():
 
 
 def test_check_question():
-    from core.reply_checks import NOT_A_QUESTION, OFF_BRIEFING, check_question
+    from core.generation.reply_checks import NOT_A_QUESTION, OFF_BRIEFING, check_question
 
     briefing = "Okafor v. Linden Park Apartments: the landlord kept the security deposit past 21 days."
     assert check_question("Did Linden Park have to return the deposit?", briefing).ok
@@ -308,7 +308,7 @@ def test_check_question():
 
 
 def test_standalone_query_carries_the_subject():
-    from core.standalone_query import standalone_query
+    from core.generation.standalone_query import standalone_query
 
     users = ["Did the Okafor court let Linden Park keep the cleaning fee from the deposit?",
              "Why did the court decide it that way?"]
@@ -322,7 +322,7 @@ def test_standalone_query_carries_the_subject():
 
 
 def test_chunks_fit_the_embedding_model(embedder, tmp_path):
-    from core.chunking import chunk_to_fit
+    from core.corpus.chunking import chunk_to_fit
 
     # Citations, numbers and rare names take several wordpieces per word: 1,000 characters can exceed 256.
     dense = " ".join(f"See Kx{i}q v. Zyx{i}, 2D22-{1000 + i}, § 37-{i}(3)(b), ¶ {i}; 4:22-cv-00{i:03d}-AB." for i in range(400))
@@ -364,9 +364,9 @@ def test_conversations_stored_before_the_upgrade_still_open_review_and_export(tm
     """An old database (no turns.query, passages without carried/found_by) migrates and reads as before."""
     import sqlite3
 
-    from core.conversation_store import conversation_record
+    from core.generation.conversation_store import conversation_record
     from core.db import Database
-    from core.review import ReviewStore
+    from core.review.store import ReviewStore
 
     path = tmp_path / "old.db"
     db = Database(path)

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from core.db import loads
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.quality.background import BackgroundChecks

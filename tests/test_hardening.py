@@ -7,10 +7,10 @@ import threading
 import pytest
 
 from core.db import Database
-from core.engine import GenerationRun, Question, RunConfig, store_conversation
+from core.generation.engine import GenerationRun, Question, RunConfig, store_conversation
 from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
-from core.review import ReviewStore
+from core.review.store import ReviewStore
 
 SECRET_ENV_KEY = "AIzaSy-ENV-secret-key-do-not-write-0001"
 SECRET_TYPED_KEY = "AIzaSy-TYPED-secret-key-do-not-write-0002"
@@ -148,7 +148,7 @@ def test_two_resumes_released_at_the_same_instant_exactly_one_runs_20_times(inde
 
 
 def test_a_resume_leaves_items_of_a_live_lease_alone_and_takes_over_a_lapsed_one(indexed_wb):
-    from core.engine import RunOwnedError
+    from core.generation.engine import RunOwnedError
 
     with FakeGemini(latency=0.0) as fake:
         settings = indexed_wb.settings.replace(gemini_api_key=SECRET_ENV_KEY, gemini_base_url=fake.base_url)

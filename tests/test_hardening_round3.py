@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from core.db import Database
-from core.embeddings import packaged_model_path
+from core.corpus.embeddings import packaged_model_path
 from fakes.gemini import FakeGemini
 from tests.conftest import ROOT, SAMPLE_DIR, make_settings, new_app
 
@@ -96,7 +96,7 @@ def shared_dirs():
 
 
 def _a_finished_run(wb, fake) -> str:
-    from core.engine import GenerationRun, RunConfig
+    from core.generation.engine import GenerationRun, RunConfig
     from core.providers.gemini import GeminiProvider
 
     settings = wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url, request_timeout=5.0)
@@ -219,7 +219,7 @@ def test_a_run_stopped_for_its_replacement_budget_resumes_to_exactly_n(indexed_w
 
 
 def test_more_replacements_sets_the_resumed_sessions_budget(indexed_wb):
-    from core.engine import GenerationRun, RunConfig
+    from core.generation.engine import GenerationRun, RunConfig
     from core.errors import ValidationError
     from core.providers.gemini import GeminiProvider
 
@@ -353,8 +353,8 @@ def test_a_pending_documents_chunks_are_not_counted_until_it_is_indexed(tmp_path
                    embedder=embedder)
     doc = _one_line_document(tmp_path / "big.txt", 40_000)
     # An ingest interrupted after its chunks were recorded and before its vectors were stored:
-    from core.corpus import IngestReport
-    from core.loaders import load_path
+    from core.corpus.collection import IngestReport
+    from core.corpus.loaders import load_path
 
     with wb.stores.use() as store:
         wb.corpus._ensure_collection(store, wb.embedder.dim)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from core.db import Database
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
 from core.workbench import Workbench

@@ -6,10 +6,10 @@ import threading
 import pytest
 
 from core.db import loads
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from core.errors import ValidationError
 from fakes.gemini import FakeGemini
-from core.judge import JUDGE_SYSTEM, judge_available
+from core.quality.judge import JUDGE_SYSTEM, judge_available
 from core.providers.gemini import GeminiProvider
 
 KEY = "AIza-judge-key-0000"

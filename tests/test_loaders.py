@@ -10,9 +10,9 @@ import docx
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from core import loaders
+from core.corpus import loaders
 from core.errors import IngestError
-from core.loaders import (
+from core.corpus.loaders import (
     MAX_DOCUMENT_BYTES,
     SUPPORTED_EXTENSIONS,
     LoadedDocument,
@@ -472,7 +472,7 @@ def test_record_level_problems_reach_the_load_result_in_file_order(tmp_path):
 
 def test_record_level_problems_are_logged_when_no_list_is_given(tmp_path, caplog):
     path = write(tmp_path / "rows.jsonl", '{"text": "fine"}\nnot json\n')
-    with caplog.at_level("WARNING", logger="core.loaders"):
+    with caplog.at_level("WARNING", logger="core.corpus.loaders"):
         assert [d.text for d in load_file(path)] == ["fine"]
     assert [record.getMessage() for record in caplog.records] == [
         "rows.jsonl line 2: not valid JSON (Expecting value at column 1); fix or remove that line."]

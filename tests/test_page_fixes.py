@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.review import escape_markdown
+from core.review.store import escape_markdown
 from core.turn_labels import turn_label, turn_number
 from tests.conftest import new_app
 

@@ -7,19 +7,19 @@ import json
 import pytest
 
 from core.cli import main
-from core.corpus import IngestReport
+from core.corpus.collection import IngestReport
 from core.db import Database
-from core.documents import (delete_documents, folders, list_documents, select_documents, tag_counts, tag_documents,
+from core.corpus.documents import (delete_documents, folders, list_documents, select_documents, tag_counts, tag_documents,
                             untag_documents)
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from core.errors import ValidationError
 from core.examples import import_examples
 from core.export import ExportOptions
 from core.export.selection import selection_summary, split_sides
 from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
-from core.retrieval import search
-from core.review import ReviewFilter, ReviewStore
+from core.generation.retrieval import search
+from core.review.store import ReviewFilter, ReviewStore
 from tests.conftest import make_settings, new_app
 
 KEY = "AIza-project-key-0000"
@@ -163,7 +163,7 @@ def test_export_selection_summary_and_empty_validation_side(indexed_wb):
 
 
 def test_dashboard_data_of_the_example_set_is_chartable(indexed_wb):
-    from core import analytics
+    from core.review import analytics
 
     wb = indexed_wb
     import_examples(wb)

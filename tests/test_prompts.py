@@ -4,7 +4,7 @@ import pytest
 
 from core.db import Database
 from core.errors import ValidationError
-from core.prompts import KINDS, TEMPLATES, PromptLibrary, placeholders_in, render, validate
+from core.generation.prompts import KINDS, TEMPLATES, PromptLibrary, placeholders_in, render, validate
 
 
 @pytest.fixture

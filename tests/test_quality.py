@@ -462,10 +462,10 @@ def test_quality_is_split_by_concept_without_import_circles():
 
 def test_review_filter_and_export_use_the_quality_flags(indexed_wb, embedder, tmp_path):
     """Flags from the quality checks reach the review queue filter and the export's near-duplicate option."""
-    from core.engine import Question, store_conversation
+    from core.generation.engine import Question, store_conversation
     from core.export import ExportOptions, export
     from core.quality import mark_near_duplicates
-    from core.review import ReviewFilter, ReviewStore
+    from core.review.store import ReviewFilter, ReviewStore
 
     db = indexed_wb.db
     passage = {"id": "p1", "score": 0.9, "text": "The court awarded the tenant $2,400.", "document_id": "d1"}

@@ -5,11 +5,11 @@ import time
 import pytest
 
 from core.db import dumps, loads, new_id, now
-from core.engine import GenerationRun, RunConfig
+from core.generation.engine import GenerationRun, RunConfig
 from core.errors import NotFoundError, ValidationError
 from fakes.gemini import FakeGemini
 from core.providers.gemini import GeminiProvider
-from core.review import ReviewFilter, ReviewStore, escape_markdown, preferences_of
+from core.review.store import ReviewFilter, ReviewStore, escape_markdown, preferences_of
 
 KEY = "AIzaSy-review-test-key-00000000000000"
 

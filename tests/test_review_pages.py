@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.db import Database
 from fakes.gemini import FakeGemini
-from core.review import ReviewFilter, ReviewStore, escape_markdown
+from core.review.store import ReviewFilter, ReviewStore, escape_markdown
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings, new_app
 from tests.test_review import generate
@@ -36,7 +36,8 @@ def texts(at) -> str:
 
 def approve(at, data_dir, cid):
     """Approve the open conversation; one the grounding checks flagged asks first, with the count."""
-    from core import evidence, quality
+    from core.review import evidence
+    from core import quality
 
     db = db_of(data_dir)
     flagged = evidence.flagged_answers(quality.grounding_details(db, cid))

@@ -4,7 +4,7 @@ import json
 
 from core.quality import WEAKLY_GROUNDED_BELOW
 from core.quality.reviewer_fit import MIN_LABELS, calibrations, fit_thresholds, flag_threshold, reviewer_labels
-from core.review import ReviewFilter, ReviewStore
+from core.review.store import ReviewFilter, ReviewStore
 
 
 def add(db, i, version, status, grounding, reason="", bad_turn=False):

@@ -7,7 +7,7 @@ import time
 
 from core.db import Database
 from fakes.gemini import FakeGemini
-from core.review import ReviewStore
+from core.review.store import ReviewStore
 from core.workbench import Workbench
 from tests.conftest import ROOT, make_settings
 

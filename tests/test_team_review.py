@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from core import team
+from core.review import team
 from core.cli import main
 from core.errors import ValidationError
-from core.review import ReviewFilter, ReviewStore
+from core.review.store import ReviewFilter, ReviewStore
 from tests.test_review import generate
 
 

@@ -11,8 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
-from core.edge_store import EdgeStore
-from core.vectorstore import PointFilter, QdrantStore
+from core.corpus.edge_store import EdgeStore
+from core.corpus.vectorstore import PointFilter, QdrantStore
 
 DIM = 32
 COLLECTION = "congruence"

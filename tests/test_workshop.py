@@ -5,9 +5,9 @@ import pytest
 from core.db import loads
 from core.errors import ValidationError
 from fakes.gemini import FakeGemini
-from core.prompts import PromptLibrary
+from core.generation.prompts import PromptLibrary
 from core.providers.gemini import GeminiProvider
-from core.workshop import Workshop, highlight_html, query_terms
+from core.generation.workshop import Workshop, highlight_html, query_terms
 
 KEY = "AIza-workshop-key-1234567890"
 
@@ -102,8 +102,8 @@ def test_query_terms_drop_stopwords():
 
 
 def test_regenerate_low_rated_with_a_new_prompt_version(indexed_wb, fake):
-    from core.engine import GenerationRun, RunConfig
-    from core.workshop import low_rated, regenerate_with_versions
+    from core.generation.engine import GenerationRun, RunConfig
+    from core.generation.workshop import low_rated, regenerate_with_versions
 
     settings = indexed_wb.settings.replace(gemini_api_key=KEY, gemini_base_url=fake.base_url)
     run = GenerationRun(settings, indexed_wb.db, indexed_wb.corpus, lambda g: GeminiProvider(settings, gate=g),

@@ -23,6 +23,9 @@ Hugging Face dataset card (:mod:`core.export.card`).
 
 Modules: ``options`` (what can be asked), ``rows`` (rows per format), ``raft``, ``split``, ``labels``,
 ``tokens``, ``writer``, ``card``, ``run`` (the export itself). None imports this package's ``__init__``.
+
+May import: every subsystem before it (foundations, corpus, providers, quality, generation, review); nothing
+imports export but the entry points.
 """
 
 from core.export.labels import REASON_LABELS, label_for_discard, reason_table

@@ -8,7 +8,7 @@ from typing import Any
 
 from core.errors import ValidationError
 from core.export.split import SPLIT_GROUPS
-from core.review import ReviewFilter
+from core.review.store import ReviewFilter
 
 FORMATS = ("openai", "sharegpt", "alpaca", "completion", "raw", "dpo", "kto")
 CHAT_FORMATS = ("openai", "sharegpt", "alpaca", "completion")  # SFT formats whose rows show passages

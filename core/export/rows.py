@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import prompts as prompt_lib
-from core.corpus import Passage
+from core.generation import prompts as prompt_lib
+from core.corpus.collection import Passage
 from core.db import loads
 from core.export.labels import label_for_discard
 from core.export.options import ExportOptions
-from core.turn_context import format_passages
+from core.generation.turn_context import format_passages
 
 _CONTEXT_NOTES = {  # what {context} in a respondent prompt becomes when the passages are elsewhere
     "none": "(no passages are given here)",
@@ -70,7 +70,7 @@ def turn_passages(turn: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def passages_text(passages: list[dict[str, Any]]) -> str:
-    """Passages exactly as the respondent saw them (``core.turn_context.format_passages``: same ids, order,
+    """Passages exactly as the respondent saw them (``core.generation.turn_context.format_passages``: same ids, order,
     delimiters and data notice, so citations hold and the model trains on the prompt shape it will get); a
     passage carried over from an earlier turn says so."""
     shown = [Passage.from_dict(p) for p in passages]

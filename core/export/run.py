@@ -27,7 +27,7 @@ from core.export.split import GROUP_BY, METHOD, DocumentGroups, QuestionOverlap
 from core.export.tokens import MESSAGE_OVERHEAD_TOKENS, load_tokenizer, row_tokens
 from core.export.writer import Output, prepare_out_dir
 from core.quality import GROUNDING_METHOD, WEAKLY_GROUNDED_BELOW, is_flagged, keep_best_of_clusters
-from core.review import ReviewFilter, ReviewStore, preferences_of
+from core.review.store import ReviewFilter, ReviewStore, preferences_of
 from core.turn_labels import turn_label
 
 ProgressFn = Callable[[str, int, int], None]

@@ -10,12 +10,12 @@ from collections import Counter
 from typing import Any
 
 from core.db import Database
-from core.documents import plural
+from core.corpus.documents import plural
 from core.export.options import ExportOptions
 from core.export.run import _iter_conversations
 from core.export.split import DocumentGroups
 from core.quality import WEAKLY_GROUNDED_BELOW
-from core.review import FLAGGED_CONDITION, ReviewFilter
+from core.review.store import FLAGGED_CONDITION, ReviewFilter
 
 DEFAULT_STATUS = "approved"
 

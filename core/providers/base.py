@@ -99,7 +99,7 @@ class CallGate:
     """Paces every HTTP attempt of a provider. The base gate only applies a requests-per-minute limit.
 
     The generation engine passes a subclass that also bounds calls in flight and shrinks that bound
-    on 429s (see ``core.engine``). One gate is shared by all workers of a run.
+    on 429s (see ``core.generation.engine``). One gate is shared by all workers of a run.
     """
 
     def __init__(self, rpm_limit: int = 0, window: float = 60.0):

@@ -1,6 +1,6 @@
 """Gemini's Batch API through google-genai's ``client.batches`` and ``client.files``: submit, find, poll, collect.
 
-One small interface for the batch run (``core.batch_run``): it hands over keyed requests and gets back, per
+One small interface for the batch run (``core.generation.batch_run``): it hands over keyed requests and gets back, per
 key, an :class:`LLMResult` or the :class:`LLMError` that entry ended in. Requests go inline while they fit
 under ``inline_limit`` bytes (Google caps an inline batch request at 20 MB), else as a JSONL file uploaded
 with the Files API; results come back inline or as a JSONL file to download, and map back by key.

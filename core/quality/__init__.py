@@ -5,6 +5,7 @@
   :mod:`~core.quality.contradictions`); :mod:`~core.quality.grounding_store` stores, re-grades and reads results;
 - :mod:`~core.quality.verify`: the LLM verifier (structured verdicts whose quotes are checked in the passages);
   both verifiers return :mod:`~core.quality.verdicts`;
+- :mod:`~core.quality.judge`: the LLM judge with a rubric, and bounded auto-improve;
 - :mod:`~core.quality.grade`: grading JSONL files (``groundwork grade``);
 - :mod:`~core.quality.calibration`: judge and grounding scores against reviewer decisions;
 - :mod:`~core.quality.benchmark`: precision, recall and AUROC on the labelled sets (``bench/grounding.py``);
@@ -13,6 +14,9 @@
 - :mod:`~core.quality.coverage`: which documents were sampled for briefings and which were retrieved.
 
 The names below are re-exported so callers can keep writing ``from core.quality import …``.
+
+May import: the foundations, :mod:`core.corpus` (the embedder) and :mod:`core.providers` (the LLM verifier
+and judge) — never generation, review or export.
 """
 
 from __future__ import annotations

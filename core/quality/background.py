@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from core.db import Database
-from core.embeddings import Embedder
+from core.corpus.embeddings import Embedder
 from core.quality.common import ProgressFn
 from core.quality.grounding import GroundingChecker
 from core.quality.grounding_store import score_conversation

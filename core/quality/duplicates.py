@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from core.db import Database
-from core.embeddings import Embedder
+from core.corpus.embeddings import Embedder
 from core.errors import NotFoundError
 from core.quality.common import LIST_COLUMNS, ProgressFn, chunks, text_hash
 

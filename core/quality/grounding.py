@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from core.embeddings import Embedder
+from core.corpus.embeddings import Embedder
 from core.quality.common import GROUNDING_METHOD, text_hash
 from core.quality.spans import locate
 from core.quality.verdicts import FLAG_BAND, SentenceVerdict, TurnVerdict, band_score

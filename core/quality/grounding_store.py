@@ -8,7 +8,7 @@ from typing import Any
 
 
 from core.db import Database, dumps, loads, now
-from core.embeddings import Embedder
+from core.corpus.embeddings import Embedder
 from core.errors import NotFoundError
 from core.quality.common import LIST_COLUMNS, ProgressFn, text_hash
 from core.quality.grounding import GroundingChecker, TurnGrounding, TurnInput, WEAKLY_GROUNDED_BELOW
@@ -117,7 +117,7 @@ def score_ids(db: Database, embedder: Embedder, ids: list[str], *, progress: Pro
 
 def is_flagged(grounding: float | None, citation_flags: int | None) -> bool:
     """The conversation-level flag Review and Export ask about: weakly grounded, or an identifier that none of
-    its passages contains (in SQL: core.review's "weakly grounded" or "unverified identifiers" condition)."""
+    its passages contains (in SQL: core.review.store's "weakly grounded" or "unverified identifiers" condition)."""
     return (grounding is not None and grounding < WEAKLY_GROUNDED_BELOW) or (citation_flags or 0) > 0
 
 

@@ -232,7 +232,7 @@ def verify_stored(db: Database, provider_name: str, provider_factory: Callable[[
         ValidationError: the provider is the offline demo model, which cannot verify.
         LLMError: the provider failed.
     """
-    from core.judge import judge_available
+    from core.quality.judge import judge_available
     from core.quality.grounding_store import verify_conversation
 
     available, reason = judge_available(provider_name)

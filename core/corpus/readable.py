@@ -1,7 +1,7 @@
 """Corpus text shown readably and inertly: a little Markdown structure kept, nothing that can link or run.
 
 Headings, bold, italics and list bullets become plain HTML emphasis; links keep only their words; every
-other character is escaped first, so a document's text can never become markup (see core.review's
+other character is escaped first, so a document's text can never become markup (see core.review.store's
 escape_markdown for the Markdown-rendered places).
 """
 

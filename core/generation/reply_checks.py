@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from core.lexical import query_terms
+from core.corpus.lexical import query_terms
 
 # Reasons, as counted in a run's report.
 TRUNCATED = "cut off at the token limit"
@@ -203,7 +203,7 @@ _MACHINERY = _stems("passage passages marked retrieved retrieval latest carried 
 
 
 def _prompt_stems(prompt: str) -> set[str]:
-    from core.standalone_query import PROMPT_TEXT
+    from core.generation.standalone_query import PROMPT_TEXT
 
     key = prompt or ""
     if key not in _PROMPT_STEMS_CACHE:

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 
 from core.errors import RunStopped
-from core.simulator import Question
+from core.generation.simulator import Question
 
 
 class QuestionPool:

@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from core.corpus import Passage
-from core.lexical import query_terms
-from core.standalone_query import strip_noise
-from core.turn_context import estimate_tokens
+from core.corpus.collection import Passage
+from core.corpus.lexical import query_terms
+from core.generation.standalone_query import strip_noise
+from core.generation.turn_context import estimate_tokens
 
 ANCHOR_LIMIT = 6  # documents a conversation may be about at once; more is no longer "the conversation"
 # A title word used in the text of more documents than this (and this share of the corpus) is vocabulary,

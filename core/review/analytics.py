@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.db import Database, loads
-from core.documents import plural
+from core.corpus.documents import plural
 
 NO_PROMPT_VERSION = "written, no prompt (example set)"  # conversations not generated with any prompt version
 STAGES = ("corpus", "briefings", "questions", "retrieval", "conversations", "review", "export")

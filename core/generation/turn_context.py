@@ -1,7 +1,7 @@
 """What the respondent reads at each turn: this turn's passages, the ones carried from earlier turns, framed as data.
 
 Passages carried from earlier turns keep a conversation answerable from its own sources: the passages
-earlier answers used are still there in later turns (chosen by ``core.anchoring``, newest first,
+earlier answers used are still there in later turns (chosen by ``core.generation.anchoring``, newest first,
 de-duplicated, within a token budget set from the model's context). Every passage sits inside explicit delimiters under a line saying it is
 quoted material, so a corpus line like "ignore previous instructions" is data to the model, not a command.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from core.corpus import Passage
+from core.corpus.collection import Passage
 
 CARRY_CAP_TOKENS = 3000  # more than this of old passages crowds out the new ones, whatever the context
 DEFAULT_CONTEXT_TOKENS = 32_768  # a provider's context when it does not say (every hosted model has at least this)

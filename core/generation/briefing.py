@@ -14,7 +14,7 @@ class BriefingSampler:
 
     def __init__(self, db: Database, collection: str, passages: int, rng: random.Random, max_docs: int = 0,
                  documents: list[str] | None = None):
-        """``documents``: the ids a run's selection allows (core.documents.select_documents); None: all."""
+        """``documents``: the ids a run's selection allows (core.corpus.documents.select_documents); None: all."""
         self.db = db
         self.passages = passages
         self.rng = rng

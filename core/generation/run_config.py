@@ -47,7 +47,7 @@ class RunConfig:
     output: str = ""  # JSONL path, written as conversations complete
     max_docs: int = 0  # 0: briefings may come from any document; N: from N documents chosen by the seed
     documents: list[str] = field(default_factory=list)  # briefings only from these (ids, paths, folders, globs)
-    tags: list[str] = field(default_factory=list)  # ... or from documents carrying these tags (core.documents)
+    tags: list[str] = field(default_factory=list)  # ... or from documents carrying these tags (core.corpus.documents)
     log_dir: str = ""  # monitor log folder; empty: the data dir's logs/
     auto_improve: bool = False  # judge each conversation; regenerate with the judge's feedback when below threshold
     judge_threshold: float = 3.5  # mean rubric score (1-5) a conversation must reach

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from core.errors import RunStopped
-from core.monitor import RunMonitor
+from core.generation.monitor import RunMonitor
 from core.providers.base import CallGate
 
 # A 429 is evidence of a quota only in a cluster: at least this many of the last EVIDENCE_OF outcomes.

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from core import ids
-from core.chunking import CHUNKER_VERSION, chunk_to_fit
+from core.corpus.chunking import CHUNKER_VERSION, chunk_to_fit
 from core.config import Settings
 from core.db import Database, dumps, fts_query, loads, now
-from core.edge_store import EDGE_COMFORT_POINTS, EXACT_MAX_POINTS
-from core.embeddings import Embedder
+from core.corpus.edge_store import EDGE_COMFORT_POINTS, EXACT_MAX_POINTS
+from core.corpus.embeddings import Embedder
 from core.errors import IngestError, ModelMismatchError, VectorStoreError
-from core.loaders import LoadedDocument, load_path
-from core.model_identity import check_model
-from core.storehub import StoreHub
-from core.vectorstore import LOCAL_MODE_COMFORT_POINTS, Hit, PointFilter, VectorStore, store_location
+from core.corpus.loaders import LoadedDocument, load_path
+from core.corpus.model_identity import check_model
+from core.corpus.storehub import StoreHub
+from core.corpus.vectorstore import LOCAL_MODE_COMFORT_POINTS, Hit, PointFilter, VectorStore, store_location
 
 # stage, done, total
 ProgressFn = Callable[[str, int, int], None]
@@ -49,7 +49,7 @@ class IngestReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        from core.documents import plural
+        from core.corpus.documents import plural
 
         parts = [f"{plural(self.added_documents, 'document')} ({plural(self.added_chunks, 'chunk')}) indexed"]
         if self.already_indexed:
@@ -283,7 +283,7 @@ class Corpus:
         """Check before any search that the collection's vectors come from the configured model.
 
         Qdrant records only vector size and distance, and two models of one size pass that check: a collection
-        indexed here is checked against its recorded model identity (core.model_identity); one from elsewhere
+        indexed here is checked against its recorded model identity (core.corpus.model_identity); one from elsewhere
         by embedding a few stored passages again, which must each find themselves at the top.
         """
         if self._verified:

@@ -2,7 +2,7 @@
 
 Qdrant records only a collection's vector size and distance, and two models of one size (or one model with
 another pooling) pass that check while every search quietly goes wrong. So the collection's SQLite record
-keeps the model's identity (core.embeddings.Embedder.identity: name, dimension, pooling, normalisation, a
+keeps the model's identity (core.corpus.embeddings.Embedder.identity: name, dimension, pooling, normalisation, a
 probe vector and its hash), and search, generation and the Workshop compare it with the configured model
 before anything else happens (in particular before any LLM call).
 """
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from core.db import Database, dumps, loads
-from core.embeddings import Embedder, describe_identity, identity_mismatch
+from core.corpus.embeddings import Embedder, describe_identity, identity_mismatch
 from core.errors import GroundworkError, ModelMismatchError
-from core.vectorstore import VectorStore
+from core.corpus.vectorstore import VectorStore
 
 IDENTITY_SAMPLE = 4  # stored vectors embedded again to tell whether a collection without an identity is this model's
 REPRODUCE_MIN_COSINE = 0.99  # the same model reproduces its vectors to > 0.9999; its CLS-pooled twin: 0.35-0.48

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.db import Database
-from core.embeddings import Embedder
+from core.corpus.embeddings import Embedder
 from core.quality import FLAGGED, WEAKLY_GROUNDED_BELOW, regrade_stale, score_conversation
 from core.quality.verdicts import CHECK_LABELS
 

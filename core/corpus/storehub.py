@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Settings
-from core.edge_store import EdgeStore
+from core.corpus.edge_store import EdgeStore
 from core.errors import StoreLockedError
-from core.vectorstore import QdrantStore, VectorStore
+from core.corpus.vectorstore import QdrantStore, VectorStore
 
 
 class StoreHub:
@@ -102,7 +102,7 @@ class StoreHub:
 def open_store(settings: Settings, read_only: bool = False) -> VectorStore:
     """The configured vector store: a server for a URL, else the embedded engine (Edge or local mode).
 
-    Here rather than in ``core.vectorstore``: the Edge store builds on that module's types, so the choice
+    Here rather than in ``core.corpus.vectorstore``: the Edge store builds on that module's types, so the choice
     between them sits above both. read_only: the data dir may not be written; an embedded store is opened on a private copy (see
     :class:`ReadOnlyCopy`).
     """

@@ -26,23 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core import prompts as prompt_lib
-from core.briefing import BriefingSampler
-from core.documents import select_documents
+from core.generation import prompts as prompt_lib
+from core.generation.briefing import BriefingSampler
+from core.corpus.documents import select_documents
 from core.config import Settings
-from core.conversation_store import conversation_record, store_call, store_conversation
-from core.corpus import Corpus
+from core.generation.conversation_store import conversation_record, store_call, store_conversation
+from core.corpus.collection import Corpus
 from core.db import Database, DatabaseGoneError, dumps, loads, new_id, now
 from core.errors import GroundworkError, NotFoundError, RunStopped, ValidationError
-from core.gate import AdaptiveGate
-from core.judge import Attempt, Judge, JudgeRecord, judge_available, with_feedback
-from core.monitor import Alert, AlertThresholds, RunMonitor
+from core.generation.gate import AdaptiveGate
+from core.quality.judge import Attempt, Judge, JudgeRecord, judge_available, with_feedback
+from core.generation.monitor import Alert, AlertThresholds, RunMonitor
 from core.providers.base import CallGate, LLMProvider, QuotaExhaustedError
-from core.question_pool import QuestionPool
-from core.retrieval import Retriever
-from core.run_config import QuestionMix, RunConfig
-from core.simulator import CallRecord, Question, Simulator, _messages, format_briefing, format_passages
-from core.vectorstore import SNAPSHOT_MAX_POINTS, store_location
+from core.generation.question_pool import QuestionPool
+from core.generation.retrieval import Retriever
+from core.generation.run_config import QuestionMix, RunConfig
+from core.generation.simulator import CallRecord, Question, Simulator, _messages, format_briefing, format_passages
+from core.corpus.vectorstore import SNAPSHOT_MAX_POINTS, store_location
 
 # Names other modules and tests import from here (the engine's public face before it was split up).
 __all__ = ["AdaptiveGate", "BriefingSampler", "CallRecord", "GenerationRun", "Question", "QuestionMix",

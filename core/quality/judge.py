@@ -106,7 +106,7 @@ class Judge:
         self.provider = provider
         self.threshold = threshold
         self.max_attempts = max(1, max_attempts)
-        self.priority = priority  # at a run's call gate (see core.engine.AdaptiveGate.attempt)
+        self.priority = priority  # at a run's call gate (see core.generation.engine.AdaptiveGate.attempt)
 
     def score(self, turns: list[dict[str, Any]]) -> Verdict:
         request = LLMRequest(messages=[Message("user", transcript(turns))], system=JUDGE_SYSTEM, temperature=0.0,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from core.lexical import query_terms
+from core.corpus.lexical import query_terms
 
 MAX_QUERY_CHARS = 600  # a query longer than this is noise to both sides (and past MiniLM's window)
 MAX_SUBJECT_TERMS = 16

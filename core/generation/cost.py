@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.db import Database, dumps
-from core.run_config import RunConfig
+from core.generation.run_config import RunConfig
 from core.errors import ConfigError
 
 # US$ per million tokens (input, output); thinking tokens are billed as output. Editable via

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import VectorStoreError
-from core.vectorstore import CollectionInfo, Hit, PointFilter, _translate
+from core.corpus.vectorstore import CollectionInfo, Hit, PointFilter, _translate
 
 SCAN_MIN_POINTS = 10_000  # from here, once built: a full scan of int8 copies, rescored in float32
 SCAN_OVERSAMPLING = 4.0  # candidates rescored per result: recall@3 1.0 from 3.0 on, measured (see below)
@@ -574,9 +574,9 @@ class EdgeStore:
             progress("copying the shard", 1, 1)
         points = self._points.get(collection, 0)
         hnsw = points > EXACT_MAX_POINTS
-        cmd = [sys.executable, "-m", "core.edge_store", "build", str(dst), "--hnsw" if hnsw else "--plain"]
+        cmd = [sys.executable, "-m", "core.corpus.edge_store", "build", str(dst), "--hnsw" if hnsw else "--plain"]
         child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
+                                 cwd=str(Path(__file__).resolve().parents[2]), start_new_session=True)
         (dst / PID_FILE).write_text(str(child.pid))
         with _CHILDREN_LOCK:
             _CHILDREN[str(dst)] = child
@@ -718,9 +718,9 @@ def optimize_shard(shard_dir: str | Path, hnsw: bool) -> None:
 
 
 def _main(argv: Sequence[str]) -> int:
-    """``python -m core.edge_store build DIR --hnsw|--plain``: the child process of a background build."""
+    """``python -m core.corpus.edge_store build DIR --hnsw|--plain``: the child process of a background build."""
     if len(argv) != 3 or argv[0] != "build" or argv[2] not in ("--hnsw", "--plain"):
-        print("usage: python -m core.edge_store build SHARD_DIR --hnsw|--plain", file=sys.stderr)
+        print("usage: python -m core.corpus.edge_store build SHARD_DIR --hnsw|--plain", file=sys.stderr)
         return 2
     shard_dir = Path(argv[1])
     optimize_shard(shard_dir, argv[2] == "--hnsw")

@@ -1,7 +1,7 @@
 """The vector store behind one small interface: Qdrant Edge or Qdrant local mode embedded, a Qdrant server by URL.
 
 :func:`open_store` is the one place that picks the backend: a URL means a server, otherwise
-``embedded_engine`` chooses Qdrant Edge (``core.edge_store``, the default) or qdrant-client's local mode.
+``embedded_engine`` chooses Qdrant Edge (``core.corpus.edge_store``, the default) or qdrant-client's local mode.
 Local mode and the server are the same qdrant-client code. Local mode locks its folder to one client per
 process and is not safe for concurrent writes, so every call goes through one lock there; it is meant
 for up to ~20k points (``LOCAL_MODE_COMFORT_POINTS``). Edge and local mode keep their files in different
@@ -193,7 +193,7 @@ def _to_filter(flt: PointFilter | None):
 
 
 # Above this many chunks a generation run searches an Edge collection live instead of from a snapshot of its
-# vectors (core.engine): reading 100k vectors out of the shard takes ~5-7 s at run start and a second float32
+# vectors (core.generation.engine): reading 100k vectors out of the shard takes ~5-7 s at run start and a second float32
 # copy in memory, while the shard's own search is as fast (bench/vectorstore.py end to end at 100k, c=32:
 # 373 conversations/min from the snapshot, 787 live). Such a run holds the shard until it ends.
 SNAPSHOT_MAX_POINTS = 20_000

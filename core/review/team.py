@@ -1,6 +1,6 @@
 """Agreement between reviewers: Krippendorff's alpha over everyone, Cohen's kappa per pair, and the disagreements.
 
-Reads ``reviewer_verdicts`` (one row per conversation and reviewer, written by core.review's actions).
+Reads ``reviewer_verdicts`` (one row per conversation and reviewer, written by core.review.store's actions).
 Decisions (approved / discarded) are nominal; ratings (1–5) are compared as interval values. Alpha is
 Krippendorff's (2011, "Computing Krippendorff's alpha-reliability"): it takes any number of reviewers and
 conversations that only some of them saw, and is 1 for perfect agreement, 0 for agreement at chance level.

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.batch_run import generation_run
+from core.generation.batch_run import generation_run
 from core.config import Settings
-from core.engine import GenerationRun, RunConfig, RunProgress
+from core.generation.engine import GenerationRun, RunConfig, RunProgress
 from core.providers.base import CallGate, LLMProvider
 from core.workbench import Workbench
 

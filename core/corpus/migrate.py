@@ -19,9 +19,9 @@ from pathlib import Path
 
 from core.config import Settings
 from core.db import Database
-from core.edge_store import EdgeStore
+from core.corpus.edge_store import EdgeStore
 from core.errors import GroundworkError, VectorStoreError
-from core.vectorstore import QdrantStore, VectorStore
+from core.corpus.vectorstore import QdrantStore, VectorStore
 
 ProgressFn = Callable[[str, int, int], None]
 BATCH = 1024
@@ -157,7 +157,7 @@ def load_snapshot(settings: Settings, snapshot: str | Path, collection: str | No
             if store.exists(name):
                 store.update_from_snapshot(name, snapshot, staging)
             else:
-                from core.edge_store import _edge
+                from core.corpus.edge_store import _edge
 
                 try:
                     _edge().EdgeShard.unpack_snapshot(str(snapshot), str(staging / "shard"))

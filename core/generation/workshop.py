@@ -16,15 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from core import prompts as prompt_lib
-from core.corpus import Passage
+from core.generation import prompts as prompt_lib
+from core.corpus.collection import Passage
 from core.db import dumps, loads, new_id, now
-from core.briefing import BriefingSampler
-from core.conversation_store import store_conversation
-from core.retrieval import Retriever
-from core.retrieval import search as hybrid_search
-from core.run_config import RunConfig
-from core.simulator import CallRecord, Question, Simulator, format_briefing, format_passages
+from core.generation.briefing import BriefingSampler
+from core.generation.conversation_store import store_conversation
+from core.generation.retrieval import Retriever
+from core.generation.retrieval import search as hybrid_search
+from core.generation.run_config import RunConfig
+from core.generation.simulator import CallRecord, Question, Simulator, format_briefing, format_passages
 from core.errors import GroundworkError, ValidationError
 from core.providers.base import CallGate, LLMError, LLMProvider
 from core.workbench import Workbench

@@ -13,18 +13,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from core import prompts as prompt_lib
-from core.corpus import Passage
+from core.generation import prompts as prompt_lib
+from core.corpus.collection import Passage
 from core.errors import RunStopped
-from core.monitor import RunMonitor
+from core.generation.monitor import RunMonitor
 from core.providers.base import LLMError, LLMProvider, LLMRequest, LLMResult, Message
-from core.anchoring import TitleIndex, anchor_documents, evidence_to_carry, turn_focus, used_passages
-from core.reply_checks import (BLOCKED, EMPTY, NOT_JSON, TRUNCATED, Checked, OpeningQuestions, check_question,
+from core.generation.anchoring import TitleIndex, anchor_documents, evidence_to_carry, turn_focus, used_passages
+from core.generation.reply_checks import (BLOCKED, EMPTY, NOT_JSON, TRUNCATED, Checked, OpeningQuestions, check_question,
                                check_reply)
-from core.retrieval import Retriever
-from core.standalone_query import standalone_query, usable_query
-from core.turn_context import DEFAULT_CONTEXT_TOKENS, carry_budget, format_briefing, format_passages
-from core.run_config import QuestionMix, RunConfig, PERSONAS, QUESTION_TYPES, DIFFICULTIES
+from core.generation.retrieval import Retriever
+from core.generation.standalone_query import standalone_query, usable_query
+from core.generation.turn_context import DEFAULT_CONTEXT_TOKENS, carry_budget, format_briefing, format_passages
+from core.generation.run_config import QuestionMix, RunConfig, PERSONAS, QUESTION_TYPES, DIFFICULTIES
 
 
 def questions_schema(n: int) -> dict[str, Any]:
@@ -148,7 +148,7 @@ PROSE_BEFORE_PLAIN = 3  # prose replies to a structured follow-up (and no JSON o
 class Simulator:
     """Builds prompts and runs one conversation; no threads, no storage (the dry run uses it step by step).
 
-    Every reply is checked before it is used (``core.reply_checks``): a rejected one is asked again
+    Every reply is checked before it is used (``core.generation.reply_checks``): a rejected one is asked again
     with a new seed, a cut-off one with twice the token budget, and each rejection is counted by reason
     in ``rejections`` (and the run's monitor). Follow-up turns search with a standalone query that
     carries the conversation's subject, and the respondent also sees the passages of earlier turns.

@@ -20,21 +20,21 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from core.briefing import BriefingSampler
-from core.documents import select_documents
+from core.generation.briefing import BriefingSampler
+from core.corpus.documents import select_documents
 from core.config import Settings
-from core.conversation_store import store_call, store_conversation
-from core.corpus import Corpus, Passage
+from core.generation.conversation_store import store_call, store_conversation
+from core.corpus.collection import Corpus, Passage
 from core.db import Database, dumps, loads, now
-from core.engine import GenerationRun, RunScope, _seed_for
+from core.generation.engine import GenerationRun, RunScope, _seed_for
 from core.errors import RunStopped, ValidationError
 from core.providers.base import CallGate, LLMError, LLMProvider, LLMRequest, LLMResult, Message
-from core.reply_checks import TRUNCATED
-from core.run_config import RunConfig
-from core.anchoring import used_passages
-from core.reply_checks import BLOCKED, NOT_JSON
-from core.simulator import asked_again
-from core.simulator import (MAX_TOKENS_CAP, CallRecord, ConversationState, PreparedCall, Question, Simulator,
+from core.generation.reply_checks import TRUNCATED
+from core.generation.run_config import RunConfig
+from core.generation.anchoring import used_passages
+from core.generation.reply_checks import BLOCKED, NOT_JSON
+from core.generation.simulator import asked_again
+from core.generation.simulator import (MAX_TOKENS_CAP, CallRecord, ConversationState, PreparedCall, Question, Simulator,
                             TurnPassages, format_briefing, format_passages, questions_from)
 
 NEEDS_GEMINI = ("Batch mode needs Gemini: the Batch API is Gemini's. Set GEMINI_API_KEY and choose the gemini "

@@ -638,11 +638,11 @@ class ReviewStore:
         Returns:
             The new conversation's id.
         """
-        from core import prompts as prompt_lib
-        from core.conversation_store import store_conversation
-        from core.retrieval import Retriever
-        from core.run_config import RunConfig
-        from core.simulator import Question, Simulator
+        from core.generation import prompts as prompt_lib
+        from core.generation.conversation_store import store_conversation
+        from core.generation.retrieval import Retriever
+        from core.generation.run_config import RunConfig
+        from core.generation.simulator import Question, Simulator
         from core.providers.base import CallGate
 
         actor = _actor(actor)

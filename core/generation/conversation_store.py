@@ -6,7 +6,7 @@ from typing import Any
 
 from core.db import Database, dumps, loads, new_id, now
 from core.errors import NotFoundError
-from core.simulator import CallRecord, Question
+from core.generation.simulator import CallRecord, Question
 
 
 def _insert(w, table: str, row: dict[str, Any]) -> int:

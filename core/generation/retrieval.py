@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from core.corpus import Corpus, Passage
+from core.corpus.collection import Corpus, Passage
 from core.errors import GroundworkError, RunStopped
-from core.lexical import search as lexical_search
-from core.vectorstore import PointFilter
+from core.corpus.lexical import search as lexical_search
+from core.corpus.vectorstore import PointFilter
 
 
 class Retriever:

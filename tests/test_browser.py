@@ -8,10 +8,6 @@ A screenshot of every page lands in artifacts/ (gitignored).
 import json
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,15 +16,13 @@ import pytest
 from core.db import Database
 from fakes.gemini import FakeGemini
 from core.quality import WEAKLY_GROUNDED_BELOW
+from tests.browser_support import (CHROMIUM, NO_CHROMIUM, browser, main_text, metric_value, nav_to,  # noqa: F401
+                                   open_page, page, serve_app, settle, shot, wait_for_text)
 from tests.conftest import ROOT
 
-CHROMIUM = os.environ.get("GROUNDWORK_CHROMIUM", "/usr/bin/chromium")
 # .ci/run sets this: there a missing browser is a failure, not a skip (see also conftest's session check).
 REQUIRED = os.environ.get("GROUNDWORK_REQUIRE_BROWSER") == "1"
-ARTIFACTS = ROOT / "artifacts" / "browser"
 FAKE_KEY = "AIzaSy-browser-secret-key-00000000042"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 HOSTILE = ("# Hostile markup\n\nThis opinion text tries <script>window.__pwned = 1</script> and "
            "<img src=x onerror=\"window.__pwned = 2\"> and [a link](javascript:window.__pwned=3) inside "
            "a zoning variance dispute about a bakery sign.\n")
@@ -36,14 +30,7 @@ HOSTILE = ("# Hostile markup\n\nThis opinion text tries <script>window.__pwned =
 if REQUIRED and not Path(CHROMIUM).exists():
     pytest.fail(f"GROUNDWORK_REQUIRE_BROWSER=1 but there is no chromium at {CHROMIUM}: install Debian's chromium "
                 "(apt-get install chromium); CI must not pass without its browser tests.", pytrace=False)
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                                   reason="Debian chromium is not installed (.ci/run installs it)")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.slow, NO_CHROMIUM]
 
 
 @pytest.fixture(scope="module")
@@ -58,75 +45,11 @@ def app(tmp_path_factory, fake):
     docs = data.parent / "hostile"
     docs.mkdir()
     (docs / "hostile.md").write_text(HOSTILE, encoding="utf-8")
-    port = free_port()
-    env = {**os.environ, "GROUNDWORK_DATA_DIR": str(data), "GEMINI_API_KEY": FAKE_KEY,
-           "GOOGLE_GEMINI_BASE_URL": fake.base_url, "GROUNDWORK_AUTO_INDEX_SAMPLE": "0", "HF_HUB_OFFLINE": "1",
+    env = {"GEMINI_API_KEY": FAKE_KEY, "GOOGLE_GEMINI_BASE_URL": fake.base_url,
            # Folders outside the data dir that the browser may name: the hostile docs and the export target.
            "GROUNDWORK_ALLOWED_ROOTS": os.pathsep.join([str(docs), str(data.parent / "export-out")])}
-    log = open(data.parent / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    import urllib.request
-
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (data.parent / "streamlit.log").read_text()[-2000:])
-    yield {"base": base, "data": data, "docs": docs, "log": data.parent / "streamlit.log"}
-    proc.terminate()
-    proc.wait(20)
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)
-    yield pg
-    context.close()
-
-
-def open_page(page, app, path: str = ""):
-    page.goto(f"{app['base']}/{path}")
-    # Widgets exist only after the websocket connects: wait on a real element, not on page load.
-    page.locator('[data-testid="stSidebarNav"]').wait_for()
-    page.locator('[data-testid="stMainBlockContainer"] h1').first.wait_for()
-
-
-def shot(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def main_text(page) -> str:
-    return page.locator('[data-testid="stMainBlockContainer"]').inner_text()
-
-
-def wait_for_text(page, pattern: str, timeout_s: float = 120) -> None:
-    try:
-        page.get_by_text(re.compile(pattern)).first.wait_for(timeout=timeout_s * 1000)
-    except Exception:
-        shot(page, "failed-" + re.sub(r"\W+", "-", pattern)[:40])
-        raise
+    with serve_app(data, env) as served:
+        yield {**served, "docs": docs}
 
 
 # Any element the browser cuts short: an ellipsis (labels, metric values, select values) or a button whose
@@ -170,26 +93,6 @@ def check_nav_icons(page) -> None:
     assert page.evaluate("async () => { await document.fonts.ready; "
                          "return document.fonts.check('24px \"Material Symbols Rounded\"'); }")
     assert not EMOJI.search(page.locator('[data-testid="stSidebar"]').inner_text())
-
-
-def settle(page) -> None:
-    """Wait until the app has run with what was just typed (its running indicator is gone), as a person would
-    before moving on: a page switch sent mid-run replaces the pending rerun that carried the new values."""
-    page.wait_for_timeout(500)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=60_000)
-    page.wait_for_timeout(300)
-
-
-def nav_to(page, title: str) -> None:
-    """Move with the sidebar: the same browser session (page.goto would start a new one)."""
-    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
-    page.locator('[data-testid="stMainBlockContainer"] h1', has_text=title).first.wait_for()
-
-
-def metric_value(page, label: str) -> str:
-    metric = page.locator('[data-testid="stMetric"]').filter(
-        has=page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(f"^{label}")))
-    return metric.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
 
 
 def approve_open_conversation(page) -> None:
@@ -268,7 +171,10 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     assert FAKE_KEY not in page.content()
     check_layout(page, "05-settings")
     nav_to(page, "Generate")
+    # One field at a time, as a person does: each entry reruns the page before the next is typed.
     page.get_by_role("spinbutton", name="Conversations").fill("3")
+    page.keyboard.press("Tab")
+    settle(page)
     page.get_by_role("spinbutton", name="Concurrency").fill("1")
     page.keyboard.press("Tab")
     settle(page)
@@ -417,7 +323,10 @@ def test_the_whole_path_in_a_browser(app, page, fake):
             assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
-def test_generate_with_the_offline_model_in_the_browser(app, page):
+@pytest.mark.solo  # the offline model's test call
+def test_switching_to_the_offline_model_in_the_browser(app, page):
+    """The provider switch in Settings (the offline model's own generation in the browser is the meeting demo's,
+    tests/test_browser_project.py)."""
     # The provider choice lives in the browser session: switch it, then move with the sidebar (same session).
     # Choosing a provider does not switch to it: its test must pass first (or "Use anyway").
     open_page(page, app, "settings")
@@ -432,25 +341,5 @@ def test_generate_with_the_offline_model_in_the_browser(app, page):
     assert "LLM: local" in sidebar.inner_text()  # the sidebar follows the switch at once
     nav_to(page, "Generate")
     wait_for_text(page, r"Provider local")
-    page.get_by_role("spinbutton", name="Conversations").fill("1")
-    page.get_by_role("spinbutton", name="Max turns").fill("1")
-    page.get_by_role("spinbutton", name="Max tokens per reply").fill("120")
-    page.keyboard.press("Tab")
-    page.get_by_role("button", name="Start").click()
-    # The tiny model's replies are checked now: one cut off at 120 tokens is asked again at 240 and 480.
-    wait_for_text(page, r"Completed: 1 conversations", timeout_s=600)
     shot(page, "11-generate-offline")
-    from core.db import Database
-
-    db = Database(app["data"] / "groundwork.db")
-    row = db.one("SELECT provider, model FROM conversations ORDER BY created_at DESC LIMIT 1")
-    assert row["provider"] == "local" and row["model"].endswith(".gguf")
-    answer = db.scalar("SELECT content FROM turns WHERE role='assistant' ORDER BY id DESC LIMIT 1")
-    assert len(answer.split()) >= 3  # the offline model really wrote text
-    # The demo a stakeholder reads opens with a readable question, not "..." or a loop (#18).
-    from core.generation.reply_checks import check_question
-
-    question = db.scalar("SELECT t.content FROM turns t JOIN conversations c ON c.id = t.conversation_id "
-                         "WHERE c.provider='local' AND t.role='user' ORDER BY c.created_at DESC, t.idx LIMIT 1")
-    assert check_question(question, "").ok, question
 

@@ -8,58 +8,21 @@ demo, which must show the whole pipeline within 3 minutes on this machine with t
 import json
 import os
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
 from core.db import Database
 from fakes.gemini import FakeGemini
 from core.review.store import ReviewStore
-from tests.conftest import ROOT
-from tests.test_browser import (CHROMIUM, CHROMIUM_FLAGS, browser, free_port, main_text, metric_value,  # noqa: F401
-                                nav_to, open_page, page, settle, shot, wait_for_text)
+from tests.browser_support import (NO_CHROMIUM, browser, main_text, metric_value, nav_to, open_page,  # noqa: F401
+                                   page, serve_app, settle, shot, wait_for_text)
 
 FAKE_KEY = "AIzaSy-project-secret-key-0000000099"
 HOSTILE = "# A one-chunk note\n\nA short note about a bakery sign and a zoning variance.\n"
 DEMO_BUDGET_S = 180  # "a demo that fits in a meeting": the whole pipeline within 3 minutes
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                                   reason="Debian chromium is not installed")]
-
-
-def start_app(data, env_extra: dict):
-    """`streamlit run app.py` on a free port with ``data`` as its data dir; returns (process, base url, log)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI", "GOOGLE_", "GROUNDWORK_"))}
-    env.update({"GROUNDWORK_DATA_DIR": str(data), "HF_HUB_OFFLINE": "1", **env_extra})
-    data.parent.mkdir(parents=True, exist_ok=True)
-    log = open(data.parent / "streamlit.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
-            return proc, base, log
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail("streamlit did not start: " + (data.parent / "streamlit.log").read_text()[-2000:])
-
-
-def stop_app(proc, log) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:  # a background run's thread still finishing its call: stop it hard
-        proc.kill()
-        proc.wait(30)
-    log.close()
+pytestmark = [pytest.mark.slow, NO_CHROMIUM]
 
 
 def nav_home(page) -> None:
@@ -81,10 +44,10 @@ def app(tmp_path_factory, fake):
     notes = root / "notes"
     notes.mkdir()
     (notes / "note.md").write_text(HOSTILE, encoding="utf-8")
-    proc, base, log = start_app(data, {"GEMINI_API_KEY": FAKE_KEY, "GOOGLE_GEMINI_BASE_URL": fake.base_url,
-                                       "GROUNDWORK_ALLOWED_ROOTS": os.pathsep.join([str(notes), str(root / "out")])})
-    yield {"base": base, "data": data, "notes": notes, "root": root}
-    stop_app(proc, log)
+    env = {"GEMINI_API_KEY": FAKE_KEY, "GOOGLE_GEMINI_BASE_URL": fake.base_url,
+           "GROUNDWORK_ALLOWED_ROOTS": os.pathsep.join([str(notes), str(root / "out")])}
+    with serve_app(data, env, clean=True) as served:
+        yield {**served, "notes": notes, "root": root}
 
 
 def db_of(app) -> Database:
@@ -225,6 +188,7 @@ def test_export_writes_what_i_approved_and_asks_about_an_empty_validation_side(a
 
 # ---- 3. Run status: Cancel feedback, Runs and Home follow a run, the demo batch cancellable from Generate --------------
 
+@pytest.mark.solo
 def test_runs_show_their_state_live_and_cancel_answers_at_once(app, page, fake):
     db = db_of(app)
     fake.latency = 2.5  # calls in flight take a while to finish after a cancel, as on a loaded machine
@@ -312,11 +276,11 @@ def test_the_runs_table_counts_what_is_saved(app, page, fake):
 @pytest.fixture(scope="module")
 def keyless_app(tmp_path_factory):
     data = tmp_path_factory.mktemp("demo") / "data"
-    proc, base, log = start_app(data, {})  # no key anywhere: the offline model
-    yield {"base": base, "data": data}
-    stop_app(proc, log)
+    with serve_app(data, {}, clean=True) as served:  # no key anywhere: the offline model
+        yield served
 
 
+@pytest.mark.solo
 @pytest.mark.timeout(1800)  # measured to the end even when it overruns its budget on a loaded machine
 def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(keyless_app, page):
     app = keyless_app
@@ -340,6 +304,14 @@ def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(ke
     demo_dir = app["data"].parent / f"{app['data'].name}-examples"
     demo = Database(demo_dir / "groundwork.db")
     assert demo.scalar("SELECT COUNT(*) FROM conversations WHERE provider='local'") == 1
+    # The offline model really wrote it, and the demo a stakeholder reads opens with a readable question (#18).
+    live = demo.one("SELECT id, model FROM conversations WHERE provider='local'")
+    assert live["model"].endswith(".gguf")
+    turns = demo.rows("SELECT role, content FROM turns WHERE conversation_id=? ORDER BY idx", [live["id"]])
+    assert all(len(t["content"].split()) >= 3 for t in turns if t["role"] == "assistant")
+    from core.generation.reply_checks import check_question
+
+    assert check_question(turns[0]["content"], "").ok, turns[0]["content"]
     assert demo.scalar("SELECT COUNT(*) FROM conversations WHERE provider='examples'") == 14
     assert not (app["data"] / "groundwork.db").exists() or \
         Database(app["data"] / "groundwork.db").scalar("SELECT COUNT(*) FROM documents") == 0  # mine: untouched

@@ -7,16 +7,10 @@ Timings are printed (pytest -s) and written to artifacts/browser/review-timings.
 """
 
 import json
-import os
 import re
 import shutil
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -25,13 +19,12 @@ from core.db import Database, dumps, loads
 from fakes.gemini import FakeGemini
 from core.review.store import ReviewFilter, ReviewStore
 from core.workbench import Workbench
-from tests.conftest import ROOT, make_settings
-from tests.test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, browser, free_port, main_text,  # noqa: F401
-                                nav_to, open_page, settle, shot, wait_for_text)
+from tests.browser_support import (ARTIFACTS, NO_CHROMIUM, browser, main_text, nav_to, new_page,  # noqa: F401
+                                   open_page, serve_app, settle, shot, wait_for_text)
+from tests.conftest import make_settings
 from tests.test_review import generate
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                                   reason="Debian chromium is not installed (.ci/run installs it)")]
+pytestmark = [pytest.mark.slow, NO_CHROMIUM]
 QUEUE = 500
 FAKE_KEY = "AIzaSy-browser-review-key-000000000042"
 # Corpus and model text with every kind of link markdown or a browser could make live.
@@ -92,45 +85,11 @@ def review_data(tmp_path_factory, indexed_sample_dir, embedder):
     return {"data": data, "linked": linked, "ids": ids}
 
 
-@contextmanager
-def serve(data: Path, gemini_url: str):
-    port = free_port()
-    env = {**os.environ, "GROUNDWORK_DATA_DIR": str(data), "GEMINI_API_KEY": FAKE_KEY,
-           "GOOGLE_GEMINI_BASE_URL": gemini_url, "GROUNDWORK_AUTO_INDEX_SAMPLE": "0", "HF_HUB_OFFLINE": "1"}
-    log_path = data.parent / "streamlit.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
-        yield {"base": base, "data": data, "log": log_path}
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def app(review_data):
-    with FakeGemini(latency=0.05) as fake, serve(review_data["data"], fake.base_url) as a:
+    with FakeGemini(latency=0.05) as fake, serve_app(review_data["data"], {
+            "GEMINI_API_KEY": FAKE_KEY, "GOOGLE_GEMINI_BASE_URL": fake.base_url}) as a:
         yield {**a, **review_data}
-
-
-def new_page(browser, width=1400):
-    context = browser.new_context(viewport={"width": width, "height": 1000})
-    pg = context.new_page()
-    pg.set_default_timeout(60_000)
-    return context, pg
 
 
 def set_reviewer(page, name: str) -> None:
@@ -159,6 +118,7 @@ def timed_key(page, key: str, expect_number: int) -> tuple[float, float]:
     return shown, time.perf_counter() - started
 
 
+@pytest.mark.solo
 def test_review_key_to_next_at_500_conversations(app, browser):
     context, page = new_page(browser)
     try:

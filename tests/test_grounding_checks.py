@@ -91,5 +91,76 @@ def test_each_conversation_is_checked_as_it_is_saved(indexed_wb):
     assert checked_during_run >= 1, checked_during_run
     turns = indexed_wb.db.rows("SELECT t.grounding FROM turns t JOIN conversations c ON c.id = t.conversation_id "
                                "WHERE c.run_id=? AND t.role='assistant'", [run.run_id])
-    assert turns and all(loads(t["grounding"])["method"] == "offline-checks-v4" for t in turns)
+    assert turns and all(loads(t["grounding"])["method"] == "offline-checks-v5" for t in turns)
     assert ended > 0 and (settings.data_path / VectorStore.FILE).is_file()
+
+
+# ---- offline-checks-v5: what the shipped example set showed v4 getting wrong, each as a rule -------------------
+
+OPINION = {"id": "op", "text": "Is the patient non-solicitation clause enforceable where no trade secret was misused? "
+                               "A buyer's loss from a seller's failure to deliver a fungible commodity is easy to "
+                               "measure. The judgment ordering Linden Park to return the $2,400 deposit is affirmed. "
+                               "The order denying a statutory penalty is reversed. A clause that stacks a fixed "
+                               "charge on top of full actual damages is not an estimate of loss; it is a deterrent. "
+                               "Section 15-1805(b) directs the court, in choosing between dismissal with and without "
+                               "prejudice, to consider the seriousness of the offense."}
+
+
+def _flags(g):
+    return [(s.text, s.kind, s.reasons) for s in g.sentences if s.kind in ("unsupported", "contradicted")]
+
+
+def test_statements_that_agree_with_a_passage_are_not_read_as_flips(embedder):
+    g = verdicts(embedder, "The court held the non-solicitation clause unenforceable as well. "
+                           "A buyer's loss when a fungible commodity isn't delivered is easy to measure. "
+                           "The Court of Appeals affirmed the judgment ordering Linden Park to return the $2,400 "
+                           "deposit. A clause that stacks a fixed charge on top of full actual damages is a "
+                           "deterrent. The court upheld dismissal with prejudice.", passages=(OPINION,))
+    assert _flags(g) == []  # a question states nothing; "failure to" denies; both outcomes stated; a restatement
+
+
+def test_the_v5_rules_still_catch_real_flips(embedder):
+    g = verdicts(embedder, "A clause that stacks a fixed charge on top of full actual damages is an estimate of loss.",
+                 passages=(OPINION,))
+    assert [s.kind for s in g.sentences] == ["contradicted"]  # it says what the passage denies
+    affirmed_only = {"id": "op2", "text": OPINION["text"].replace("The order denying a statutory penalty is reversed. ",
+                                                                  "")}
+    g = verdicts(embedder, "The judgment ordering Linden Park to return the $2,400 deposit was reversed.",
+                 passages=(affirmed_only,))
+    assert [s.kind for s in g.sentences] == ["contradicted"]  # the passages say "affirmed" and never "reversed"
+    # Where the passages state both outcomes (affirmed in part, reversed in part), the offline check cannot tell
+    # which one a sentence is about: it does not flag, and the LLM verifier is the path for that verdict.
+    g = verdicts(embedder, "The judgment ordering Linden Park to return the $2,400 deposit was reversed.",
+                 passages=(OPINION,))
+    assert _flags(g) == []
+
+
+def test_names_and_figures_of_earlier_turns_passages_are_established(embedder):
+    earlier = [{"id": "e1", "text": "Both parties are located in Columbia, whose statute voids the restraint."}]
+    now = [{"id": "n1", "text": "In New Avalon, section 28-115 lets a court modify an overbroad covenant rather than "
+                                "void it."}]
+    answer = "A court in New Avalon may modify an overbroad covenant, but a court in Columbia may not."
+    [without, with_earlier] = GroundingChecker(embedder, cache=WindowCache()).score_turns(
+        [TurnInput(answer, now), TurnInput(answer, now, earlier=earlier)])
+    assert any("Columbia" in r for s in without.sentences for r in s.reasons)
+    assert not any("Columbia" in r for s in with_earlier.sentences for r in s.reasons)
+
+
+def test_an_amount_the_answer_computes_is_no_unverified_identifier(embedder):
+    passage = {"id": "w", "text": "Novak earned $17.60 an hour and worked 8 hours a day at Silverline."}
+    g = verdicts(embedder, "At his rate of $17.60 per hour, that works out to $140.80 per day.", passages=(passage,))
+    assert g.citations == [] and _flags(g) == []
+    g = verdicts(embedder, "At his rate of $17.60 per hour, that works out to $150.00 per day.", passages=(passage,))
+    assert [c.text for c in g.citations] == ["$150.00"]
+
+
+def test_none_of_the_shipped_example_sets_approved_conversations_is_flagged(indexed_wb, embedder):
+    from core import quality
+    from core.examples import import_examples
+
+    import_examples(indexed_wb)
+    quality.score_conversations(indexed_wb.db, embedder)
+    rows = indexed_wb.db.rows("SELECT id, grounding, citation_flags FROM conversations WHERE status='approved'")
+    assert len(rows) == 9
+    flagged = [r["id"] for r in rows if quality.is_flagged(r["grounding"], r["citation_flags"])]
+    assert flagged == []

@@ -653,12 +653,14 @@ class GenerationRun:
         from core.quality.verify import DatabaseCache, LLMVerifier
 
         verifier = LLMVerifier(simulator.provider, DatabaseCache(self.db), priority=2 * self.config.max_turns)
-        inputs, said = [], []
+        inputs, said, shown = [], [], []
         for idx, t in enumerate(result["turns"]):
             if t["role"] == "user":
                 said.append(t["content"])
             elif t["role"] == "assistant":
-                inputs.append(TurnInput(t["content"], list(t["retrieval"] or []), list(said), idx=idx))
+                inputs.append(TurnInput(t["content"], list(t["retrieval"] or []), list(said), idx=idx,
+                                        earlier=list(shown)))
+                shown += list(t["retrieval"] or [])
         verdicts = verifier.verify_turns(inputs)
         self.monitor.record_call(0.0, verifier.prompt_tokens, verifier.completion_tokens, 0)
         return list(zip(inputs, verdicts))

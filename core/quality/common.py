@@ -10,7 +10,7 @@ from core.errors import ValidationError
 ProgressFn = Callable[[int, int], None]
 
 # Stored with every result so scores computed by an older method can be found and recomputed.
-GROUNDING_METHOD = "offline-checks-v4"
+GROUNDING_METHOD = "offline-checks-v5"
 
 LIST_COLUMNS = ("id, run_id, status, rating, question, grounding, citation_flags, dup_of, dup_similarity, "
                 "created_at")

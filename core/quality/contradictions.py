@@ -45,8 +45,10 @@ _OUTCOMES = [("affirmed", "reversed"), ("affirm", "reverse"), ("granted", "denie
              ("enforceable", "unenforceable"), ("valid", "invalid"), ("constitutional", "unconstitutional"),
              ("guilty", "acquitted"), ("upheld", "overturned"), ("lawful", "unlawful")]
 _OUTCOME_STEMS = [(_stem(a), _stem(b)) for a, b in _OUTCOMES]
+_OUTCOME_SET = frozenset(_OUTCOME_STEMS)
 # Legal predicates whose negation flips a holding ("was not willful", "is not liable").
-_PREDICATES = frozenset(_stem(w) for w in """liable willful negligent guilty entitled enforceable valid timely
+# ("timely" is not among them: its stem is the noun "time"'s, and "time lost to congestion" is no holding.)
+_PREDICATES = frozenset(_stem(w) for w in """liable willful negligent guilty entitled enforceable valid
 proper permitted allowed necessary required voluntary responsible binding admissible unconscionable waived
 preempted reasonable lawful""".split())
 _NEGATIONS = frozenset("not no never nothing none nobody nowhere cannot can't don't doesn't didn't isn't wasn't "
@@ -64,7 +66,20 @@ def _has_root(stems: Iterable[str], root: str) -> bool:
 # A condition states no fact ("If it still won't sync, …", "If you have no backup codes left, …"): its words
 # are neither negated nor plain claims. "rather than X" and "instead of X" deny X, as "not X" does.
 _CONDITION = re.compile(r"\b(?:if|unless|whether|in case)\b[^,.;:!?]*,", re.IGNORECASE)
-_DENIAL = re.compile(r"\b(?:rather than|instead of)\b", re.IGNORECASE)
+# "failure to deliver", "fails to state", "lack of notice", "absence of consent" deny as "not" does.
+_DENIAL = re.compile(r"\b(?:rather than|instead of|fail(?:s|ed|ing|ure)?\s+(?:to|of)|lack(?:s|ed|ing)?(?:\s+of)?|"
+                     r"absence\s+of)\b", re.IGNORECASE)
+# "dismissal with and without prejudice" names both; neither side is denied.
+_BOTH = re.compile(r"\bwith\s+(?:and|or)\s+without\b", re.IGNORECASE)
+# A question states nothing ("Is the clause enforceable?" in an opinion's statement of the issue): its words
+# are neither claims nor denials.
+_QUESTION = re.compile(r"[^.!?\n]*\?")
+
+
+def _statements(text: str) -> str:
+    """``text`` with what states no fact taken out: questions, conditions; denials written as "not"."""
+    text = _BOTH.sub("with", _QUESTION.sub(" ", text))
+    return _DENIAL.sub(" not ", _CONDITION.sub(" ", text))
 
 
 def _negated_and_plain(text: str) -> tuple[set[str], set[str]]:
@@ -72,7 +87,7 @@ def _negated_and_plain(text: str) -> tuple[set[str], set[str]]:
     negated: set[str] = set()
     plain: set[str] = set()
     pending = False
-    text = _DENIAL.sub(" not ", _CONDITION.sub(" ", text))
+    text = _statements(text)
     for token in _TOKEN.findall(text.replace("-", " ")):
         if _CLAUSE_END.fullmatch(token):
             pending = False  # "2. No. Bad faith …": a negation does not reach into the next sentence
@@ -105,9 +120,12 @@ def _contradicts_passages(sentence: str, passages_negated: set[str], passages_pl
     return None
 
 
-def _contradiction(sentence: str, window: str, negation: bool = True) -> str | None:
+def _contradiction(sentence: str, window: str, negation: bool = True,
+                   passages_plain: set[str] = frozenset()) -> str | None:
     """Why ``sentence`` contradicts a closely matching ``window``, or None (opposites and negating prefixes;
-    with ``negation``, also a claim negated on one side only)."""
+    with ``negation``, also a claim negated on one side only). ``passages_plain``: what the turn's passages
+    state anywhere; an outcome they state elsewhere is no contradiction (an opinion affirms in part and
+    reverses in part, in different sentences)."""
     s_neg, s_plain = _negated_and_plain(sentence)
     w_neg, w_plain = _negated_and_plain(window)
     w_all = w_neg | w_plain
@@ -115,6 +133,8 @@ def _contradiction(sentence: str, window: str, negation: bool = True) -> str | N
         for x, y in ((a, b), (b, a)):
             # A plain "affirmed" against a passage that says "reversed" and never "affirmed".
             if _has_root(s_plain, x) and _has_root(w_plain, y) and not _has_root(w_all, x):
+                if (a, b) in _OUTCOME_SET and _has_root(passages_plain, x):
+                    continue
                 return f"says '{x}…' where the passage says '{y}…'"
     for x in sorted(s_plain):
         if len(x) < 4:
@@ -141,7 +161,7 @@ def _contradiction(sentence: str, window: str, negation: bool = True) -> str | N
 
 
 def _has_negation(text: str) -> bool:
-    text = _DENIAL.sub(" not ", _CONDITION.sub(" ", text))
+    text = _statements(text)
     return any(t.lower() in _NEGATIONS or t.lower().endswith("n't") for t in _TOKEN.findall(text))
 
 
@@ -154,8 +174,32 @@ def _polarity_flip(sentence: str, window: str) -> str | None:
     if not _has_negation(window):
         return None
     negated, _ = _negated_and_plain(window)
+    # The sentence must speak of what the negation denies ("We can deliver to P.O. boxes" against "We do not
+    # ship to P.O. boxes"): a sentence sharing none of the denied words restates the rest of the passage
+    # ("… is a deterrent" from "… is not an estimate of loss; it is a deterrent").
+    _, s_plain = _negated_and_plain(sentence)
+    if not (_denied_words(window) & s_plain):
+        return None
     what = ", ".join(sorted(negated)[:3])
     return f"says it without the negation the passage has ({what}…)" if what else None
+
+
+def _denied_words(text: str, reach: int = 4) -> set[str]:
+    """Stems of the first ``reach`` content words after each negation in ``text`` (its guessed scope)."""
+    out: set[str] = set()
+    left = 0
+    for token in _TOKEN.findall(_statements(text).replace("-", " ")):
+        if _CLAUSE_END.fullmatch(token):
+            left = 0
+            continue
+        w = token.lower().replace("’", "'")
+        if w in _NEGATIONS or w.endswith("n't"):
+            left = reach
+            continue
+        if left and w not in _AUXILIARIES and w not in _STOPWORDS:
+            out.add(_stem(w))
+            left -= 1
+    return out
 
 
 _CLAUSES = re.compile(r"(?<=[.!?])\s+|[;:]\s+|,\s+(?:and|but|while|whereas|although)\s+")

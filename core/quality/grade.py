@@ -88,12 +88,13 @@ def parse_row(line_no: int, text: str) -> tuple[Row | None, list[str]]:
     if not by_turn:
         return None, [_problem(line_no, "no assistant message has passages in 'retrieved_context'; nothing to "
                                         "grade")]
-    turns, said = [], []
+    turns, said, shown = [], [], []
     for i, m in enumerate(messages):
         if m["role"] == "user":
             said.append(m["content"])
         elif m["role"] == "assistant" and i in by_turn:
-            turns.append(TurnInput(m["content"], by_turn[i], list(said), idx=i))
+            turns.append(TurnInput(m["content"], by_turn[i], list(said), idx=i, earlier=list(shown)))
+            shown += by_turn[i]
     return Row(line_no, data, turns), []
 
 

@@ -133,6 +133,9 @@ class TurnInput:
     context: list[str] = field(default_factory=list)  # the user's messages up to this turn
     turn_id: int | None = None
     idx: int | None = None
+    # Passages shown at earlier turns of the conversation: a name, figure or identifier they stated is
+    # established for the turns after (the carried context the respondent sees), though not a match window.
+    earlier: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -353,7 +356,7 @@ class GroundingChecker:
     def _score_turn(self, turn: TurnInput, sentences: list[Sentence], kinds: list[str], windows: _Windows,
                     context_vectors: np.ndarray | None, vector_of: dict[str, np.ndarray]) -> TurnGrounding:
         t = self.thresholds
-        sources = _source_texts(turn.passages, turn.context)
+        sources = _source_texts([*turn.passages, *turn.earlier], turn.context)
         pool = IdentifierPool(sources)
         source_text = "\n".join(sources)
         vocabulary = {_stem(w) for w in _content_words(source_text)}
@@ -405,7 +408,8 @@ class GroundingChecker:
                     # A negation is judged against the closest window only: the runner-up is often about
                     # something else ("Monthly plans are not refundable" beside a claim about annual plans).
                     why = _contradiction(sentence.text, windows.texts[i],
-                                         negation=rank == 0 and sims[i] >= t.negation_gate)
+                                         negation=rank == 0 and sims[i] >= t.negation_gate,
+                                         passages_plain=passages_plain)
                     if why:
                         reasons.append(why)
                         best, contradicted, check = int(i), True, "polarity"
@@ -439,7 +443,10 @@ class GroundingChecker:
         flagged = sum(s.kind in ("unsupported", "contradicted") for s in claims)
         confidences = [s.confidence for s in claims if s.confidence is not None]
         score = band_score(flagged, len(claims), min(confidences) if confidences else None)
-        citations = _citation_flags(turn.answer, sentences, pool)
+        # An amount the sentence computes from the passages' figures ("$17.60 per hour" for 8 hours stated as
+        # "$140.80 per day") was judged grounded above: it is no unverified identifier either.
+        citations = [f for f in _citation_flags(turn.answer, sentences, pool)
+                     if f.type != "amount" or _amount_missing(f, scored)]
         return TurnGrounding(score, scored, citations, turn.turn_id, turn.idx)
 
 
@@ -533,6 +540,15 @@ def _windows_from(sentences: list[str], positions: Sequence[int], vector_of: dic
 
 
 _CHECK_OF_TYPE = {"amount": "figure", "date": "date", "case": "citation", "docket": "citation", "statute": "citation"}
+
+
+def _amount_missing(flag: CitationFlag, scored: Sequence[SentenceScore]) -> bool:
+    """Whether the sentence checks found ``flag``'s amount missing (a claim's reasons name it); a sentence the
+    checks did not look at keeps the flag."""
+    sentence = next((c for c in scored if c.start <= flag.start < c.end), None)
+    if sentence is None or not sentence.scored:
+        return True
+    return any(flag.text in r for r in sentence.reasons)
 
 
 def _missing_facts(sentence: str, pool: IdentifierPool, numbers: set[str], names: set[str],

@@ -41,12 +41,14 @@ def conversation_score(turn_scores: list[float]) -> float | None:
 def _turn_inputs(db: Database, conversation_id: str) -> list[TurnInput]:
     rows = db.rows("SELECT id, idx, role, content, retrieval FROM turns WHERE conversation_id=? ORDER BY idx",
                    [conversation_id])
-    inputs, said = [], []
+    inputs, said, shown = [], [], []
     for r in rows:
         if r["role"] == "user":
             said.append(r["content"] or "")
         elif r["role"] == "assistant":
-            inputs.append(TurnInput(r["content"] or "", loads(r["retrieval"], []) or [], list(said), r["id"], r["idx"]))
+            passages = loads(r["retrieval"], []) or []
+            inputs.append(TurnInput(r["content"] or "", passages, list(said), r["id"], r["idx"], earlier=list(shown)))
+            shown += passages
     return inputs
 
 

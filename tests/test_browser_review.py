@@ -356,7 +356,8 @@ def test_team_review_in_two_browsers(app, browser):
         ana.get_by_role("button", name="Split the queue").click()
         wait_for_text(ana, r"Queue split: ana [\d,]+, ben [\d,]+ conversation\(s\); 2 review\(s\) needed each")
         new = db.scalar("SELECT COUNT(*) FROM conversations WHERE status='new'")
-        assert db.scalar("SELECT COUNT(*) FROM review_assignments WHERE reviewer='ben'") == new
+        split = db.rows("SELECT ts, actor, payload FROM events WHERE kind='review.split'")
+        assert db.scalar("SELECT COUNT(*) FROM review_assignments WHERE reviewer='ben'") == new, split
         first, second = [r["id"] for r in store.page(ReviewFilter(status="new", assigned_to="ana"), limit=2)]
 
         my_queue(ana, "ana")

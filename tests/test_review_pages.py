@@ -271,7 +271,7 @@ def test_grounding_is_shown_with_evidence_marked_stale_and_regraded_after_an_edi
     at = new_app("pages/review.py")
     assert at.session_state["review.current"] == ids[0]
     page = texts(at)
-    assert "grounding " in page and "checks\\-v4" in page and "grounding stale" not in page
+    assert "grounding " in page and "checks\\-v5" in page and "grounding stale" not in page
     # Open when an answer is flagged: its unsupported sentences beside the passages.
     assert any(e.label.startswith(("Evidence for each sentence of the turn ", "Unsupported sentences of the turn "))
                for e in at.expander)

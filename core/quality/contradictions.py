@@ -178,10 +178,17 @@ def _polarity_flip(sentence: str, window: str) -> str | None:
     # ship to P.O. boxes"): a sentence sharing none of the denied words restates the rest of the passage
     # ("… is a deterrent" from "… is not an estimate of loss; it is a deterrent").
     _, s_plain = _negated_and_plain(sentence)
-    if not (_denied_words(window) & s_plain):
+    denied = _denied_words(window)
+    if not any(_same_root(d, w) for d in denied for w in s_plain):
         return None
     what = ", ".join(sorted(negated)[:3])
     return f"says it without the negation the passage has ({what}…)" if what else None
+
+
+def _same_root(a: str, b: str) -> bool:
+    """One word's stem begins the other's ("refund" and "refundable"), four letters at least."""
+    short, long_ = sorted((a, b), key=len)
+    return len(short) >= 4 and long_.startswith(short) or a == b
 
 
 def _denied_words(text: str, reach: int = 4) -> set[str]:

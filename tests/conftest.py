@@ -145,6 +145,19 @@ def pytest_runtest_protocol(item, nextitem):
                 fcntl.flock(turnstile, fcntl.LOCK_UN)
 
 
+# The longest files first (measured: `--durations`), so the workers share them out and the short ones fill the
+# end, instead of one worker starting a two-minute browser test while the other has nothing left.
+HEAVY_FIRST = ["test_browser_project.py", "test_browser.py", "test_newcomer.py", "test_browser_review.py",
+               "test_hardening_round3.py", "test_engine.py", "test_grounded_turns.py", "test_shared_data_dir.py",
+               "test_bad_inputs.py", "test_export.py", "test_gate.py", "test_hardening.py", "test_training.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    order = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), order[id(item)]))
+
+
 # ---- CI: the browser tests must have run -------------------------------------------------------------------
 _browser_passed: list[str] = []
 

@@ -120,7 +120,7 @@ def _lock_files():
     if not run or not os.environ.get("PYTEST_XDIST_WORKER"):
         return None
     base = Path(tempfile.gettempdir()) / f"groundwork-tests-{run}"
-    return base.with_suffix(".turnstile"), base.with_suffix(".lock")
+    return base.with_suffix(".turnstile"), base.with_suffix(".lock"), base.with_suffix(".browser")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -130,7 +130,10 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     solo = item.get_closest_marker("solo") is not None
-    with open(files[0], "a+") as turnstile, open(files[1], "a+") as lock:
+    browser = item.path.name.startswith("test_browser")
+    with open(files[0], "a+") as turnstile, open(files[1], "a+") as lock, open(files[2], "a+") as ui:
+        if browser:
+            fcntl.flock(ui, fcntl.LOCK_EX)  # taken first, always: no two locks are ever waited for the other way round
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         if solo:
             fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the other worker's current test to end
@@ -143,12 +146,17 @@ def pytest_runtest_protocol(item, nextitem):
             fcntl.flock(lock, fcntl.LOCK_UN)
             if solo:
                 fcntl.flock(turnstile, fcntl.LOCK_UN)
+            if browser:
+                fcntl.flock(ui, fcntl.LOCK_UN)
 
 
-# The longest files first (measured: `--durations`), so the workers share them out and the short ones fill the
-# end, instead of one worker starting a two-minute browser test while the other has nothing left.
-HEAVY_FIRST = ["test_browser_project.py", "test_browser.py", "test_newcomer.py", "test_browser_review.py",
-               "test_hardening_round3.py", "test_engine.py", "test_grounded_turns.py", "test_shared_data_dir.py",
+# Scheduling (`--dist loadfile --no-loadscope-reorder`): a file runs on one worker, so its module fixtures are built
+# once; files are handed out in this order, two to each worker at the start, so the longest go first and the short
+# ones fill the end. The three browser files are spread out (the first and the fourth go to the same worker, one
+# after the other), and a browser test also holds the browser lock: one Chromium and Streamlit server at a time
+# (three at once on two cores timed out).
+HEAVY_FIRST = ["test_browser.py", "test_newcomer.py", "test_hardening_round3.py", "test_browser_project.py",
+               "test_engine.py", "test_grounded_turns.py", "test_browser_review.py", "test_shared_data_dir.py",
                "test_bad_inputs.py", "test_export.py", "test_gate.py", "test_hardening.py", "test_training.py"]
 
 

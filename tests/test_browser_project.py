@@ -332,6 +332,19 @@ def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(ke
     tokens = charts[1]
     assert tokens["xrange"][0] >= 0, tokens  # today: all zeros, an axis from -0.4 to 0.4
     shot(page, "p4-dashboard")
+    # The example set's approved conversations, graded from the Dashboard's button: none flagged (v4 flagged 5 of 9).
+    page.get_by_role("button", name="Score grounding and find near-duplicates").click()
+    from core import quality
+
+    def graded():
+        rows = demo.rows("SELECT grounding, citation_flags FROM conversations WHERE provider='examples' "
+                         "AND status='approved' AND grounded_at IS NOT NULL")
+        return rows if len(rows) == 9 else None
+
+    approved = wait_until(graded, timeout_s=300)
+    assert approved, "the example set's approved conversations were not graded"
+    settle(page)
+    assert [r for r in approved if quality.is_flagged(r["grounding"], r["citation_flags"])] == []
 
     # The demo's live run can be cancelled from Home.
     nav_home(page)

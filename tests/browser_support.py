@@ -29,6 +29,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(base: str, proc: subprocess.Popen, log_path: Path, timeout_s: float, every_s: float = 0.5) -> None:
+    """Wait until the Streamlit server at ``base`` answers its health check; fail with its log's tail if the
+    process ends first or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited: " + log_path.read_text()[-3000:]
+        try:
+            urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(every_s)
+    pytest.fail("the app never answered: " + log_path.read_text()[-3000:])
+
+
 @contextmanager
 def serve_app(data: Path, env: dict[str, str], clean: bool = False):
     """`streamlit run app.py` on a free port with ``data`` as its data dir, until the block ends.
@@ -49,15 +63,7 @@ def serve_app(data: Path, env: dict[str, str], clean: bool = False):
                             cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+        wait_healthy(base, proc, log_path, timeout_s=90)
         yield {"base": base, "data": data, "log": log_path}
     finally:
         proc.terminate()

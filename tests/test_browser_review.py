@@ -384,6 +384,7 @@ def test_team_review_in_two_browsers(app, browser):
         my_queue(ben, "ben")  # ben's own browser: the same conversations, not yet decided by him
         wait_for_text(ben, first)
         assert "1 of 2 decision(s)" in main_text(ben) and "ana: approved" in main_text(ben)
+        ben.locator('[data-testid="stMainBlockContainer"] h1').first.click()  # keys go to the page, not a field
         ben.keyboard.press("d")
         ben.get_by_role("dialog").get_by_text("Why discard this conversation?").wait_for()
         ben.keyboard.press("o")  # off topic: ben disagrees with ana

@@ -7,17 +7,15 @@ shipped sample corpus. (The README's second command is the one CI runs, so it is
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.browser_support import CHROMIUM, CHROMIUM_FLAGS, free_port, wait_healthy
 from tests.conftest import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium")]
 
 
@@ -43,9 +41,7 @@ def test_first_command_sets_up_and_serves_the_sample_corpus(tmp_path):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     assert not (repo / ".venv").exists()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GROUNDWORK_", "GEMINI", "GOOGLE_", "VIRTUAL_ENV"))}
     env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if ".venv" not in p)
     command = readme_commands()[0]
@@ -54,23 +50,13 @@ def test_first_command_sets_up_and_serves_the_sample_corpus(tmp_path):
     proc = subprocess.Popen(["bash", "-c", f"{command} --server.port {port}"], cwd=repo, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 1200  # a first setup compiles llama.cpp unless pip's cache has the wheel
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "start.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(2)
-        else:
-            pytest.fail("the app never answered: " + (tmp_path / "start.log").read_text()[-3000:])
+        # A first setup compiles llama.cpp unless pip's cache has the wheel.
+        wait_healthy(f"http://127.0.0.1:{port}", proc, tmp_path / "start.log", timeout_s=1200, every_s=2)
         setup_seconds = time.monotonic() - started
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             # The sample corpus enters the user's data dir only on request.

@@ -362,11 +362,13 @@ def test_team_review_in_two_browsers(app, browser):
         names.fill("ana, ben")
         names.press("Enter")
         settle(ana)
-        ana.get_by_role("spinbutton", name="Reviews needed per conversation").click()
-        ana.keyboard.press("Control+a")
-        ana.keyboard.type("2")
-        ana.keyboard.press("Enter")
+        # Typed into the field itself (fill focuses it): keys sent to wherever the focus was after a rerun once
+        # landed in the sidebar's Status filter and split every conversation ("status any").
+        needed = ana.get_by_role("spinbutton", name="Reviews needed per conversation")
+        needed.fill("2")
+        needed.press("Enter")
         settle(ana)
+        assert db.scalar("SELECT COUNT(*) FROM review_assignments") == 0  # nothing split before the button
         ana.get_by_role("button", name="Split the queue").click()
         wait_for_text(ana, r"Queue split: ana [\d,]+, ben [\d,]+ conversation\(s\); 2 review\(s\) needed each")
         new = db.scalar("SELECT COUNT(*) FROM conversations WHERE status='new'")

@@ -649,18 +649,12 @@ class GenerationRun:
 
     def _verify(self, simulator: Simulator, result: dict[str, Any]) -> list[Any]:
         """LLM verdicts for every answer of a finished conversation (one call each, cached by content)."""
-        from core.quality.grounding import TurnInput
+        from core.quality.grounding import conversation_inputs
         from core.quality.verify import DatabaseCache, LLMVerifier
 
         verifier = LLMVerifier(simulator.provider, DatabaseCache(self.db), priority=2 * self.config.max_turns)
-        inputs, said, shown = [], [], []
-        for idx, t in enumerate(result["turns"]):
-            if t["role"] == "user":
-                said.append(t["content"])
-            elif t["role"] == "assistant":
-                inputs.append(TurnInput(t["content"], list(t["retrieval"] or []), list(said), idx=idx,
-                                        earlier=list(shown)))
-                shown += list(t["retrieval"] or [])
+        inputs = conversation_inputs((t["role"], t["content"], list(t["retrieval"] or []), None, idx)
+                                     for idx, t in enumerate(result["turns"]))
         verdicts = verifier.verify_turns(inputs)
         self.monitor.record_call(0.0, verifier.prompt_tokens, verifier.completion_tokens, 0)
         return list(zip(inputs, verdicts))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from core.errors import ValidationError
-from core.quality.grounding import TurnInput
+from core.quality.grounding import TurnInput, conversation_inputs
 from core.quality.verdicts import Verifier
 
 MAX_REPORTED = 20  # problems listed before "… and N more"
@@ -88,13 +88,7 @@ def parse_row(line_no: int, text: str) -> tuple[Row | None, list[str]]:
     if not by_turn:
         return None, [_problem(line_no, "no assistant message has passages in 'retrieved_context'; nothing to "
                                         "grade")]
-    turns, said, shown = [], [], []
-    for i, m in enumerate(messages):
-        if m["role"] == "user":
-            said.append(m["content"])
-        elif m["role"] == "assistant" and i in by_turn:
-            turns.append(TurnInput(m["content"], by_turn[i], list(said), idx=i, earlier=list(shown)))
-            shown += by_turn[i]
+    turns = conversation_inputs((m["role"], m["content"], by_turn.get(i), None, i) for i, m in enumerate(messages))
     return Row(line_no, data, turns), []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -136,6 +136,23 @@ class TurnInput:
     # Passages shown at earlier turns of the conversation: a name, figure or identifier they stated is
     # established for the turns after (the carried context the respondent sees), though not a match window.
     earlier: list[dict[str, Any]] = field(default_factory=list)
+
+
+def conversation_inputs(turns: Iterable[tuple[str, str, list[dict[str, Any]] | None, int | None, int | None]]
+                        ) -> list[TurnInput]:
+    """One TurnInput per graded assistant turn of a conversation, with the user's messages so far and the
+    passages shown at earlier turns. ``turns``: (role, content, passages — None for an answer not to grade —,
+    turn id, index), in order."""
+    inputs: list[TurnInput] = []
+    said: list[str] = []
+    shown: list[dict[str, Any]] = []
+    for role, content, passages, turn_id, idx in turns:
+        if role == "user":
+            said.append(content or "")
+        elif role == "assistant" and passages is not None:
+            inputs.append(TurnInput(content or "", list(passages), list(said), turn_id, idx, earlier=list(shown)))
+            shown += passages
+    return inputs
 
 
 @dataclass

@@ -11,7 +11,8 @@ from core.db import Database, dumps, loads, now
 from core.corpus.embeddings import Embedder
 from core.errors import NotFoundError
 from core.quality.common import LIST_COLUMNS, ProgressFn, text_hash
-from core.quality.grounding import GroundingChecker, TurnGrounding, TurnInput, WEAKLY_GROUNDED_BELOW
+from core.quality.grounding import (GroundingChecker, TurnGrounding, TurnInput, WEAKLY_GROUNDED_BELOW,
+                                    conversation_inputs)
 from core.quality.verdicts import TurnVerdict, Verifier
 
 
@@ -41,15 +42,8 @@ def conversation_score(turn_scores: list[float]) -> float | None:
 def _turn_inputs(db: Database, conversation_id: str) -> list[TurnInput]:
     rows = db.rows("SELECT id, idx, role, content, retrieval FROM turns WHERE conversation_id=? ORDER BY idx",
                    [conversation_id])
-    inputs, said, shown = [], [], []
-    for r in rows:
-        if r["role"] == "user":
-            said.append(r["content"] or "")
-        elif r["role"] == "assistant":
-            passages = loads(r["retrieval"], []) or []
-            inputs.append(TurnInput(r["content"] or "", passages, list(said), r["id"], r["idx"], earlier=list(shown)))
-            shown += passages
-    return inputs
+    return conversation_inputs((r["role"], r["content"], loads(r["retrieval"], []) or [], r["id"], r["idx"])
+                               for r in rows)
 
 
 def score_conversation(db: Database, embedder: Embedder, conversation_id: str,

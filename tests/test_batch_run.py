@@ -88,11 +88,16 @@ def test_batch_rounds_save_exactly_n_grounded_conversations_and_failed_entries_g
         assert json.loads(c["question_meta"])["instruction_call_id"]
     # The two failed entries were asked again in a later round, under new keys, and nothing was sent twice.
     assert len(failed) == 2 and keys_unique(fake)
-    retried = db.rows("SELECT work_item_id FROM batch_requests WHERE key IN (?, ?)", failed)
-    for r in retried:
-        later = db.rows("SELECT key, status FROM batch_requests WHERE work_item_id=? AND key NOT IN (?, ?)",
-                        [r["work_item_id"], *failed])
-        assert any(x["status"] == "accepted" for x in later)
+    # A failed entry is a turn of one conversation or (when round 1 left a question unwritten) the questions of
+    # several: either way each conversation it served was asked again and answered in a later round.
+    accepted = db.rows("SELECT key, work_item_id, purpose, payload FROM batch_requests WHERE run_id=? AND "
+                       "status='accepted'", [run.run_id])
+    for r in db.rows("SELECT key, work_item_id, purpose, payload FROM batch_requests WHERE key IN (?, ?)", failed):
+        items = json.loads(r["payload"])["items"] if r["purpose"] == "instruction" else [r["work_item_id"]]
+        for item in items:
+            assert any(a["key"] not in failed and a["purpose"] == r["purpose"] and
+                       (item in json.loads(a["payload"]).get("items", []) if r["purpose"] == "instruction"
+                        else a["work_item_id"] == item) for a in accepted), (r["key"], r["purpose"], item)
     assert db.scalar("SELECT COUNT(*) FROM batch_requests WHERE status='failed'") == 2
     # Every round was one job at Google, polled to its end and applied.
     jobs = db.rows("SELECT * FROM batch_jobs WHERE run_id=? ORDER BY round", [run.run_id])

@@ -110,9 +110,11 @@ def test_above_the_inline_limit_a_round_goes_as_an_uploaded_file_and_a_failed_jo
     fake.batch_outcomes.extend(["SUCCEEDED", "EXPIRED"])  # the second job expires: its requests go again
     # The first creation's answer is lost (the client times out) although the job was made: found, not resent.
     fake.batch_create_faults.append("timeout")
-    fake.batch_timeout_s = 1.5
+    # The client gives up after 4 s, the fake answers that creation after 6 s: roomy enough that no other call of
+    # the run times out on a loaded machine (a timed-out upload or poll would make this test count rounds wrongly).
+    fake.batch_timeout_s = 6.0
     run = batch_run(indexed_wb, fake, RunConfig(num_dialogs=3, max_turns=1, seed=5, batch=True),
-                    batch_inline_bytes=2000, request_timeout=1.0)
+                    batch_inline_bytes=2000, request_timeout=4.0)
     progress = run.run()
     assert progress.status == "completed" and progress.saved == 3
     jobs = indexed_wb.db.rows("SELECT * FROM batch_jobs WHERE run_id=? ORDER BY round", [run.run_id])

@@ -7,6 +7,9 @@
         # rows, alternating in one run of this script, each in its own process (so the same machine load)
     .venv/bin/python bench/grounding.py --run 12         # wall time of `generate` with the checks and with
         # --no-grade, fake Gemini at 0.5 s latency in its own process (target: <= 1.15x)
+    .venv/bin/python bench/grounding.py --trained --dev  # the verifier trained on each set's own passages
+        # against the rules, on the development sets (a sweep of its flag cut: where FLAG_BELOW was chosen)
+    .venv/bin/python bench/grounding.py --trained        # the same on the held-out sets, at FLAG_BELOW only
 
 Quality, per set: AUROC (supported vs not, ranked by the weakest sentence's confidence), precision and
 recall of the flag (a sentence judged unsupported or contradicted), and how many units of each label were
@@ -60,6 +63,65 @@ def quality(args) -> None:
         print(f"{held.name}: supported flagged {supported:.0%} (<= 10%: {'met' if supported <= 0.1 else 'NOT met'}), "
               f"precision {held.precision:.3f} (>= 0.85: {'met' if held.precision >= 0.85 else 'NOT met'}), "
               f"recall {held.recall:.3f}")
+
+
+class _MemoScorer:
+    """A trained model's probabilities remembered per pair, so a sweep of flag cuts scores each pair once."""
+
+    def __init__(self, scorer):
+        self.scorer, self.memo = scorer, {}
+
+    def predict(self, pairs):
+        import numpy as np
+        todo = [p for p in dict.fromkeys(pairs) if p not in self.memo]
+        if todo:
+            self.memo.update(zip(todo, self.scorer.predict(todo)))
+        return np.array([self.memo[p] for p in pairs], dtype=np.float32)
+
+
+def trained(args) -> None:
+    """Train a verifier on each set's own passages (its "corpus") and compare it with the rules.
+
+    Adoption rule, written before the held-out sets were measured: the trained verifier becomes the default only
+    if on every held-out set its AUROC is at least the rules' and its flags still meet the targets (supported
+    flagged <= 10%, precision >= 0.85), and on one at least its AUROC is 0.02 higher."""
+    from core.corpus.embeddings import Embedder
+    from core.quality.benchmark import (DEV, DEV_3, HELD_OUT_2, HELD_OUT_3, evaluate, format_report, load_held_out,
+                                        load_in_sample)
+    from core.quality.grounding import OfflineVerifier
+    from core.quality.trained import FLAG_BELOW, PairScorer, TrainedVerifier, train_pair_scorer
+
+    offline = OfflineVerifier(Embedder())
+    if args.dev:
+        sets = [("in-sample (legal)", load_in_sample()), ("development", load_held_out(DEV)),
+                ("development 3", load_held_out(DEV_3))]
+        cuts = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+    else:
+        sets = [("held-out 1", load_held_out()), ("held-out 2", load_held_out(HELD_OUT_2)),
+                ("held-out 3", load_held_out(HELD_OUT_3))]
+        cuts = (FLAG_BELOW,)
+    verdict = []
+    for name, units in sets:
+        texts = list(dict.fromkeys(p["text"] for u in units for p in u.turn.passages))
+        with tempfile.TemporaryDirectory(prefix="gw-trained-") as tmp:
+            meta = train_pair_scorer({str(i): t for i, t in enumerate(texts)}, Path(tmp) / "model", seed=args.seed)
+            scorer = _MemoScorer(PairScorer(Path(tmp) / "model"))
+            print(f"{name}: trained on {len(texts)} passages ({meta['sentences']} sentences"
+                  f"{', topped up from the sample corpus' if meta['topped_up_from_sample'] else ''}): "
+                  f"{meta['pairs']} pairs in {meta['seconds']} s", flush=True)
+            rules = evaluate(f"{name} · rules", units, offline)
+            print(format_report(rules) + f" · supported flagged {rules.rate('supported') or 0:.0%}")
+            for cut in cuts:
+                r = evaluate(f"{name} · trained < {cut}", units, TrainedVerifier(offline, scorer, flag_below=cut))
+                print(format_report(r) + f" · supported flagged {r.rate('supported') or 0:.0%}", flush=True)
+                if cut == FLAG_BELOW:
+                    verdict.append((rules, r))
+    if not args.dev:
+        meets = all(t.auroc >= r.auroc and (t.rate("supported") or 0) <= 0.1 and t.precision >= 0.85
+                    for r, t in verdict)
+        wins = any(t.auroc >= r.auroc + 0.02 for r, t in verdict)
+        print(f"adopt the trained verifier: {'yes' if meets and wins else 'no'} (needs AUROC >= the rules' and the "
+              "targets met on every held-out set, and AUROC +0.02 on one)")
 
 
 def _speed_once(checkout: Path, answers: int) -> dict:
@@ -149,8 +211,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="--speed rounds (alternating)")
     parser.add_argument("--run", type=int, default=0, help="measure a run of this many conversations, checks on/off")
     parser.add_argument("--latency", type=float, default=0.5, help="fake Gemini latency for --run")
+    parser.add_argument("--trained", action="store_true", help="the verifier trained on each set's passages")
+    parser.add_argument("--seed", type=int, default=0, help="--trained: the training seed")
     args = parser.parse_args()
-    if args.speed:
+    if args.trained:
+        trained(args)
+    elif args.speed:
         speed(args)
     elif args.run:
         run_cost(args)

@@ -382,6 +382,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
     from core.quality.grade import grade_file
 
     settings = _settings(args)
+    if args.provider and args.trained:
+        raise GroundworkError("--trained and --provider choose two different verifiers: give one of them.")
     if args.provider:
         settings = settings.replace(provider=args.provider)
     settings.validate()
@@ -405,6 +407,23 @@ def cmd_grade(args: argparse.Namespace) -> int:
         # output whose checks ran as it was saved, embeds only what is new.
         verifier = OfflineVerifier(Embedder(settings.embedding_model),
                                    data_dir=settings.data_path if settings.data_path.is_dir() else None)
+        if args.trained:
+            from core.db import Database
+            from core.quality.trained import TrainedVerifier, TrainedVerifierStore
+
+            if not settings.db_path.exists():
+                raise GroundworkError(f"No data dir at {settings.data_path}: --trained uses the verifier trained "
+                                      "on that data dir's corpus (`groundwork verifier train`).")
+            db = Database(settings.db_path)
+            store = TrainedVerifierStore(db, settings.data_path)
+            scorer = store.load()
+            if scorer is None:
+                state = store.status()["state"]
+                raise GroundworkError(
+                    "No verifier is trained on this corpus" + (" as it is now (it was re-indexed since)"
+                                                              if state == "stale" else "")
+                    + ": run `groundwork verifier train` first, or grade without --trained.")
+            verifier = TrainedVerifier(verifier, scorer, name=store.fingerprint()[:8])
     progress = Progress(args.quiet)
     try:
         rows = grade_file(Path(args.input), Path(args.out), verifier,
@@ -419,6 +438,42 @@ def cmd_grade(args: argparse.Namespace) -> int:
                  f"{verifier.prompt_tokens} prompt + {verifier.completion_tokens} completion tokens")
     print(line, file=sys.stderr)
     return 0
+
+
+def cmd_verifier(args: argparse.Namespace) -> int:
+    """Train the data dir's corpus verifier, or say whether one is trained on the corpus as it is now."""
+    from core.db import Database
+    from core.quality.trained import TrainedVerifierStore
+
+    settings = _settings(args)
+    if not settings.db_path.exists():
+        raise GroundworkError(f"No data dir at {settings.data_path}: index documents first (`groundwork index`).")
+    db = Database(settings.db_path)
+    try:
+        store = TrainedVerifierStore(db, settings.data_path)
+        if args.action == "status":
+            st = store.status()
+            if st["state"] == "current":
+                print(f"trained on this corpus ({st['fingerprint']}) at {st['trained_at']}: {st['pairs']} pairs from "
+                      f"{st['sentences']} sentences in {st['seconds']} s; {st['path']}")
+            elif st["state"] == "stale":
+                print("trained on an earlier version of the corpus (re-indexed since): set aside; "
+                      "`groundwork verifier train` trains it again")
+            else:
+                print("no verifier trained on this corpus: `groundwork verifier train` trains one (a few minutes)")
+            return 0
+        if not db.scalar("SELECT COUNT(*) FROM documents WHERE status='complete'"):
+            raise GroundworkError("The corpus is empty: index documents first (`groundwork index PATH`).")
+        progress = Progress(args.quiet)
+        try:
+            meta = store.train(progress=lambda done, total, _what: progress("training steps", done, total))
+        finally:
+            progress.close()
+        print(f"trained a verifier on this corpus ({meta['fingerprint']}): {meta['pairs']} pairs from "
+              f"{meta['sentences']} sentences in {meta['seconds']} s; `groundwork grade --trained` uses it")
+        return 0
+    finally:
+        db.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -577,8 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the offline verifier")
     p.add_argument("--data-dir", help="data dir whose database caches LLM verdicts (env GROUNDWORK_DATA_DIR)")
     p.add_argument("--embedding-model", help="embedding model of the offline verifier (env GROUNDWORK_EMBEDDING_MODEL)")
+    p.add_argument("--trained", action="store_true",
+                   help="also the verifier trained on the data dir's corpus (`groundwork verifier train`)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("verifier", help="a grounding verifier trained on this corpus (FactCC-style cross-encoder "
+                                        "from the packaged MiniLM): train it, or see its state")
+    p.add_argument("action", choices=["train", "status"])
+    p.add_argument("--data-dir", help="data dir (env GROUNDWORK_DATA_DIR, default ./data)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_verifier)
 
     p = sub.add_parser("migrate", help="move the corpus between Qdrant Edge and local mode (no re-embedding), "
                                        "or load a Qdrant server's shard snapshot into Edge")

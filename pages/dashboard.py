@@ -9,6 +9,7 @@ from core.review import analytics
 from core import quality, ui_cache
 from core.corpus.documents import plural
 from core.quality import calibration, reviewer_fit
+from core.quality.trained import TrainedVerifierStore
 
 st.title("Dashboard")
 try:
@@ -131,6 +132,28 @@ with st.container(border=True):
         st.dataframe(pd.DataFrame(stored), hide_index=True, width="stretch")
     elif not fitted:
         st.caption("No fit yet.")
+with st.container(border=True):
+    st.markdown("**A verifier trained on this corpus** (try it): a cross-encoder from the packaged MiniLM, trained "
+                "in a few minutes from your documents' own sentences — each against its passage, and against "
+                "copies with a figure, date, name or outcome changed. `groundwork grade --trained` uses it; the "
+                "offline checks stay the default (README, \"Grounding checks\", says how it compared on the "
+                "held-out sets). Re-indexing the corpus sets it aside.")
+    trained_store = TrainedVerifierStore(wb.db, wb.settings.data_path)
+    trained_status = trained_store.status()
+    if trained_status["state"] == "current":
+        st.caption(f"Trained {trained_status['trained_at'][:16]} on {trained_status['sentences']:,} sentences "
+                   f"({trained_status['pairs']:,} pairs, {trained_status['seconds']:.0f} s).")
+    elif trained_status["state"] == "stale":
+        st.caption("Trained on an earlier version of the corpus: set aside since the re-index.")
+    if st.button("Train it now" if trained_status["state"] != "current" else "Train it again",
+                 key="dashboard.train_verifier", icon=":material/model_training:"):
+        bar = st.progress(0.0, text="Training the verifier on this corpus…")
+        try:
+            meta = trained_store.train(progress=lambda done, total, what: bar.progress(
+                done / max(total, 1), text=f"Training the verifier: step {done} of {total} ({what})"))
+            st.success(f"Trained on {meta['sentences']:,} sentences in {meta['seconds']:.0f} s.")
+        except Exception as e:
+            ui_cache.show_error(e)
 report = quality.coverage(wb.db, collection=wb.settings.collection, run_id=run_id)
 def coverage_chart(frame):
     # Horizontal bars: long document titles stay readable, one row each, most used first.

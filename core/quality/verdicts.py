@@ -15,11 +15,13 @@ FLAGGED = frozenset({"unsupported", "contradicted"})
 # Which kind of check spoke for a sentence. Offline, only checks that can show their evidence flag: a figure,
 # date, name, identifier or citation the passages lack, or an outcome/polarity opposite to the passage
 # sentence it matches. "similarity" supports; "none" means the offline checks could not decide (neutral,
-# "not checked offline"); "llm" is the LLM verifier's verdict.
-CHECKS = ("figure", "date", "name", "identifier", "citation", "polarity", "similarity", "none", "llm")
+# "not checked offline"); "llm" is the LLM verifier's verdict; "trained" the cross-encoder trained on the
+# user's corpus (core.quality.trained), which shows the window it scored as its evidence.
+CHECKS = ("figure", "date", "name", "identifier", "citation", "polarity", "similarity", "none", "llm", "trained")
 CHECK_LABELS = {"figure": "figure check", "date": "date check", "name": "name check",
                 "identifier": "identifier check", "citation": "citation check", "polarity": "polarity check",
-                "similarity": "passage match", "none": "not checked offline", "llm": "LLM verifier"}
+                "similarity": "passage match", "none": "not checked offline", "llm": "LLM verifier",
+                "trained": "verifier trained on this corpus"}
 # A turn's score is on two bands (see :func:`band_score`): below this, a check flagged a sentence.
 FLAG_BAND = 0.5
 

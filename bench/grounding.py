@@ -89,7 +89,7 @@ def trained(args) -> None:
     from core.quality.benchmark import (DEV, DEV_3, HELD_OUT_2, HELD_OUT_3, evaluate, format_report, load_held_out,
                                         load_in_sample)
     from core.quality.grounding import OfflineVerifier
-    from core.quality.trained import FLAG_BELOW, PairScorer, TrainedVerifier, train_pair_scorer
+    from core.quality.trained import FLAG_BELOW, TRAINED_VERSION, PairScorer, TrainedVerifier, train_pair_scorer
 
     offline = OfflineVerifier(Embedder())
     if args.dev:
@@ -104,8 +104,14 @@ def trained(args) -> None:
     for name, units in sets:
         texts = list(dict.fromkeys(p["text"] for u in units for p in u.turn.passages))
         with tempfile.TemporaryDirectory(prefix="gw-trained-") as tmp:
-            meta = train_pair_scorer({str(i): t for i, t in enumerate(texts)}, Path(tmp) / "model", seed=args.seed)
-            scorer = _MemoScorer(PairScorer(Path(tmp) / "model"))
+            # --model-cache keeps each set's model between runs of the bench (same set, seed and recipe).
+            model = (Path(args.model_cache) / f"{TRAINED_VERSION}-{name.split(' (')[0].replace(' ', '-')}-{args.seed}"
+                     if args.model_cache else Path(tmp) / "model")
+            if (model / "groundwork.json").exists():
+                meta = json.loads((model / "groundwork.json").read_text())
+            else:
+                meta = train_pair_scorer({str(i): t for i, t in enumerate(texts)}, model, seed=args.seed)
+            scorer = _MemoScorer(PairScorer(model))
             print(f"{name}: trained on {len(texts)} passages ({meta['sentences']} sentences"
                   f"{', topped up from the sample corpus' if meta['topped_up_from_sample'] else ''}): "
                   f"{meta['pairs']} pairs in {meta['seconds']} s", flush=True)
@@ -213,6 +219,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5, help="fake Gemini latency for --run")
     parser.add_argument("--trained", action="store_true", help="the verifier trained on each set's passages")
     parser.add_argument("--seed", type=int, default=0, help="--trained: the training seed")
+    parser.add_argument("--model-cache", default="", help="--trained: keep the trained models in this folder")
     args = parser.parse_args()
     if args.trained:
         trained(args)

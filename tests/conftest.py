@@ -48,12 +48,32 @@ def wb(settings, embedder):
 
 @pytest.fixture(scope="session")
 def indexed_sample_dir(tmp_path_factory, embedder) -> Path:
-    """A data dir with sample_data/corpus indexed once per session; copy it before writing to it."""
-    data_dir = tmp_path_factory.mktemp("indexed") / "data"
+    """A data dir with sample_data/corpus indexed once per session; copy it before writing to it.
+
+    Under xdist the workers share one: the first to ask indexes it (holding a lock), the others wait and use it,
+    so two cores do not spend their time indexing the same corpus three times."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") if os.environ.get("PYTEST_XDIST_WORKER") else None
+    if run is None:
+        data_dir = tmp_path_factory.mktemp("indexed") / "data"
+        _index_sample(data_dir, embedder)
+        return data_dir
+    shared = Path(tempfile.gettempdir()) / f"groundwork-tests-{run}-indexed"
+    with open(shared.with_suffix(".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (shared / "done").exists():
+                shutil.rmtree(shared, ignore_errors=True)
+                _index_sample(shared / "data", embedder)
+                (shared / "done").touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return shared / "data"
+
+
+def _index_sample(data_dir: Path, embedder: Embedder) -> None:
     w = Workbench(make_settings(data_dir), store_idle_close_s=0, embedder=embedder)
     w.corpus.ingest_path(SAMPLE_DIR)
     w.close()
-    return data_dir
 
 
 @pytest.fixture
@@ -160,6 +180,15 @@ HEAVY_FIRST = ["test_browser.py", "test_newcomer.py", "test_hardening_round3.py"
                "test_bad_inputs.py", "test_export.py", "test_gate.py", "test_hardening.py", "test_training.py"]
 
 
+def pytest_configure(config):
+    # Name the xdist run here (xdist would pick a random one we could not know) so the controller can remove the
+    # workers' lock files and shared corpus at the end.
+    if getattr(config.option, "numprocesses", None) and not getattr(config.option, "testrunuid", None) \
+            and not hasattr(config, "workerinput"):
+        import uuid
+        config.option.testrunuid = uuid.uuid4().hex
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
     order = {id(item): n for n, item in enumerate(items)}
@@ -180,6 +209,10 @@ def pytest_sessionfinish(session, exitstatus):
     skipped, deselected or never collected, a green run would hide that no browser ran."""
     if hasattr(session.config, "workerinput"):
         return  # a pytest-xdist worker: the controller sees every worker's reports and decides
+    run = getattr(session.config.option, "testrunuid", None)
+    if run:  # the workers' lock files and shared indexed corpus: this run's, all ended now
+        for left in Path(tempfile.gettempdir()).glob(f"groundwork-tests-{run}*"):
+            shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
     if os.environ.get("GROUNDWORK_REQUIRE_BROWSER") == "1" and not _browser_passed:
         session.config.get_terminal_writer().line(
             "error: GROUNDWORK_REQUIRE_BROWSER=1 but no browser test (tests/test_browser.py) passed in this run.",

@@ -115,3 +115,17 @@ def test_review_page_highlights_grounding_after_scoring(env, embedder):
     html = at.get("html")
     # Flagged sentences in red, those not checked offline in grey: either is marked.
     assert html and any("<span style=" in h.proto.body for h in html)
+
+
+def test_dashboard_shows_the_corpus_verifier_state_and_trains_it(env, embedder):
+    from core.quality.trained import TrainedVerifierStore
+
+    at = new_app("pages/dashboard.py")
+    button = at.button(key="dashboard.train_verifier")
+    assert button.label == "Train it now"
+    assert not any("Trained" in c.value for c in at.caption)
+    db = Database(env / "groundwork.db")
+    meta = TrainedVerifierStore(db, env).train(max_anchors=24, epochs=1)  # the button's call, made small
+    at = new_app("pages/dashboard.py")
+    assert at.button(key="dashboard.train_verifier").label == "Train it again"
+    assert any(f"on {meta['sentences']:,} sentences ({meta['pairs']:,} pairs" in c.value for c in at.caption)

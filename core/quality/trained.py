@@ -414,6 +414,9 @@ class TrainedVerifier:
                                    evidence=window, confidence=round(prob, 4),
                                    reasons=[*sentence.reasons, f"the verifier trained on this corpus: {prob:.2f}"])
             else:
-                sentence = replace(sentence, confidence=round(prob, 4))
+                # The rules' support (passage similarity and shared words) ranks answers well on its own: the
+                # model can only lower it, when it doubts a sentence the rules found close to a passage.
+                rule = sentence.confidence
+                sentence = replace(sentence, confidence=round(prob if rule is None else min(rule, prob), 4))
             verdicts[t].sentences[s] = sentence
         return [replace(v, method=self.method, score=turn_score(v.sentences)) for v in verdicts]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 
@@ -25,6 +26,7 @@ _SUFFIXES = ("ations", "ation", "ments", "ment", "ingly", "ings", "ing", "edly",
              "s", "ly")
 
 
+@lru_cache(maxsize=65536)  # a pure function called for every word of every sentence pair: ~200,000 calls a grade
 def _stem(word: str) -> str:
     """A deliberately crude stemmer: it only has to map a word and its inflections to the same key."""
     w = word.lower().replace("’", "'")

@@ -144,3 +144,16 @@ def test_cli_says_in_one_line_when_no_verifier_is_trained(tmp_path):
     assert out.returncode == 2 and "index documents first" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.jsonl").exists()
 
+
+
+def test_the_corruptions_reverse_what_a_sentence_says():
+    from core.quality.trained import _swap_outcome, _toggle_negation
+
+    assert _toggle_negation("The tenant can't sue.") == "The tenant can sue."
+    assert _toggle_negation("It won't apply.") == "It will apply."
+    assert _toggle_negation("The court did not rule on costs.") == "The court did rule on costs."
+    assert _toggle_negation("The lease is valid.") == "The lease is not valid."
+    assert _toggle_negation("Tenants win.") is None  # nothing to negate without guessing a verb's form
+    assert _swap_outcome("The motion was granted.") == "The motion was denied."
+    assert _swap_outcome("Affirmed in part.") == "Reversed in part."
+    assert _swap_outcome("The sky is blue.") is None

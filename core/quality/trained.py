@@ -84,8 +84,12 @@ def _toggle_negation(s: str) -> str | None:
     m = _NEG.search(s)
     if m:
         word = m.group(0).lower()
-        repl = "can" if word == "cannot" else ""
-        out = s[:m.start()] + repl + s[m.end():]
+        start, repl = m.start(), "can" if word == "cannot" else ""
+        if word in ("n't", "n’t"):  # "didn't" → "did", but "can't" → "can" and "won't" → "will"
+            stem = s[:start].rsplit(" ", 1)[-1].lower()
+            if stem in ("ca", "wo"):
+                start, repl = start - 2, s[start - 2] + ("an" if stem == "ca" else "ill")
+        out = s[:start] + repl + s[m.end():]
         return re.sub(r"\s{2,}", " ", out).strip()
     m = _AUX.search(s)
     if m:

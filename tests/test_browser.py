@@ -252,6 +252,8 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     dialog.get_by_text("Why discard this conversation?").wait_for()
     shot(page, "07b-review-discard-reason")
     assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='discarded'") == 0
+    # The reasons' buttons carry the letter keys: pressed before they are drawn, a key goes nowhere.
+    dialog.get_by_role("button", name=re.compile(r"^off topic")).wait_for()
     page.keyboard.press("o")  # "off topic (O)"
     dialog.wait_for(state="detached")
     deadline = time.monotonic() + 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Iterable
 
 
@@ -82,7 +83,8 @@ def _statements(text: str) -> str:
     return _DENIAL.sub(" not ", _CONDITION.sub(" ", text))
 
 
-def _negated_and_plain(text: str) -> tuple[set[str], set[str]]:
+@lru_cache(maxsize=8192)  # the same passage windows are read against every claim of every answer that saw them
+def _negated_and_plain(text: str) -> tuple[frozenset[str], frozenset[str]]:
     """Stems that follow a negation ("was not willful" → willful) and stems that occur un-negated."""
     negated: set[str] = set()
     plain: set[str] = set()
@@ -100,7 +102,7 @@ def _negated_and_plain(text: str) -> tuple[set[str], set[str]]:
             continue
         (negated if pending else plain).add(_stem(w))
         pending = False
-    return negated, plain
+    return frozenset(negated), frozenset(plain)
 
 
 def _contradicts_passages(sentence: str, passages_negated: set[str], passages_plain: set[str]) -> str | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _QUOTES = str.maketrans({"’": "'", "‘": "'", "“": '"', "”": '"', "–": "-", "—": "-", "\u00a0": " "})
 _ELLIPSIS = re.compile(r"\s*(?:\.\.\.|…|\[\.\.\.\])\s*")
 
 
-def _normalise(text: str) -> tuple[str, list[int]]:
+@lru_cache(maxsize=2048)  # a passage is normalised once, not once for every quote looked for in it
+def _normalise(text: str) -> tuple[str, tuple[int, ...]]:
     """Lower case, straight quotes, markdown emphasis dropped, whitespace collapsed; with a map from each
     character of the result back to its position in ``text``."""
     out: list[str] = []
@@ -34,7 +36,7 @@ def _normalise(text: str) -> tuple[str, list[int]]:
     while out and out[-1] == " ":
         out.pop()
         where.pop()
-    return "".join(out), where
+    return "".join(out), tuple(where)
 
 
 def locate(quote: str, passage: str) -> str | None:

@@ -307,9 +307,18 @@ def test_the_whole_path_in_a_browser(app, page, fake):
 
     # Cancel a longer run: the page says what it kept and offers Resume at once, without a reload.
     open_page(page, app, "generate")
-    page.get_by_role("spinbutton", name="Conversations").fill("40")
-    page.get_by_role("spinbutton", name="Concurrency").fill("1")
-    page.keyboard.press("Tab")
+    # One field at a time, each committed and the app run with it before the next: on a loaded machine a rerun
+    # can redraw a field typed into meanwhile with its old value (then 40 conversations ran 8 at a time and were
+    # done before "running" could be seen).
+    for name, value in (("Conversations", "40"), ("Concurrency", "1")):
+        field = page.get_by_role("spinbutton", name=name)
+        for _ in range(5):
+            field.fill(value)
+            field.press("Tab")
+            settle(page)
+            if field.input_value() == value:
+                break
+        assert field.input_value() == value, f"{name} would not keep {value}"
     page.get_by_role("button", name="Start").click()
     wait_for_text(page, r"[1-9]\d*/40 conversations · running · about \d+ (s|min) left")  # an ETA once one is saved
     page.get_by_role("button", name="Cancel").click()

@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PY = sys.executable
 
+from core.corpus.sparse_copy import copy_tree  # noqa: E402
+
 
 def quality(args) -> None:
     from core.corpus.embeddings import Embedder
@@ -185,7 +187,7 @@ def run_cost(args) -> None:
         for label, extra in (("--no-grade", ["--no-grade"]), ("checks on", []), ("--no-grade again", ["--no-grade"]),
                              ("checks on again", [])):
             data = work / label.replace(" ", "-")
-            shutil.copytree(template, data)
+            copy_tree(template, data)
             env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
             env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", GEMINI_API_KEY="AIzaSy-bench-key-0000000000000000000",
                        GOOGLE_GEMINI_BASE_URL=base_url)

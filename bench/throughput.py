@@ -53,6 +53,7 @@ from fakes.gemini import QUOTA_SHAPES, WINDOW_KINDS  # noqa: E402
 from fakes.gemini_process import FakeGeminiProcess, InProcessFake  # noqa: E402
 from diagnose import breakdown, instrument_engine  # noqa: E402
 from machine import CpuMeter, Usage  # noqa: E402
+from core.corpus.sparse_copy import copy_tree  # noqa: E402
 
 KEY = "AIzaSy-bench-dummy-key-000000000000000"
 AFTERIMAGE_VERSION = "0.18.1"
@@ -140,7 +141,7 @@ class Env:
 
         self._n += 1
         data_dir = self.root / f"case-{self._n}"
-        shutil.copytree(self.template, data_dir)
+        copy_tree(self.template, data_dir)
         return Workbench(Settings.from_env(env={}, data_dir=str(data_dir)), store_idle_close_s=0,
                          embedder=self.embedder)
 
@@ -536,7 +537,7 @@ def run_cli(env: Env, latency: float, concurrency: int, dialogs: int, max_turns:
     import re
 
     data_dir = env.root / f"cli-{concurrency}-{time.monotonic_ns()}"
-    shutil.copytree(env.template, data_dir)
+    copy_tree(env.template, data_dir)
     fake = make_fake(latency)
     child_env = {**{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)},
                  "GEMINI_API_KEY": KEY, "GOOGLE_GEMINI_BASE_URL": fake.base_url,

@@ -17,6 +17,7 @@ for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY",
 
 from core.config import Settings  # noqa: E402
 from core.corpus.embeddings import Embedder  # noqa: E402
+from core.corpus.sparse_copy import copy_tree  # noqa: E402
 from core.workbench import Workbench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ def _index_sample(data_dir: Path, embedder: Embedder) -> None:
 def indexed_wb(indexed_sample_dir, tmp_path, embedder):
     """A private copy of the indexed sample data dir, open as a workbench."""
     data_dir = tmp_path / "data"
-    shutil.copytree(indexed_sample_dir, data_dir)
+    copy_tree(indexed_sample_dir, data_dir)
     w = Workbench(make_settings(data_dir), store_idle_close_s=0, embedder=embedder)
     yield w
     w.close()
@@ -101,7 +102,7 @@ def app_env(monkeypatch, tmp_path):
 @pytest.fixture
 def indexed_app_env(app_env, indexed_sample_dir):
     """``app_env`` holding a copy of the indexed sample corpus."""
-    shutil.copytree(indexed_sample_dir, app_env)
+    copy_tree(indexed_sample_dir, app_env)
     return app_env
 
 

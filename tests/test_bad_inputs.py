@@ -195,13 +195,12 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, indexed_sample_dir, embedder):
-    import shutil
-
+    from core.corpus.sparse_copy import copy_tree
     from core.workbench import Workbench
     from tests.conftest import make_settings
 
     tmp = tmp_path_factory.mktemp("sweep")
-    shutil.copytree(indexed_sample_dir, tmp / "data")
+    copy_tree(indexed_sample_dir, tmp / "data")
     wb = Workbench(make_settings(tmp / "data"), store_idle_close_s=0, embedder=embedder)
     dup_dir = tmp / "dup"
     dup_dir.mkdir()

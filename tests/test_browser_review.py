@@ -8,13 +8,13 @@ Timings are printed (pytest -s) and written to artifacts/browser/review-timings.
 
 import json
 import re
-import shutil
 import statistics
 import time
 
 import pytest
 
 from core import quality
+from core.corpus.sparse_copy import copy_tree
 from core.db import Database, dumps, loads
 from fakes.gemini import FakeGemini
 from core.review.store import ReviewFilter, ReviewStore
@@ -56,7 +56,7 @@ def clone_to(db: Database, total: int) -> None:
 @pytest.fixture(scope="module")
 def review_data(tmp_path_factory, indexed_sample_dir, embedder):
     data = tmp_path_factory.mktemp("review500") / "data"
-    shutil.copytree(indexed_sample_dir, data)
+    copy_tree(indexed_sample_dir, data)
     docs = data.parent / "links"
     docs.mkdir()
     (docs / "deposit-links.md").write_text(LINK_DOC, encoding="utf-8")

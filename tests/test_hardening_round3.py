@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from core.corpus.sparse_copy import copy_tree
 from core.db import Database
 from core.corpus.embeddings import packaged_model_path
 from fakes.gemini import FakeGemini
@@ -117,7 +118,7 @@ def test_a_root_owned_data_dir_reads_for_another_user_and_writing_commands_say_w
         source = indexed_wb.settings.data_path
         indexed_wb.close()
         data = shared_dirs / "data"
-        shutil.copytree(source, data)  # owned by root, 755/644: readable, not writable, by anyone else
+        copy_tree(source, data)  # owned by root, 755/644: readable, not writable, by anyone else
         for p in [data, *data.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
         before = _tree_state(data)
@@ -153,7 +154,7 @@ def test_a_root_owned_data_dir_reads_for_another_user_and_writing_commands_say_w
 
 def test_the_app_on_another_users_data_dir_says_so_in_one_line(indexed_sample_dir, shared_dirs):
     data = shared_dirs / "data"
-    shutil.copytree(indexed_sample_dir, data)
+    copy_tree(indexed_sample_dir, data)
     for p in [data, *data.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     user, env = _nobody_python(shared_dirs / "home")
@@ -176,7 +177,7 @@ def test_a_read_only_database_file_is_read_without_a_write(indexed_sample_dir, t
     """In-process: Database(read_only=...) on a WAL database whose folder may not be written (simulated for root
     by a read-only connection's own guarantee: every write is refused with the one-line reason)."""
     data = tmp_path / "data"
-    shutil.copytree(indexed_sample_dir, data)
+    copy_tree(indexed_sample_dir, data)
     db = Database(data / "groundwork.db", read_only="The data dir is not writable by user x.")
     try:
         assert db.scalar("SELECT COUNT(*) FROM documents") > 0
@@ -248,7 +249,7 @@ def cls_model(tmp_path_factory) -> Path:
     """The packaged all-MiniLM-L6-v2 with CLS pooling instead of mean: same name family, same 384 dimensions."""
     src = packaged_model_path()
     dst = tmp_path_factory.mktemp("models") / "minilm-cls"
-    shutil.copytree(src, dst)
+    copy_tree(src, dst)
     config = dst / "1_Pooling" / "config.json"
     pooling = json.loads(config.read_text())
     pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
@@ -287,7 +288,7 @@ def test_a_collection_indexed_before_identities_gets_one_if_the_model_reproduces
     data = indexed_wb.settings.data_path
     indexed_wb.close()
     twin = tmp_path / "twin"
-    shutil.copytree(data, twin)
+    copy_tree(data, twin)
     line = one_line_error(cli("search", "security deposit", "--embedding-model", str(cls_model), data_dir=twin))
     assert "were not made by embedding model" in line and "cls pooling" in line, line
     ok = cli("search", "security deposit", data_dir=data)

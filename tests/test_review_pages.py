@@ -1,12 +1,12 @@
 """Review and Export pages through Streamlit's AppTest, on real data dirs with generated conversations."""
 
 import json
-import shutil
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from core.corpus.sparse_copy import copy_tree
 from core.db import Database
 from fakes.gemini import FakeGemini
 from core.review.store import ReviewFilter, ReviewStore, escape_markdown
@@ -18,7 +18,7 @@ from tests.test_review import generate
 @pytest.fixture
 def review_env(app_env, indexed_sample_dir, embedder):
     """An indexed data dir holding six generated conversations (fake Gemini, real client)."""
-    shutil.copytree(indexed_sample_dir, app_env)
+    copy_tree(indexed_sample_dir, app_env)
     wb = Workbench(make_settings(app_env), store_idle_close_s=0, embedder=embedder)
     with FakeGemini(latency=0.0) as fake:
         ids = generate(wb, fake, n=6, max_turns=2, seed=2)

@@ -47,6 +47,7 @@ from typing import Any
 
 from core.errors import VectorStoreError
 from core.corpus.vectorstore import CollectionInfo, Hit, PointFilter, _translate
+from core.corpus.sparse_copy import copy_tree
 
 SCAN_MIN_POINTS = 10_000  # from here, once built: a full scan of int8 copies, rescored in float32
 SCAN_OVERSAMPLING = 4.0  # candidates rescored per result: recall@3 1.0 from 3.0 on, measured (see below)
@@ -569,7 +570,7 @@ class EdgeStore:
             progress("copying the shard", 0, 1)
         self._call(shard.flush)
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
+        copy_tree(src, dst)  # holes kept: a plain copy writes the preallocated files out in full
         if progress:
             progress("copying the shard", 1, 1)
         points = self._points.get(collection, 0)

@@ -19,6 +19,7 @@ from typing import Any
 
 from core.config import Settings
 from core.corpus.edge_store import EdgeStore
+from core.corpus.sparse_copy import copy_tree
 from core.errors import StoreLockedError
 from core.corpus.vectorstore import QdrantStore, VectorStore
 
@@ -139,8 +140,7 @@ class ReadOnlyCopy:
             target = folder / source.name
             if source.is_dir():
                 # In-progress builds and swaps are the writer's business: only live shards are copied.
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns(".build-*", ".old-*", "*.lock",
-                                                                             ".lock"))
+                copy_tree(source, target, ignore=shutil.ignore_patterns(".build-*", ".old-*", "*.lock", ".lock"))
             else:
                 target.mkdir()
             if local:

@@ -132,10 +132,38 @@ def settle(page) -> None:
     page.wait_for_timeout(300)
 
 
-def nav_to(page, title: str) -> None:
-    """Move with the sidebar: the same browser session (page.goto would start a new one)."""
-    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
-    page.locator('[data-testid="stMainBlockContainer"] h1', has_text=title).first.wait_for()
+def set_numbers(page, **values: str) -> None:
+    """Type into number fields by label (``Max_turns="1"`` for "Max turns"), one at a time, each committed and the
+    app run with it before the next, retyped if a rerun redrew it with its old value meanwhile.
+
+    On a loaded machine a rerun started by one field can redraw the next one while it is typed into; then, say, 40
+    conversations ran 8 at a time and were done before the test could watch them run."""
+    for label, value in values.items():
+        field = page.get_by_role("spinbutton", name=label.replace("_", " "))
+        for _ in range(5):
+            field.fill(value)
+            field.press("Tab")
+            settle(page)
+            if field.input_value() == value:
+                break
+        assert field.input_value() == value, f"the {label} field would not keep {value}"
+
+
+def nav_to(page, title: str, heading: str | None = None) -> None:
+    """Move with the sidebar: the same browser session (page.goto would start a new one). ``heading``: the page's
+    title when it is not the link's text (Home's is the app's name).
+
+    Clicked again, as a person would, when the page has not drawn after 20 s: a live panel's timed rerun that
+    reaches the server just after the switch can leave the new page blank (Streamlit; seen on a loaded machine
+    right after a run stopped, while its grounding checks were polled)."""
+    link = page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True)
+    drawn = page.locator('[data-testid="stMainBlockContainer"] h1', has_text=heading or title).first
+    link.click()
+    try:
+        drawn.wait_for(timeout=20_000)
+    except Exception:
+        link.click()
+        drawn.wait_for()
 
 
 def metric_value(page, label: str) -> str:

@@ -19,7 +19,8 @@ from core.db import Database
 from fakes.gemini import FakeGemini
 from core.quality import WEAKLY_GROUNDED_BELOW
 from tests.browser_support import (CHROMIUM, NO_CHROMIUM, browser, main_text, metric_value, nav_to,  # noqa: F401
-                                   open_page, page, serve_app, settle, shot, wait_for_text)
+                                   open_page, page, serve_app, set_numbers, settle, shot,
+                                   wait_for_text)
 from tests.conftest import ROOT
 
 # .ci/run sets this: there a missing browser is a failure, not a skip (see also conftest's session check).
@@ -182,12 +183,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     check_layout(page, "05-settings")
     nav_to(page, "Generate")
     # One field at a time, as a person does: each entry reruns the page before the next is typed.
-    page.get_by_role("spinbutton", name="Conversations").fill("3")
-    page.keyboard.press("Tab")
-    settle(page)
-    page.get_by_role("spinbutton", name="Concurrency").fill("1")
-    page.keyboard.press("Tab")
-    settle(page)
+    set_numbers(page, Conversations="3", Concurrency="1")
     nav_to(page, "Settings")
     wait_for_text(page, r"key set · …042")
     nav_to(page, "Generate")
@@ -307,18 +303,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
 
     # Cancel a longer run: the page says what it kept and offers Resume at once, without a reload.
     open_page(page, app, "generate")
-    # One field at a time, each committed and the app run with it before the next: on a loaded machine a rerun
-    # can redraw a field typed into meanwhile with its old value (then 40 conversations ran 8 at a time and were
-    # done before "running" could be seen).
-    for name, value in (("Conversations", "40"), ("Concurrency", "1")):
-        field = page.get_by_role("spinbutton", name=name)
-        for _ in range(5):
-            field.fill(value)
-            field.press("Tab")
-            settle(page)
-            if field.input_value() == value:
-                break
-        assert field.input_value() == value, f"{name} would not keep {value}"
+    set_numbers(page, Conversations="40", Concurrency="1")
     page.get_by_role("button", name="Start").click()
     wait_for_text(page, r"[1-9]\d*/40 conversations · running · about \d+ (s|min) left")  # an ETA once one is saved
     page.get_by_role("button", name="Cancel").click()

@@ -16,7 +16,7 @@ from core.db import Database
 from fakes.gemini import FakeGemini
 from core.review.store import ReviewStore
 from tests.browser_support import (NO_CHROMIUM, browser, main_text, metric_value, nav_to, open_page,  # noqa: F401
-                                   page, serve_app, settle, shot, wait_for_text)
+                                   page, serve_app, set_numbers, settle, shot, wait_for_text)
 
 FAKE_KEY = "AIzaSy-project-secret-key-0000000099"
 HOSTILE = "# A one-chunk note\n\nA short note about a bakery sign and a zoning variance.\n"
@@ -27,8 +27,7 @@ pytestmark = [pytest.mark.slow, NO_CHROMIUM]
 
 def nav_home(page) -> None:
     """Home's title is the app's name, not "Home": move with the sidebar and wait for it."""
-    page.locator('[data-testid="stSidebarNav"]').get_by_text("Home", exact=True).click()
-    page.locator('[data-testid="stMainBlockContainer"] h1', has_text="Groundwork").first.wait_for()
+    nav_to(page, "Home", heading="Groundwork")
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +138,7 @@ def test_my_corpus_stays_mine_and_a_run_draws_only_from_my_selection(app, page):
     nav_to(page, "Generate")
     pick(page, "… or documents tagged", "opinions")
     wait_for_text(page, f"Briefings come from {opinions} documents")
-    page.get_by_role("spinbutton", name="Conversations").fill("3")
-    page.get_by_role("spinbutton", name="Max turns").fill("1")
-    page.keyboard.press("Tab")
-    settle(page)
+    set_numbers(page, Conversations="3", Max_turns="1")
     page.get_by_role("button", name="Start").click()
     wait_for_text(page, r"Completed: 3 conversations", timeout_s=180)
     briefed = {r["path"] for r in db.rows("SELECT DISTINCT d.source_path AS path FROM chunks c JOIN documents d "
@@ -194,11 +190,7 @@ def test_runs_show_their_state_live_and_cancel_answers_at_once(app, page, fake):
     fake.latency = 2.5  # calls in flight take a while to finish after a cancel, as on a loaded machine
     try:
         open_page(page, app, "generate")
-        page.get_by_role("spinbutton", name="Conversations").fill("40")
-        page.get_by_role("spinbutton", name="Max turns").fill("1")
-        page.get_by_role("spinbutton", name="Concurrency").fill("1")
-        page.keyboard.press("Tab")
-        settle(page)
+        set_numbers(page, Conversations="40", Max_turns="1", Concurrency="1")
         page.get_by_role("button", name="Start").click()
         page.get_by_role("button", name="Cancel").wait_for()
         run_id = db.scalar("SELECT id FROM runs WHERE num_dialogs=40")
@@ -243,11 +235,7 @@ def test_the_runs_table_counts_what_is_saved(app, page, fake):
     fake.latency = 0.8
     try:
         open_page(page, app, "generate")
-        page.get_by_role("spinbutton", name="Conversations").fill("12")
-        page.get_by_role("spinbutton", name="Max turns").fill("1")
-        page.get_by_role("spinbutton", name="Concurrency").fill("1")
-        page.keyboard.press("Tab")
-        settle(page)
+        set_numbers(page, Conversations="12", Max_turns="1", Concurrency="1")
         page.get_by_role("button", name="Start").click()
         run_id = wait_until(lambda: db.scalar("SELECT id FROM runs WHERE num_dialogs=12"))
         wait_for_text(page, f"Run {run_id}")

@@ -104,6 +104,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                 print(f"warning: {line}", file=sys.stderr)
             print(f"{path}: {report.summary()}")
             total = report
+        if wb.windows is not None and wb.windows.busy:  # searchable already; the checks' windows finish here
+            wb.windows.wait(progress)
+            progress.close()
         stats = wb.corpus.stats()
         print(f"collection {stats['collection']}: {plural(stats['documents'], 'document')}, "
               f"{plural(stats['chunks'], 'chunk')} "

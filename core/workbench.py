@@ -10,6 +10,7 @@ from core.config import Settings
 from core.corpus.collection import Corpus
 from core.db import Database
 from core.corpus.embeddings import Embedder
+from core.quality.passage_windows import WindowIndexer
 from core.readonly import read_only_message
 from core.corpus.storehub import StoreHub, open_store
 
@@ -40,7 +41,15 @@ class Workbench:
         self.stores = StoreHub(lambda: open_store(settings, read_only=read_only), idle_close_s=store_idle_close_s,
                                wait_for_lock_s=wait_for_store_s)
         self.corpus = Corpus(settings, self.db, self.embedder, self.stores)
+        # The grounding checks' passage windows, embedded as chunks are indexed (in the background, after each
+        # ingest), so checking an answer embeds only the answer.
+        self.windows: WindowIndexer | None = None
+        if not read_only:
+            self.windows = WindowIndexer(self.embedder, settings.data_path)
+            self.corpus.on_indexed = self.windows.add
 
     def close(self) -> None:
+        if self.windows is not None:
+            self.windows.close()
         self.stores.close()
         self.db.close()

@@ -117,8 +117,8 @@ LAYERS = {
     "foundations": FOUNDATIONS,
     "corpus": FOUNDATIONS,
     "providers": FOUNDATIONS,
-    "workbench": FOUNDATIONS | {"corpus"},
     "quality": FOUNDATIONS | {"corpus", "providers"},
+    "workbench": FOUNDATIONS | {"corpus", "quality"},  # quality: the passage windows embedded as chunks are indexed
     "generation": FOUNDATIONS | {"corpus", "providers", "quality", "workbench"},
     "review": FOUNDATIONS | {"corpus", "providers", "quality", "generation"},
     "export": FOUNDATIONS | {"corpus", "providers", "quality", "generation", "review"},

@@ -131,6 +131,9 @@ class Corpus:
         self.embed_group_chunks = EMBED_GROUP_CHUNKS
         self._verified = False
         self._titles: tuple[float, dict[str, str]] | None = None
+        # Told the texts of the chunks an ingest added, once it has finished (the workbench embeds their
+        # sentences for the grounding checks in the background: core.quality.passage_windows).
+        self.on_indexed: Callable[[list[str]], None] | None = None
 
     # ---- ingest -------------------------------------------------------------------------------
     def ingest_path(self, path: str | Path, text_field: str | None = None,
@@ -166,11 +169,13 @@ class Corpus:
             plan = self._plan(documents, report, base)
             total_chunks = sum(len(chunks) for _, chunks in plan)
             done_chunks = 0
+            added: list[str] = []
             if progress:
                 progress("embedding", 0, max(total_chunks, 1))
             for group in _groups(plan, self.embed_group_chunks):
                 self._write_pending(group, store)
                 texts = [c["text"] for _, chunks in group for c in chunks]
+                added.extend(texts)
                 # Progress every few model batches too: one long document is one group. The group's own end
                 # is reported below, once its documents are complete.
                 vectors = self.embedder.encode(texts, progress=None if not progress else (
@@ -189,6 +194,8 @@ class Corpus:
                 if progress:
                     progress("embedding", done_chunks, max(total_chunks, 1))
         report.seconds = report.seconds or (time.monotonic() - started)
+        if added and self.on_indexed is not None:
+            self.on_indexed(added)
         return report
 
     def _plan(self, documents: list[LoadedDocument], report: IngestReport,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from functools import lru_cache
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
@@ -232,6 +233,14 @@ def extract_identifiers(text: str) -> list[Identifier]:
     return sorted(found, key=lambda i: (i.start, IDENTIFIER_TYPES.index(i.type)))
 
 
+@lru_cache(maxsize=4096)
+def _pool_entries(text: str) -> tuple[tuple[Identifier, ...], frozenset[str]]:
+    """A passage's identifiers and docket-like tokens, memoised: a conversation's passages recur at every turn
+    (as earlier passages) and across conversations that retrieve the same chunks."""
+    # Any compound token counts as a docket number: headers write "Docket No.:** 23-CV-0652".
+    return tuple(extract_identifiers(text)), frozenset(m.group(0).upper() for m in _compounds(text))
+
+
 class IdentifierPool:
     """The identifiers of a set of texts (a turn's passages), answering "does this one appear there?"."""
 
@@ -244,7 +253,8 @@ class IdentifierPool:
         for text in texts:
             if not text:
                 continue
-            for ident in extract_identifiers(text):
+            idents, dockets = _pool_entries(text)
+            for ident in idents:
                 if ident.type == "case":
                     self.cases.append(ident.key)
                 elif ident.type == "statute":
@@ -253,8 +263,7 @@ class IdentifierPool:
                     self.dates.append(ident.key)
                 elif ident.type == "amount":
                     self.amounts.add(ident.key)
-            # Any compound token counts as a docket number: headers write "Docket No.:** 23-CV-0652".
-            self.dockets.update(m.group(0).upper() for m in _compounds(text))
+            self.dockets.update(dockets)
 
     def contains(self, ident: Identifier) -> bool:
         if ident.type == "docket":

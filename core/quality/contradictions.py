@@ -61,7 +61,21 @@ _AUXILIARIES = frozenset("be been being is are was were am do does did have has 
 
 
 def _has_root(stems: Iterable[str], root: str) -> bool:
+    if isinstance(stems, frozenset) and root in _ROOTS:
+        return root in _roots_in(stems)
     return any(s.startswith(root) for s in stems)
+
+
+# The opposites' and outcomes' stems, looked up as prefixes of a word set's stems many times per turn (each claim
+# against each window and against all the turn's passages): which of them a set has is worked out once per set.
+_ROOTS = frozenset(r for pair in (*_OPPOSITE_STEMS, *_OUTCOME_STEMS) for r in pair)
+_ROOT_LENGTHS = sorted({len(r) for r in _ROOTS})
+
+
+@lru_cache(maxsize=8192)
+def _roots_in(stems: frozenset[str]) -> frozenset[str]:
+    """The roots of :data:`_ROOTS` that some stem of ``stems`` starts with (memoised: the sets recur)."""
+    return frozenset(s[:n] for s in stems for n in _ROOT_LENGTHS if n <= len(s) and s[:n] in _ROOTS)
 
 
 # A condition states no fact ("If it still won't sync, …", "If you have no backup codes left, …"): its words

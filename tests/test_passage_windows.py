@@ -44,6 +44,8 @@ def test_indexing_embeds_every_chunks_window_sentences_and_a_check_then_embeds_o
         assert again.added_chunks == 0 and not wb.windows.busy
     finally:
         wb.close()
+    # No connection outlives a read or a write: a copy of the idle data dir is whole, nothing is left to a -wal.
+    assert not list(data.glob("grounding-vectors.sqlite-*"))
 
     # Another process's checker over this data dir (a fresh memory cache): the passages cost no model time.
     encoded: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
@@ -214,29 +215,34 @@ class VectorStore:
     A file of its own, not a table of the workbench database: it is a cache (deleting it loses nothing but
     time), it never holds secrets, and it grows without touching the database the reviewers write to.
     Vectors are stored as float16 (384 dimensions: 768 bytes a sentence). A store that cannot be written
-    (a read-only data dir) serves what it has and keeps the rest in memory.
+    (a read-only data dir) serves what it has and keeps the rest in memory. Each read or write opens its own
+    short connection (a millisecond), so no connection outlives it: an idle data dir holds no ``-wal`` or
+    ``-shm`` file of this cache, and a copy of the data dir taken meanwhile is whole.
     """
 
     FILE = "grounding-vectors.sqlite"
 
     def __init__(self, data_dir: Path, model_name: str):
-        import sqlite3
-
         self.model_name = model_name
+        self.path = Path(data_dir) / self.FILE
         self._lock = threading.Lock()
         self._writable = True
-        path = Path(data_dir) / self.FILE
-        try:
-            self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=5)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
-            self._conn.commit()
-        except sqlite3.Error:
-            try:  # read-only: read what is there
-                self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-                self._writable = False
-            except sqlite3.Error:
-                self._conn = None
+        self._closed = False
+
+    def _connect(self, write: bool):
+        import sqlite3
+
+        if write:
+            conn = sqlite3.connect(str(self.path), timeout=5)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+            return conn
+        if not self.path.is_file():
+            return None
+        # Read-write where allowed: the last connection to close then folds the WAL back and removes it (a
+        # read-only one cannot, and would leave -wal and -shm behind).
+        mode = "rw" if os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK) else "ro"
+        return sqlite3.connect(f"file:{self.path}?mode={mode}", uri=True, timeout=5)
 
     def _key(self, text: str) -> str:
         return text_hash(self.model_name + "\x00" + text)
@@ -244,19 +250,25 @@ class VectorStore:
     def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         import sqlite3
 
-        if self._conn is None or not texts:
+        if self._closed or not texts:
             return {}
         keys = {self._key(t): t for t in texts}
         out: dict[str, np.ndarray] = {}
         items = list(keys)
         try:
             with self._lock:
-                for i in range(0, len(items), 500):
-                    part = items[i:i + 500]
-                    rows = self._conn.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})",
-                                              part).fetchall()
-                    for key, blob in rows:
-                        out[keys[key]] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+                conn = self._connect(write=False)
+                if conn is None:
+                    return {}
+                try:
+                    for i in range(0, len(items), 500):
+                        part = items[i:i + 500]
+                        rows = conn.execute(f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(part))})",
+                                            part).fetchall()
+                        for key, blob in rows:
+                            out[keys[key]] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+                finally:
+                    conn.close()
         except sqlite3.Error:
             return out
         return out
@@ -264,21 +276,22 @@ class VectorStore:
     def put_many(self, vectors: dict[str, np.ndarray]) -> None:
         import sqlite3
 
-        if self._conn is None or not self._writable:
+        if self._closed or not self._writable or not vectors:
             return
         rows = [(self._key(t), np.asarray(v, dtype=np.float16).tobytes()) for t, v in vectors.items()]
         try:
             with self._lock:
-                self._conn.executemany("INSERT OR IGNORE INTO vectors (key, vec) VALUES (?, ?)", rows)
-                self._conn.commit()
+                conn = self._connect(write=True)
+                try:
+                    conn.executemany("INSERT OR IGNORE INTO vectors (key, vec) VALUES (?, ?)", rows)
+                    conn.commit()
+                finally:
+                    conn.close()
         except sqlite3.Error:
             self._writable = False  # a full disk or a read-only dir: keep grading from memory
 
     def close(self) -> None:
-        if self._conn is not None:
-            with self._lock:
-                self._conn.close()
-                self._conn = None
+        self._closed = True
 
 
 _SHARED_CACHES: dict[tuple[str, str], WindowCache] = {}

@@ -195,6 +195,18 @@ class WindowCache:
                 found.update(stored)
         return found
 
+    def fill(self, texts: Sequence[str], encode) -> tuple[dict[str, np.ndarray], int]:
+        """Unit vectors of ``texts``: cached ones looked up, the rest encoded by ``encode`` in one call and cached;
+        and how many had to be encoded."""
+        found = self.get_many(texts)
+        missing = [t for t in texts if t not in found]
+        if missing:
+            encoded = encode(missing)
+            fresh = {t: np.asarray(encoded[i], dtype=np.float32) for i, t in enumerate(missing)}
+            self.put_many(fresh)
+            found.update(fresh)
+        return found, len(missing)
+
     def put_many(self, vectors: dict[str, np.ndarray], persist: bool = True) -> None:
         self._remember(vectors)
         if persist and self.store is not None and vectors:
@@ -373,14 +385,7 @@ class GroundingChecker:
 
     def _vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Unit vectors of ``texts``: cached ones looked up, the rest encoded in one call and cached."""
-        found = self.cache.get_many(texts)
-        missing = [t for t in texts if t not in found]
-        if missing:
-            encoded = self.embedder.encode(missing)
-            fresh = {t: np.asarray(encoded[i], dtype=np.float32) for i, t in enumerate(missing)}
-            self.cache.put_many(fresh)
-            found.update(fresh)
-        return found
+        return self.cache.fill(texts, self.embedder.encode)[0]
 
     # -- internals ---------------------------------------------------------------------------
     def _score_turn(self, turn: TurnInput, sentences: list[Sentence], kinds: list[str], windows: _Windows,

@@ -16,8 +16,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from core.corpus.embeddings import Embedder
 from core.quality.grounding import _window_sentences, shared_window_cache
 
@@ -102,17 +100,13 @@ class WindowIndexer:
                         return
                     batch = [self._pending.popleft() for _ in range(min(self.chunks_per_batch, len(self._pending)))]
                 sentences = list(dict.fromkeys(s for text in batch for s in _window_sentences(text)))
-                known = cache.get_many(sentences)
-                missing = [s for s in sentences if s not in known]
                 # In slices, each a short hold of the embedder's lock: a search or a run's query embedding
                 # waits for one slice at most, not for the whole step.
-                for start in range(0, len(missing), ENCODE_SLICE):
-                    part = missing[start:start + ENCODE_SLICE]
-                    vectors = self.embedder.encode(part)
-                    cache.put_many({s: np.asarray(vectors[i], dtype=np.float32) for i, s in enumerate(part)})
+                embedded = sum(cache.fill(sentences[start:start + ENCODE_SLICE], self.embedder.encode)[1]
+                               for start in range(0, len(sentences), ENCODE_SLICE))
                 with self._cond:
                     self.chunks_done += len(batch)
-                    self.sentences_embedded += len(missing)
+                    self.sentences_embedded += embedded
                     self._cond.notify_all()
         except Exception as exc:  # a cache only: the checks embed what is missing; say why it stopped
             with self._cond:

@@ -90,11 +90,15 @@ def test_rpm_quota_answered_with_bare_429s_is_learned_too():
 def test_tokens_per_minute_quota_is_learned_as_tokens():
     with FakeGemini(tpm_quota=20 * 60, rpm_window=2.0) as fake:  # ~60 tokens a call here: ~20 calls a window
         gate = AdaptiveGate(max_concurrency=8)
-        drive(fake, gate, 8.0)
+        at_4s = {}
+        drive(fake, gate, 8.0, changes=[(4.0, lambda: at_4s.update(fake.by_status))])
         assert set(gate.paces) == {"tokens"}
         pace = gate.paces["tokens"]
         assert 0.6 * 1200 <= pace.limit <= 1.2 * 1200 and 1.5 <= pace.window <= 3.0, (pace.limit, pace.window)
-        assert fake.by_status[429] <= 0.25 * fake.by_status[200]
+        # The cold start's first window costs a burst of 429s (9-11 here, 16 once on a loaded CI machine: it is
+        # not what the gate learned); once learned, few (1-3 of ~29 here).
+        assert fake.by_status[429] - at_4s.get(429, 0) <= 0.2 * (fake.by_status[200] - at_4s.get(200, 0))
+        assert fake.by_status[429] <= 0.5 * fake.by_status[200]
 
 
 def test_a_quota_cut_and_raised_mid_run_is_relearned():

@@ -170,3 +170,15 @@ def metric_value(page, label: str) -> str:
     metric = page.locator('[data-testid="stMetric"]').filter(
         has=page.locator('[data-testid="stMetricLabel"]', has_text=re.compile(f"^{label}")))
     return metric.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
+
+
+def pick(page, label, option: str, within: str = "") -> None:
+    """Choose ``option`` in the select box or multiselect labelled ``label`` (text or regex), optionally only
+    within the element ``within`` selects (say the sidebar)."""
+    scope = page.locator(within) if within else page
+    box = scope.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
+        has=page.locator("label", has_text=label)).first
+    box.locator('[role="combobox"], input').first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+    page.keyboard.press("Escape")  # a multiselect keeps its menu open, hiding the form from the page's roles
+    settle(page)

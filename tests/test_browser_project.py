@@ -16,7 +16,7 @@ from core.db import Database
 from fakes.gemini import FakeGemini
 from core.review.store import ReviewStore
 from tests.browser_support import (NO_CHROMIUM, browser, main_text, metric_value, nav_to, open_page,  # noqa: F401
-                                   page, serve_app, set_numbers, settle, shot, wait_for_text)
+                                   page, pick, serve_app, set_numbers, settle, shot, wait_for_text)
 
 FAKE_KEY = "AIzaSy-project-secret-key-0000000099"
 HOSTILE = "# A one-chunk note\n\nA short note about a bakery sign and a zoning variance.\n"
@@ -51,16 +51,6 @@ def app(tmp_path_factory, fake):
 
 def db_of(app) -> Database:
     return Database(app["data"] / "groundwork.db")
-
-
-def pick(page, label: str, option: str) -> None:
-    """Choose ``option`` in the select box or multiselect labelled ``label``."""
-    box = page.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
-        has=page.locator("label", has_text=label)).first
-    box.locator('[role="combobox"], input').first.click()
-    page.get_by_role("option", name=option, exact=True).first.click()
-    page.keyboard.press("Escape")  # a multiselect keeps its menu open, hiding the form from the page's roles
-    settle(page)
 
 
 def wait_until(check, timeout_s: float = 60, every_s: float = 0.3):

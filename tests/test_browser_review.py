@@ -10,6 +10,7 @@ import json
 import re
 import statistics
 import time
+import warnings
 
 import pytest
 
@@ -20,7 +21,7 @@ from fakes.gemini import FakeGemini
 from core.review.store import ReviewFilter, ReviewStore
 from core.workbench import Workbench
 from tests.browser_support import (ARTIFACTS, NO_CHROMIUM, browser, main_text, nav_to, new_page,  # noqa: F401
-                                   open_page, serve_app, settle, shot, wait_for_text)
+                                   open_page, pick, serve_app, settle, shot, wait_for_text)
 from tests.conftest import make_settings
 from tests.test_review import generate
 
@@ -343,6 +344,13 @@ def my_queue(page, name: str) -> None:
     page.locator('[data-testid="stMainBlockContainer"] h1').first.click()
 
 
+def status_shown(page) -> str:
+    """The value the sidebar's Status filter shows."""
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
+        has=page.locator("label", has_text=re.compile(r"^Status$"))).first
+    return box.locator('input[role="combobox"]').input_value()
+
+
 def test_team_review_in_two_browsers(app, browser):
     """ana splits the queue between ana and ben, two reviews each; both review in their own browser; the
     Dashboard shows the conversation they disagree on, and export can keep only what they agree on."""
@@ -371,6 +379,13 @@ def test_team_review_in_two_browsers(app, browser):
         needed.press("Enter")
         settle(ana)
         assert db.scalar("SELECT COUNT(*) FROM review_assignments") == 0  # nothing split before the button
+        # The split follows the queue filter, which should still be the default "new". In one CI run it showed
+        # "any" by now (no step here touches it; not seen in local runs): say so in the warnings summary and
+        # set it back as the lead would on seeing it, so the split below is the one this test is about.
+        if status_shown(ana) != "new":
+            warnings.warn(f"the Review page's Status filter showed {status_shown(ana)!r} before the split")
+            pick(ana, re.compile(r"^Status$"), "new", within='[data-testid="stSidebar"]')
+        assert status_shown(ana) == "new"
         ana.get_by_role("button", name="Split the queue").click()
         wait_for_text(ana, r"Queue split: ana [\d,]+, ben [\d,]+ conversation\(s\); 2 review\(s\) needed each")
         new = db.scalar("SELECT COUNT(*) FROM conversations WHERE status='new'")

@@ -83,3 +83,32 @@ def test_fake_in_its_own_process_counts_quota_429s_in_each_shape():
             stats = fake.stats()
             assert [a[1] for a in stats["answers"]] == [200, 200, 429], shape
             assert stats["by_status"] == {"200": 2, "429": 1}, shape
+
+
+def test_a_call_answered_429_is_taken_back_out_of_the_pace():
+    """The server did not count a call it answered 429: the pace must not either, or after a probe that
+    overshot a fixed window the next window's first calls are held back for nothing."""
+    gate = AdaptiveGate(max_concurrency=8)
+    for _ in range(30):
+        gate.record_success()
+    for _ in range(6):
+        gate.record_rate_limited(5.0, metric="requests")
+    pace = gate.paces["requests"]
+    pace.limit = pace.good_limit = 1000.0  # room for the calls below (the learned pace would hold them)
+    pace.sent.clear()
+    pace.in_window = 0.0
+    with gate.attempt():
+        pass
+    gate.record_success()
+    with gate.attempt():
+        pass
+    assert pace.in_window == 2 and len(pace.sent) == 2
+    gate.record_rate_limited(5.0, metric="requests")  # the second call's answer
+    assert pace.in_window == 1 and len(pace.sent) == 1
+    gate.record_rate_limited(5.0, metric="requests")  # a retry's 429 without a new pass charges nothing back
+    assert pace.in_window == 1 and len(pace.sent) == 1
+    with gate.attempt():
+        pass
+    gate.record_success()
+    gate.record_rate_limited(5.0, metric="requests")  # no call of this thread in flight: its success stays counted
+    assert pace.in_window == 2 and len(pace.sent) == 2

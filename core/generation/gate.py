@@ -117,7 +117,7 @@ class AdaptiveGate(CallGate):
         self._window_known = False
         self.paces: dict[str, Pace] = {}
         self._learned_at = 0.0
-        self._local = threading.local()  # when this thread's latest attempt passed the pace
+        self._local = threading.local()  # this thread's latest attempt: when it passed the pace, what it was charged
         self.cancelled = threading.Event()
 
     @property
@@ -169,6 +169,7 @@ class AdaptiveGate(CallGate):
 
         While a cluster of bare 429s left the window unknown, calls go out one at a time, spaced (see
         REOPEN_PROBE_SHARE): each is a probe of whether the window reopened."""
+        self._local.charged = ()
         while self.paces or self._pending is not None:
             if self.cancelled.is_set():
                 raise RunStopped("cancelled")
@@ -186,9 +187,13 @@ class AdaptiveGate(CallGate):
                 units = {"requests": 1.0, "tokens": max(self._tokens_ewma, 1.0)}
                 wait = max(p.wait_for(units[m], t) for m, p in self.paces.items())
                 if wait <= 0:
+                    charged = []
                     for m, p in self.paces.items():
-                        p.sent.append((t, units[m]))
+                        entry = (t, units[m])
+                        p.sent.append(entry)
                         p.in_window += units[m]
+                        charged.append((p, entry))
+                    self._local.charged = charged
                     return
                 for p in self.paces.values():
                     p.waited_at = t
@@ -203,6 +208,7 @@ class AdaptiveGate(CallGate):
         with self._cond:
             t = time.monotonic()
             self._last_429 = t
+            self._refund()
             if self._pending is not None:
                 # Waiting for a bare quota's window to reopen: this 429 says it had not yet, nothing more.
                 self._reopen_failed_at = t
@@ -254,6 +260,21 @@ class AdaptiveGate(CallGate):
                 self._reopen_probe_at = t + max(REOPEN_PROBE_MIN_S, REOPEN_PROBE_SHARE * (t - start))
                 self._reopen_failed_at = t
             self._publish()
+
+    def _refund(self) -> None:
+        """Take this thread's call, just answered 429, back out of the paces (caller holds the lock).
+
+        The server did not count it against its quota, so neither does the pace: after a probe above the quota
+        overshoots, a pace that still counted the calls answered 429 would hold the next window's first calls
+        back for nothing (on a fixed window, a tenth of a window after each probe)."""
+        for pace, entry in getattr(self._local, "charged", ()):
+            if pace is self.paces.get(pace.metric):
+                try:
+                    pace.sent.remove(entry)
+                except ValueError:
+                    continue  # already out of the window
+                pace.in_window = max(0.0, pace.in_window - entry[1])
+        self._local.charged = ()
 
     def _take_quota_value(self, metric: str, value: float, t: float) -> None:
         """The server stated the quota's size: pace to it at once, up or down (caller holds the lock)."""
@@ -309,6 +330,7 @@ class AdaptiveGate(CallGate):
         with self._cond:
             t = time.monotonic()
             self._last_success = t
+            self._local.charged = ()
             self._recent.append(False)
             self._successes.append((t, tokens))
             while self._successes and t - self._successes[0][0] > MAX_WINDOW_S:

@@ -172,13 +172,17 @@ def metric_value(page, label: str) -> str:
     return metric.locator('[data-testid="stMetricValue"]').first.inner_text().strip()
 
 
-def pick(page, label, option: str, within: str = "") -> None:
-    """Choose ``option`` in the select box or multiselect labelled ``label`` (text or regex), optionally only
-    within the element ``within`` selects (say the sidebar)."""
+def select_box(page, label, within: str = ""):
+    """The select box or multiselect labelled ``label`` (text or regex), optionally only within the element
+    ``within`` selects (say the sidebar)."""
     scope = page.locator(within) if within else page
-    box = scope.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
+    return scope.locator('[data-testid="stSelectbox"], [data-testid="stMultiSelect"]').filter(
         has=page.locator("label", has_text=label)).first
-    box.locator('[role="combobox"], input').first.click()
+
+
+def pick(page, label, option: str, within: str = "") -> None:
+    """Choose ``option`` in the select box or multiselect labelled ``label`` (see ``select_box``)."""
+    select_box(page, label, within).locator('[role="combobox"], input').first.click()
     page.get_by_role("option", name=option, exact=True).first.click()
     page.keyboard.press("Escape")  # a multiselect keeps its menu open, hiding the form from the page's roles
     settle(page)

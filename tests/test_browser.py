@@ -111,7 +111,8 @@ def approve_open_conversation(page, db: Database) -> None:
     deadline = time.monotonic() + 90
     while db.scalar("SELECT COUNT(*) FROM conversations WHERE status='approved'") == approved:
         assert time.monotonic() < deadline, "the approval never reached the database"
-        if not (confirm.count() and confirm.first.is_visible()) and time.monotonic() - clicked > 15:
+        asked = confirm.count() and confirm.first.is_visible()
+        if not asked and time.monotonic() - clicked > 15:
             # Neither asked nor approved 15 s on: the click met a rerun redrawing the button (seen once in CI
             # right after the discard dialog closed) and went nowhere. Click again, as a person would.
             try:
@@ -120,7 +121,7 @@ def approve_open_conversation(page, db: Database) -> None:
                 pass
             clicked = time.monotonic()
             continue
-        if confirm.count() and confirm.first.is_visible():
+        if asked:
             assert re.search(r"flagged \d+ of this conversation", main_text(page))
             confirm.first.click()
             try:  # clicked once: wait for the panel to settle rather than click a button on its way out again

@@ -21,7 +21,8 @@ from fakes.gemini import FakeGemini
 from core.review.store import ReviewFilter, ReviewStore
 from core.workbench import Workbench
 from tests.browser_support import (ARTIFACTS, NO_CHROMIUM, browser, main_text, nav_to, new_page,  # noqa: F401
-                                   open_page, pick, serve_app, settle, shot, wait_for_text)
+                                   open_page, pick, select_box, serve_app, settle, shot,
+                                   wait_for_text)
 from tests.conftest import make_settings
 from tests.test_review import generate
 
@@ -344,11 +345,12 @@ def my_queue(page, name: str) -> None:
     page.locator('[data-testid="stMainBlockContainer"] h1').first.click()
 
 
+STATUS_FILTER = (re.compile(r"^Status$"), '[data-testid="stSidebar"]')  # the sidebar's Status select box
+
+
 def status_shown(page) -> str:
     """The value the sidebar's Status filter shows."""
-    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(
-        has=page.locator("label", has_text=re.compile(r"^Status$"))).first
-    return box.locator('input[role="combobox"]').input_value()
+    return select_box(page, *STATUS_FILTER).locator('input[role="combobox"]').input_value()
 
 
 def test_team_review_in_two_browsers(app, browser):
@@ -384,7 +386,7 @@ def test_team_review_in_two_browsers(app, browser):
         # set it back as the lead would on seeing it, so the split below is the one this test is about.
         if status_shown(ana) != "new":
             warnings.warn(f"the Review page's Status filter showed {status_shown(ana)!r} before the split")
-            pick(ana, re.compile(r"^Status$"), "new", within='[data-testid="stSidebar"]')
+            pick(ana, STATUS_FILTER[0], "new", within=STATUS_FILTER[1])
         assert status_shown(ana) == "new"
         ana.get_by_role("button", name="Split the queue").click()
         wait_for_text(ana, r"Queue split: ana [\d,]+, ben [\d,]+ conversation\(s\); 2 review\(s\) needed each")

@@ -7,28 +7,42 @@ import pytest
 from fakes.gemini import FakeGemini
 from fakes.gemini_process import FakeGeminiProcess
 from core.generation.gate import STATED_SHARE, AdaptiveGate
-from tests.test_gate import drive, in_range
+from tests.test_gate import drive, drive_together, in_range
 
 QUOTA, WINDOW = 20, 2.0
 
 
-@pytest.mark.parametrize("window_kind", ["sliding", "fixed"])
-@pytest.mark.parametrize("shape", ["value", "retry_info", "bare"])
-def test_quota_is_learned_and_used_in_every_429_shape(shape, window_kind):
+SHAPES, WINDOW_KINDS = ("value", "retry_info", "bare"), ("sliding", "fixed")
+
+
+def _shape_case(shape, window_kind):
     with FakeGemini(latency=0.05, rpm_quota=QUOTA, rpm_window=WINDOW, quota_shape=shape,
                     window_kind=window_kind) as fake:
         gate = AdaptiveGate(max_concurrency=8)
         at_3s = {}
         ok = drive(fake, gate, 9.0, changes=[(3.0, lambda: at_3s.update(fake.by_status))])
-        pace = gate.paces["requests"]
-        assert 1.6 <= pace.window <= 2.6, (shape, window_kind, pace.window)
-        # The pace may stand a probe above what held (+10%), never far under the quota.
-        assert 0.85 * QUOTA <= pace.good_limit <= 1.1 * QUOTA, (shape, window_kind, pace.good_limit, pace.limit)
-        # After the cold start (the first window and, for bare 429s, the wait for it to reopen): the quota used,
-        # and few 429s.
-        assert in_range(ok, 3.0, 9.0) >= 0.85 * QUOTA * 3, (shape, window_kind, in_range(ok, 3.0, 9.0))
-        late_429 = fake.by_status[429] - at_3s.get(429, 0)
-        assert late_429 <= 0.1 * (fake.by_status[200] - at_3s.get(200, 0)), (shape, window_kind, late_429)
+        return fake, gate, ok, at_3s
+
+
+@pytest.fixture(scope="module")
+def shape_runs():
+    """The six shape x window cases driven side by side (9 s instead of 54 s: each waits on its windows)."""
+    return drive_together({(s, w): (lambda s=s, w=w: _shape_case(s, w)) for s in SHAPES for w in WINDOW_KINDS})
+
+
+@pytest.mark.parametrize("window_kind", WINDOW_KINDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_quota_is_learned_and_used_in_every_429_shape(shape, window_kind, shape_runs):
+    fake, gate, ok, at_3s = shape_runs[(shape, window_kind)].result()
+    pace = gate.paces["requests"]
+    assert 1.6 <= pace.window <= 2.6, (shape, window_kind, pace.window)
+    # The pace may stand a probe above what held (+10%), never far under the quota.
+    assert 0.85 * QUOTA <= pace.good_limit <= 1.1 * QUOTA, (shape, window_kind, pace.good_limit, pace.limit)
+    # After the cold start (the first window and, for bare 429s, the wait for it to reopen): the quota used,
+    # and few 429s.
+    assert in_range(ok, 3.0, 9.0) >= 0.85 * QUOTA * 3, (shape, window_kind, in_range(ok, 3.0, 9.0))
+    late_429 = fake.by_status[429] - at_3s.get(429, 0)
+    assert late_429 <= 0.1 * (fake.by_status[200] - at_3s.get(200, 0)), (shape, window_kind, late_429)
 
 
 def test_bare_429s_hold_calls_until_the_window_reopens():
@@ -85,30 +99,84 @@ def test_fake_in_its_own_process_counts_quota_429s_in_each_shape():
             assert stats["by_status"] == {"200": 2, "429": 1}, shape
 
 
-def test_a_call_answered_429_is_taken_back_out_of_the_pace():
-    """The server did not count a call it answered 429: the pace must not either, or after a probe that
-    overshot a fixed window the next window's first calls are held back for nothing."""
+def _learned_gate(window_retry: float = 5.0) -> tuple[AdaptiveGate, object]:
+    """A gate with a requests pace learned (window from RetryInfo), emptied and widened so calls pass at once."""
     gate = AdaptiveGate(max_concurrency=8)
     for _ in range(30):
         gate.record_success()
     for _ in range(6):
-        gate.record_rate_limited(5.0, metric="requests")
+        gate.record_rate_limited(window_retry, metric="requests")
     pace = gate.paces["requests"]
     pace.limit = pace.good_limit = 1000.0  # room for the calls below (the learned pace would hold them)
     pace.sent.clear()
     pace.in_window = 0.0
+    return gate, pace
+
+
+def test_a_call_answered_429_leaves_the_pace_when_the_server_has_room_again():
+    """The server did not count a call it answered 429: the pace counts it only until the server has room again
+    (RetryInfo's wait, or without it the next success), not a whole window, or after a probe that overshot a
+    fixed window the next window's first calls are held back for nothing."""
+    gate, pace = _learned_gate()
     with gate.attempt():
         pass
     gate.record_success()
     with gate.attempt():
         pass
     assert pace.in_window == 2 and len(pace.sent) == 2
-    gate.record_rate_limited(5.0, metric="requests")  # the second call's answer
-    assert pace.in_window == 1 and len(pace.sent) == 1
-    gate.record_rate_limited(5.0, metric="requests")  # a retry's 429 without a new pass charges nothing back
-    assert pace.in_window == 1 and len(pace.sent) == 1
+    sent_at = pace.sent[-1][0]
+    gate.record_rate_limited(0.5, metric="requests")  # the second call's answer: the window frees in 0.5 s
+    # Still counted, but it leaves the window in ~0.5 s instead of a window (~5 s) after it was sent.
+    assert pace.in_window == 2 and len(pace.sent) == 2
+    leaves = pace.sent[0][0] + pace.window + pace.lag  # kept in send order: the moved charge is now the oldest
+    assert leaves - sent_at < 1.0 and sent_at not in [e[0] for e in pace.sent], pace.sent
+    gate.record_rate_limited(0.5, metric="requests")  # a retry's 429 without a new pass charges nothing back
+    assert pace.in_window == 2 and len(pace.sent) == 2
+
+    # Bare 429s: the charge stays until a call succeeds again (the server had room then).
+    gate, pace = _learned_gate()
     with gate.attempt():
         pass
+    gate.record_rate_limited(None, metric="requests")
+    assert pace.in_window == 1
+    with gate.attempt():
+        pass
+    assert pace.in_window == 2
+    gate.record_success()  # this thread's second call: its success frees the held charge and keeps its own
+    assert pace.in_window == 1 and len(pace.sent) == 1
+    gate.record_rate_limited(None, metric="requests")  # no call of this thread in flight: its success stays counted
     gate.record_success()
-    gate.record_rate_limited(5.0, metric="requests")  # no call of this thread in flight: its success stays counted
-    assert pace.in_window == 2 and len(pace.sent) == 2
+    assert pace.in_window == 1 and len(pace.sent) == 1
+
+
+def test_a_tokens_pace_counts_what_a_call_used_and_learns_the_servers_lag():
+    """A call is charged the tokens estimate when sent and what it used once answered; a 429 that says the window
+    frees an instant later teaches how much later than us the server counts (Pace.lag)."""
+    gate = AdaptiveGate(max_concurrency=8)
+    for _ in range(30):
+        gate.record_success(tokens=100)
+    for _ in range(6):
+        gate.record_rate_limited(5.0, metric="tokens")
+    pace = gate.paces["tokens"]
+    pace.limit = pace.good_limit = 100_000.0
+    pace.sent.clear()
+    pace.in_window = 0.0
+    with gate.attempt():
+        pass
+    assert pace.in_window == pytest.approx(100.0)  # the estimate
+    gate.record_success(tokens=130)
+    assert pace.in_window == pytest.approx(130.0) and pace.sent[-1][1] == 130.0  # what it used
+    assert pace.lag == 0.0
+    with gate.attempt():
+        pass
+    gate.record_rate_limited(0.004, metric="tokens")  # room again in 4 ms: we sent a hair early
+    assert pace.lag == pytest.approx(0.008)
+    oldest, count = pace.sent[0][0], len(pace.sent)
+    pace.expire(oldest + pace.window + 0.001)
+    assert len(pace.sent) == count  # still counted a window + 1 ms after it was sent
+    pace.expire(oldest + pace.window + 0.009)
+    assert len(pace.sent) == count - 1
+    gate.record_rate_limited(30.0, metric="tokens")  # a long wait is no clock skew: the lag is bounded
+    assert pace.lag < 0.05 * pace.window + 1e-9
+
+

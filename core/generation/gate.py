@@ -23,6 +23,7 @@ PACE_SHARE = 0.985  # pace just under the quota learned: a bit of slack for the 
 STATED_SHARE = 0.99  # a quota whose size the server stated (quotaValue) needs slack only for the clocks
 PROBE_FIRST = 0.1  # after a quiet window at the pace, probe 10% higher, then 20%, 40%, ... (a raised quota)
 MIN_WINDOW_S, MAX_WINDOW_S = 1.0, 300.0
+MAX_LAG_SHARE = 0.05  # the server may count a call this share of the window after we send it, at most (Pace.lag)
 # Bare 429s (no RetryInfo) do not say when the quota's window reopens: after a cluster the gate holds every call
 # and lets one through now and then, spaced by this share of the time since the window began (at least
 # REOPEN_PROBE_MIN_S), so the window's length is known to within a few percent for a few dozen 429s.
@@ -44,9 +45,10 @@ class Pace:
     good_limit: float = 0.0  # the highest limit that ran a whole window without a 429 (set when learned)
     waited_at: float = 0.0  # last time a call had to wait for this pace (it binds)
     probe_failed_at: float = -1e9  # last time a probe above good_limit met a 429
+    lag: float = 0.0  # how much later than our send the server counts a call (learned from RetryInfo, see _refund)
 
     def expire(self, t: float) -> None:
-        while self.sent and t - self.sent[0][0] >= self.window:
+        while self.sent and t - self.sent[0][0] >= self.window + self.lag:
             self.in_window -= self.sent.popleft()[1]
         if not self.sent:
             self.in_window = 0.0
@@ -68,8 +70,8 @@ class Pace:
         for sent_at, amount in self.sent:
             freed += amount
             if freed >= over:
-                return max(sent_at + self.window - t, spaced, 0.001)
-        return max(self.sent[-1][0] + self.window - t, 0.001)
+                return max(sent_at + self.window + self.lag - t, spaced, 0.001)
+        return max(self.sent[-1][0] + self.window + self.lag - t, 0.001)
 
 
 class AdaptiveGate(CallGate):
@@ -117,6 +119,7 @@ class AdaptiveGate(CallGate):
         self._window_known = False
         self.paces: dict[str, Pace] = {}
         self._learned_at = 0.0
+        self._held: list[tuple[Pace, tuple[float, float]]] = []  # charges of calls answered bare 429s (_refund)
         self._local = threading.local()  # this thread's latest attempt: when it passed the pace, what it was charged
         self.cancelled = threading.Event()
 
@@ -208,7 +211,7 @@ class AdaptiveGate(CallGate):
         with self._cond:
             t = time.monotonic()
             self._last_429 = t
-            self._refund()
+            self._refund(t, retry_after)
             if self._pending is not None:
                 # Waiting for a bare quota's window to reopen: this 429 says it had not yet, nothing more.
                 self._reopen_failed_at = t
@@ -261,20 +264,66 @@ class AdaptiveGate(CallGate):
                 self._reopen_failed_at = t
             self._publish()
 
-    def _refund(self) -> None:
-        """Take this thread's call, just answered 429, back out of the paces (caller holds the lock).
+    def _refund(self, t: float, retry_after: float | None) -> None:
+        """This thread's call was just answered 429: its charge leaves the paces when the server has room again
+        (caller holds the lock).
 
-        The server did not count it against its quota, so neither does the pace: after a probe above the quota
-        overshoots, a pace that still counted the calls answered 429 would hold the next window's first calls
-        back for nothing (on a fixed window, a tenth of a window after each probe)."""
+        The server did not count the call, so a pace that kept counting it until a window after it was sent would,
+        after a probe that overshot a fixed window, hold the next window's first calls back for nothing (a tenth of
+        a window after each probe). But dropping the charge at once sends the next call into a window the server
+        still has full (its count and ours differ by clocks and token estimates): a cascade of 429s. So the charge
+        stays until RetryInfo says the window frees, or, without it, until a call succeeds again."""
         for pace, entry in getattr(self._local, "charged", ()):
+            if pace is not self.paces.get(pace.metric):
+                continue
+            if not retry_after:
+                self._held.append((pace, entry))
+                continue
+            steady = pace.limit <= pace.good_limit and t - pace.probe_failed_at >= pace.window
+            if steady and retry_after < MAX_LAG_SHARE * pace.window:
+                # At a pace that held (no probe above it, not a probe's aftermath, where a fixed window answers 429
+                # until it ends, near its end with short waits), our count had room and the server's frees an
+                # instant later: it counts calls a little after we send them (the trip there, its clock). Each
+                # time a call leaves our window the next would meet this again, so calls leave it that much later.
+                pace.lag = min(max(pace.lag, 2 * retry_after), MAX_LAG_SHARE * pace.window)
+            try:
+                pace.sent.remove(entry)
+            except ValueError:
+                continue  # already out of the window
+            # Kept as if sent a window before the server frees it (never later than it really was sent).
+            moved = (min(entry[0], t + retry_after - pace.window), entry[1])
+            index = len(pace.sent)
+            while index and pace.sent[index - 1][0] > moved[0]:
+                index -= 1
+            pace.sent.insert(index, moved)
+        self._local.charged = ()
+
+    def _settle(self, tokens: int) -> None:
+        """This thread's call succeeded: a tokens pace counts what it really used, not the estimate it was charged
+        when sent (caller holds the lock). Estimates a little low, kept, pace the server over its quota: a 429
+        now and then all run long."""
+        for pace, entry in getattr(self._local, "charged", ()):
+            if pace.metric != "tokens" or not tokens or pace is not self.paces.get("tokens"):
+                continue
+            try:
+                index = pace.sent.index(entry)
+            except ValueError:
+                continue  # already out of the window
+            pace.sent[index] = (entry[0], float(tokens))
+            pace.in_window += tokens - entry[1]
+        self._local.charged = ()
+
+    def _release_held(self) -> None:
+        """A call succeeded: the server has room again, so the charges of calls answered bare 429s leave the
+        paces (caller holds the lock)."""
+        for pace, entry in self._held:
             if pace is self.paces.get(pace.metric):
                 try:
                     pace.sent.remove(entry)
                 except ValueError:
-                    continue  # already out of the window
+                    continue
                 pace.in_window = max(0.0, pace.in_window - entry[1])
-        self._local.charged = ()
+        self._held.clear()
 
     def _take_quota_value(self, metric: str, value: float, t: float) -> None:
         """The server stated the quota's size: pace to it at once, up or down (caller holds the lock)."""
@@ -308,7 +357,8 @@ class AdaptiveGate(CallGate):
         else:
             target = amount * PACE_SHARE
         target = max(target, 1.0 if metric == "requests" else max(self._tokens_ewma, 1.0))
-        fresh = Pace(metric, target, window, learned_at=t, probed_at=t, waited_at=t, good_limit=target)
+        fresh = Pace(metric, target, window, learned_at=t, probed_at=t, waited_at=t, good_limit=target,
+                     lag=pace.lag if pace is not None else 0.0)  # the trip to the server did not change
         # What already went out in the window counts: the pace holds calls back until the window frees.
         for s, n in self._successes:
             if s > t - window:
@@ -330,7 +380,8 @@ class AdaptiveGate(CallGate):
         with self._cond:
             t = time.monotonic()
             self._last_success = t
-            self._local.charged = ()
+            self._settle(tokens)
+            self._release_held()
             self._recent.append(False)
             self._successes.append((t, tokens))
             while self._successes and t - self._successes[0][0] > MAX_WINDOW_S:

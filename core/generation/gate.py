@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import threading
@@ -290,12 +291,9 @@ class AdaptiveGate(CallGate):
                 pace.sent.remove(entry)
             except ValueError:
                 continue  # already out of the window
-            # Kept as if sent a window before the server frees it (never later than it really was sent).
-            moved = (min(entry[0], t + retry_after - pace.window), entry[1])
-            index = len(pace.sent)
-            while index and pace.sent[index - 1][0] > moved[0]:
-                index -= 1
-            pace.sent.insert(index, moved)
+            # Kept as if sent a window before the server frees it (never later than it really was sent), in send
+            # order: the pace expires its charges from the oldest.
+            bisect.insort(pace.sent, (min(entry[0], t + retry_after - pace.window), entry[1]))
         self._local.charged = ()
 
     def _settle(self, tokens: int) -> None:
@@ -303,7 +301,7 @@ class AdaptiveGate(CallGate):
         when sent (caller holds the lock). Estimates a little low, kept, pace the server over its quota: a 429
         now and then all run long."""
         for pace, entry in getattr(self._local, "charged", ()):
-            if pace.metric != "tokens" or not tokens or pace is not self.paces.get("tokens"):
+            if not tokens or pace is not self.paces.get("tokens"):
                 continue
             try:
                 index = pace.sent.index(entry)

@@ -19,7 +19,7 @@ from core.db import Database
 from fakes.gemini import FakeGemini
 from core.quality import WEAKLY_GROUNDED_BELOW
 from tests.browser_support import (CHROMIUM, NO_CHROMIUM, browser, main_text, metric_value, nav_to,  # noqa: F401
-                                   open_page, page, serve_app, set_numbers, settle, shot,
+                                   open_page, page, reason_ready, serve_app, set_numbers, settle, shot,
                                    wait_for_text)
 from tests.conftest import ROOT
 
@@ -260,8 +260,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
     dialog.get_by_text("Why discard this conversation?").wait_for()
     shot(page, "07b-review-discard-reason")
     assert db.scalar("SELECT COUNT(*) FROM conversations WHERE status='discarded'") == 0
-    # The reasons' buttons carry the letter keys: pressed before they are drawn, a key goes nowhere.
-    dialog.get_by_role("button", name=re.compile(r"^off topic")).wait_for()
+    reason_ready(page, "off topic")  # its letter key pressed before it is bound goes nowhere
     page.keyboard.press("o")  # "off topic (O)"
     dialog.wait_for(state="detached")
     deadline = time.monotonic() + 30
@@ -351,7 +350,7 @@ def test_the_whole_path_in_a_browser(app, page, fake):
             assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.solo  # the offline model's test call
+@pytest.mark.timed  # the offline model's test call
 def test_switching_to_the_offline_model_in_the_browser(app, page):
     """The provider switch in Settings (the offline model's own generation in the browser is the meeting demo's,
     tests/test_browser_project.py)."""

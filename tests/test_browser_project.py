@@ -174,7 +174,7 @@ def test_export_writes_what_i_approved_and_asks_about_an_empty_validation_side(a
 
 # ---- 3. Run status: Cancel feedback, Runs and Home follow a run, the demo batch cancellable from Generate --------------
 
-@pytest.mark.solo
+@pytest.mark.timed
 def test_runs_show_their_state_live_and_cancel_answers_at_once(app, page, fake):
     db = db_of(app)
     fake.latency = 2.5  # calls in flight take a while to finish after a cancel, as on a loaded machine
@@ -258,7 +258,7 @@ def keyless_app(tmp_path_factory):
         yield served
 
 
-@pytest.mark.solo
+@pytest.mark.timed
 @pytest.mark.timeout(1800)  # measured to the end even when it overruns its budget on a loaded machine
 def test_the_demo_shows_the_whole_pipeline_within_three_minutes_without_a_key(keyless_app, page):
     app = keyless_app

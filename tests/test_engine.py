@@ -256,7 +256,7 @@ def test_sigkill_then_resume_gives_exactly_n(indexed_wb):
         db.close()
 
 
-@pytest.mark.solo
+@pytest.mark.timed
 def test_gate_learns_a_rate_quota_from_the_first_cluster_of_429s_and_paces_under_it():
     gate = AdaptiveGate(max_concurrency=8)
     for _ in range(20):

@@ -13,6 +13,9 @@ from core.generation.gate import AdaptiveGate
 from core.providers.base import LLMRequest, Message
 from core.providers.gemini import GeminiProvider
 
+# Real windows on the clock: a late wakeup under load reads as a server that answered late.
+pytestmark = pytest.mark.timed
+
 KEY = "AIzaSy-gate-test-key-00000000000000000"
 
 

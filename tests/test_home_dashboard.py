@@ -125,7 +125,7 @@ def test_dashboard_shows_the_corpus_verifier_state_and_trains_it(env, embedder):
     assert button.label == "Train it now"
     assert not any("Trained" in c.value for c in at.caption)
     db = Database(env / "groundwork.db")
-    meta = TrainedVerifierStore(db, env).train(max_anchors=24, epochs=1)  # the button's call, made small
+    meta = TrainedVerifierStore(db, env).train(max_anchors=8, epochs=1)  # the button's call, made small
     at = new_app("pages/dashboard.py")
     assert at.button(key="dashboard.train_verifier").label == "Train it again"
     assert any(f"on {meta['sentences']:,} sentences ({meta['pairs']:,} pairs" in c.value for c in at.caption)

@@ -28,19 +28,19 @@ def test_indexing_embeds_every_chunks_window_sentences_and_a_check_then_embeds_o
     data = tmp_path / "data"
     wb = Workbench(make_settings(data), store_idle_close_s=0, embedder=embedder)
     try:
-        report = wb.corpus.ingest_path(SAMPLE_DIR / "opinions")
+        report = wb.corpus.ingest_path(SAMPLE_DIR / "summaries")
         assert report.added_chunks > 0
         assert wb.windows.wait(timeout_s=300)
         assert wb.windows.error is None
         texts = _chunk_texts(wb)
         assert wb.windows.chunks_done == wb.windows.chunks_total == len(texts)
         sentences = {s for t in texts for s in _window_sentences(t)}
-        assert len(sentences) > 100
+        assert len(sentences) > 50  # the six summaries: enough for several encode slices, a tenth of the model time
         assert wb.windows.sentences_embedded == len(sentences)
         assert _stored(data, embedder, sentences) == len(sentences)  # in the data dir, for other processes
 
         # Indexing the same folder again adds no chunk and embeds nothing.
-        again = wb.corpus.ingest_path(SAMPLE_DIR / "opinions")
+        again = wb.corpus.ingest_path(SAMPLE_DIR / "summaries")
         assert again.added_chunks == 0 and not wb.windows.busy
     finally:
         wb.close()

@@ -104,8 +104,8 @@ def test_trained_on_the_corpus_stored_reused_and_set_aside_when_the_corpus_chang
     store = TrainedVerifierStore(indexed_wb.db, data_dir)
     assert store.status()["state"] == "none" and store.load() is None
     steps = []
-    meta = store.train(progress=lambda done, total, what: steps.append((done, total)), max_anchors=24, epochs=1)
-    assert steps[-1][0] == steps[-1][1] == math.ceil(meta["pairs"] / 16) and meta["pairs"] >= 24 * 3
+    meta = store.train(progress=lambda done, total, what: steps.append((done, total)), max_anchors=8, epochs=1)
+    assert steps[-1][0] == steps[-1][1] == math.ceil(meta["pairs"] / 16) and meta["pairs"] >= 8 * 3
     status = store.status()
     assert status["state"] == "current" and status["trained_at"] == meta["trained_at"]
     assert (data_dir / "verifiers").is_dir() and any((data_dir / "verifiers").rglob("model.safetensors"))
@@ -125,7 +125,7 @@ def test_trained_on_the_corpus_stored_reused_and_set_aside_when_the_corpus_chang
                                     encoding="utf-8")
     indexed_wb.corpus.ingest_path(extra)
     assert store.status()["state"] == "stale" and store.load() is None
-    store.train(max_anchors=24, epochs=1)
+    store.train(max_anchors=8, epochs=1)
     assert store.status()["state"] == "current"
     assert len([p for p in (data_dir / "verifiers").iterdir() if p.is_dir()]) == 1
 

@@ -273,12 +273,6 @@ def pytest_configure(config):
             and not hasattr(config, "workerinput"):
         import uuid
         config.option.testrunuid = uuid.uuid4().hex
-        # torch (OpenMP) on one thread in each worker and in every process a test starts (CLI, Streamlit): two
-        # workers with two threads each put four spinning threads on two cores. Measured here, two processes
-        # embedding the sample corpus's 985 sentences at once: 19.5 s each with two threads, 10.5 s with one.
-        if isinstance(config.option.numprocesses, int) and config.option.numprocesses >= 2:
-            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ.setdefault(name, "1")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -128,7 +128,7 @@ def reason_ready(page, reason: str) -> None:
     """Wait until the discard dialog's ``reason`` button answers its letter key. Streamlit binds a button's shortcut
     in an effect, which runs after the button is painted: a key pressed as soon as the button shows can go nowhere
     (a loaded machine widens that gap to the whole timeout), so two frames are waited for after it shows."""
-    page.get_by_role("dialog").get_by_role("button", name=re.compile(rf"^{reason}")).wait_for()
+    page.get_by_role("dialog").get_by_role("button", name=re.compile("^" + re.escape(reason))).wait_for()
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => setTimeout(r))))")
 
 

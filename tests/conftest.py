@@ -192,7 +192,7 @@ def _renice_tree(nice: int) -> bool:
     return bool(tree)
 
 
-_can_prioritise: bool | None = None
+_priority_refused = False  # once raising the priority failed, timed tests run alone for the rest of the session
 
 
 class _Prioritised:
@@ -215,13 +215,10 @@ class _Prioritised:
 
 
 def _prioritise() -> _Prioritised | None:
-    global _can_prioritise
-    if _can_prioritise is False:
+    global _priority_refused
+    if _priority_refused or not _renice_tree(PRIORITY):
+        _priority_refused = True
         return None
-    if not _renice_tree(PRIORITY):
-        _can_prioritise = False
-        return None
-    _can_prioritise = True
     return _Prioritised()
 
 

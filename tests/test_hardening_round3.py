@@ -59,20 +59,23 @@ def _nobody_python(tmp_home: Path) -> tuple[list[str], dict[str, str]]:
     The venv's interpreter may sit under /root (pyenv), which nobody cannot enter; the system Python of the same
     minor version runs the same wheels (same ABI) with the venv's site-packages on PYTHONPATH.
     """
-    import sysconfig
-
     prefix, why_not = _nobody_interpreter()
     if prefix is None:
         pytest.skip(why_not)
+    return prefix, _nobody_env(tmp_home)
+
+
+def _nobody_env(home: Path) -> dict[str, str]:
+    """What nobody's Python needs: a home of its own, this checkout and the venv's packages on its path."""
+    import sysconfig
+
     site = sysconfig.get_paths()["purelib"]
-    return prefix, {"HOME": str(tmp_home), "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "HF_HOME": str(tmp_home / "hf")}
+    return {"HOME": str(home), "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "HF_HOME": str(home / "hf")}
 
 
 @functools.cache
 def _nobody_interpreter() -> tuple[list[str] | None, str]:
     """The first interpreter nobody can import Groundwork with, found once per session (each probe loads torch)."""
-    import sysconfig
-
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0:
         return None, "needs root to switch to the unprivileged user nobody (setpriv)"
@@ -84,8 +87,7 @@ def _nobody_interpreter() -> tuple[list[str] | None, str]:
     home = Path(tempfile.mkdtemp(prefix="groundwork-nobody-probe-", dir="/tmp"))
     try:
         home.chmod(0o777)
-        env = {"HOME": str(home), "PYTHONPATH": f"{ROOT}{os.pathsep}{sysconfig.get_paths()['purelib']}",
-               "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1"}
+        env = {**_nobody_env(home), "HF_HUB_OFFLINE": "1"}
         for python in candidates:
             if not python.exists():
                 continue

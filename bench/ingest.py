@@ -157,7 +157,10 @@ def main() -> int:
 
         rss0 = current_rss_mb()
         t = time.perf_counter()
-        first = Workbench(Settings.from_env(env={}, data_dir=str(tmp / "data-1")), store_idle_close_s=0)
+        # The embedding cache off: every round embeds its chunks, as a first ingest does (the cache is measured
+        # on its own below).
+        cold = {"embedding_cache": "off"}
+        first = Workbench(Settings.from_env(env={}, data_dir=str(tmp / "data-1"), **cold), store_idle_close_s=0)
         embedder = first.embedder
         model = embedder.load()
         load_s = time.perf_counter() - t
@@ -173,7 +176,7 @@ def main() -> int:
         docs = chunks = 0
         for r in range(1, args.rounds + 1):
             label = f"[round {r}] " if args.rounds > 1 else ""
-            wb = first if r == 1 else Workbench(Settings.from_env(env={}, data_dir=str(tmp / f"data-{r}")),
+            wb = first if r == 1 else Workbench(Settings.from_env(env={}, data_dir=str(tmp / f"data-{r}"), **cold),
                                                  store_idle_close_s=0, embedder=embedder)
             seconds, docs, chunks, usage = ingest_once(wb, docs_dir, label)
             ingest_rates.append((chunks / seconds, docs / seconds))
@@ -208,6 +211,23 @@ def main() -> int:
             print(f"  note: other processes used up to {max(others):.2f} of the {os.cpu_count()} cores during these "
                   "measurements, so ingest and bare encode may have had different shares of the machine; "
                   "rerun with --rounds 3 on a quiet machine for a clean ratio")
+        # The same documents into a second data dir with the embedding cache on: the first data dir fills an
+        # empty cache (its cost over the cold ingest is the cache's overhead), the second reads it.
+        from core.corpus.embedding_cache import EmbeddingCache
+        from core.corpus.embeddings import Embedder
+
+        cached = Embedder(embedder.model_name, cache=EmbeddingCache(tmp / "embedding-cache.sqlite"))
+        cached._model = model  # the model already loaded and warmed up: only the cache differs
+        rates = []
+        for name in ("data-cache-fill", "data-cache-warm"):
+            wb = Workbench(Settings.from_env(env={}, data_dir=str(tmp / name)), store_idle_close_s=0,
+                           embedder=cached)
+            seconds, _, n, _ = ingest_once(wb, docs_dir, f"[{name}] ")
+            wb.close()
+            rates.append(n / seconds)
+        print(f"embedding cache: filling it {rates[0]:.1f} chunks/s ({rates[0] / ingest_cps:.2f} x the cold ingest), "
+              f"the same documents again from it {rates[1]:.1f} chunks/s ({rates[1] / ingest_cps:.1f} x the cold "
+              f"ingest, {rates[1] / bare_cps:.1f} x bare encode)")
         print(f"peak RSS: {peak_rss_mb():.0f} MB")
     finally:
         if args.keep:

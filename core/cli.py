@@ -374,7 +374,7 @@ def _grade_selection(settings, db, f, progress: Progress) -> None:
     if ids:
         print(f"checking the grounding of {len(ids)} conversation(s) never checked (skip with --no-grade) …",
               file=sys.stderr)
-        score_ids(db, Embedder(settings.embedding_model), ids,
+        score_ids(db, Embedder.from_settings(settings), ids,
                   progress=lambda done, total: progress("grounding checks", done, total))
 
 
@@ -408,7 +408,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
         # Sentence vectors are kept in the data dir (when there is one): grading again, or grading a run's
         # output whose checks ran as it was saved, embeds only what is new.
-        verifier = OfflineVerifier(Embedder(settings.embedding_model),
+        verifier = OfflineVerifier(Embedder.from_settings(settings),
                                    data_dir=settings.data_path if settings.data_path.is_dir() else None)
         if args.trained:
             from core.db import Database

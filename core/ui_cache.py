@@ -56,8 +56,9 @@ def settings() -> Settings:
 
 
 @st.cache_resource(show_spinner=False)
-def _embedder(model_name: str) -> Embedder:
-    return Embedder(model_name)
+def _embedder(model_name: str, cache: str, cache_mb: int) -> Embedder:
+    return Embedder.from_settings(Settings(embedding_model=model_name, embedding_cache=cache,
+                                           embedding_cache_mb=cache_mb))
 
 
 @st.cache_resource(show_spinner=False)
@@ -65,7 +66,8 @@ def _workbench(data_dir: str, collection: str, embedding_model: str, qdrant_url:
     s = settings().replace(data_dir=data_dir, collection=collection, embedding_model=embedding_model,
                            qdrant_url=qdrant_url)
     # Wait a little for a CLI batch that holds the embedded store for a moment (it releases it quickly).
-    return Workbench(s, embedder=_embedder(embedding_model), wait_for_store_s=10.0)
+    return Workbench(s, embedder=_embedder(embedding_model, s.embedding_cache, s.embedding_cache_mb),
+                     wait_for_store_s=10.0)
 
 
 def workbench(data_dir: str | Path | None = None) -> Workbench:

@@ -37,7 +37,7 @@ class Workbench:
             self.db = Database(settings.db_path)
         # An embedder can be shared between workbenches (tests, several data dirs in one process).
         self.embedder = embedder if embedder and embedder.model_name == settings.embedding_model \
-            else Embedder(settings.embedding_model)
+            else Embedder.from_settings(settings)
         self.stores = StoreHub(lambda: open_store(settings, read_only=read_only), idle_close_s=store_idle_close_s,
                                wait_for_lock_s=wait_for_store_s)
         self.corpus = Corpus(settings, self.db, self.embedder, self.stores)

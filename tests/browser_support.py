@@ -51,7 +51,7 @@ def serve_app(data: Path, env: dict[str, str], clean: bool = False):
     process are left out first (a server that must see no key). Yields {"base", "data", "log"}.
     """
     base_env = {k: v for k, v in os.environ.items()
-                if not (clean and k.startswith(("GEMINI", "GOOGLE_", "GROUNDWORK_")))}
+                if not (clean and k.startswith(("GEMINI", "GOOGLE_", "GROUNDWORK_")) and k != "GROUNDWORK_EMBEDDING_CACHE")}
     full_env = {**base_env, "GROUNDWORK_DATA_DIR": str(data), "GROUNDWORK_AUTO_INDEX_SAMPLE": "0",
                 "HF_HUB_OFFLINE": "1", **env}
     data.parent.mkdir(parents=True, exist_ok=True)

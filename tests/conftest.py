@@ -16,7 +16,18 @@ for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "QDRANT_URL", "QDRANT_API_KEY",
              "GOOGLE_GEMINI_BASE_URL", "GROUNDWORK_DATA_DIR"):
     os.environ.pop(name, None)
 
+# One embedding cache for the whole run (core.corpus.embedding_cache), shared by both workers and every process they
+# start, never the developer's ~/.cache: the sample corpus is indexed by many tests, and after the first its vectors
+# are a lookup, as for a user who indexes it into a second data dir. Tests of a first-time user's time (the demo,
+# the newcomer) point their servers at an empty cache of their own.
+# A process a test starts inherits the run's file (GROUNDWORK_TESTS_EMBEDDING_CACHE) instead of naming its own.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") if os.environ.get("PYTEST_XDIST_WORKER") else None
+EMBEDDING_CACHE = Path(os.environ.get("GROUNDWORK_TESTS_EMBEDDING_CACHE") or Path(tempfile.gettempdir()) /
+                       f"groundwork-tests-{_RUN or f'pid{os.getpid()}'}-embeddings.sqlite")
+os.environ["GROUNDWORK_TESTS_EMBEDDING_CACHE"] = os.environ["GROUNDWORK_EMBEDDING_CACHE"] = str(EMBEDDING_CACHE)
+
 from core.config import Settings  # noqa: E402
+from core.corpus.embedding_cache import EmbeddingCache  # noqa: E402
 from core.corpus.embeddings import Embedder  # noqa: E402
 from core.corpus.sparse_copy import copy_tree  # noqa: E402
 from core.workbench import Workbench  # noqa: E402
@@ -26,14 +37,30 @@ SAMPLE_DIR = ROOT / "sample_data" / "corpus"
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
-    return Settings.from_env(env={}, data_dir=str(data_dir), **overrides)
+    return Settings.from_env(env={}, data_dir=str(data_dir), **{"embedding_cache": str(EMBEDDING_CACHE), **overrides})
 
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    e = Embedder()
+    e = Embedder(cache=EmbeddingCache(EMBEDDING_CACHE))
     e.load()
     return e
+
+
+@pytest.fixture(scope="session")
+def cls_model(tmp_path_factory) -> Path:
+    """The packaged all-MiniLM-L6-v2 with CLS pooling instead of mean: same name family, same 384 dimensions."""
+    import json
+
+    from core.corpus.embeddings import packaged_model_path
+
+    dst = tmp_path_factory.mktemp("models") / "minilm-cls"
+    copy_tree(packaged_model_path(), dst)
+    config = dst / "1_Pooling" / "config.json"
+    pooling = json.loads(config.read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    config.write_text(json.dumps(pooling))
+    return dst
 
 
 @pytest.fixture
@@ -293,9 +320,11 @@ def pytest_sessionfinish(session, exitstatus):
     if hasattr(session.config, "workerinput"):
         return  # a pytest-xdist worker: the controller sees every worker's reports and decides
     run = getattr(session.config.option, "testrunuid", None)
-    if run:  # the workers' lock files and shared indexed corpus: this run's, all ended now
-        for left in Path(tempfile.gettempdir()).glob(f"groundwork-tests-{run}*"):
-            shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
+    # The workers' lock files, shared indexed corpus and embedding cache: this run's, all ended now.
+    left_over = list(Path(tempfile.gettempdir()).glob(f"groundwork-tests-{run}*")) if run else []
+    left_over += [EMBEDDING_CACHE.with_name(EMBEDDING_CACHE.name + end) for end in ("", "-wal", "-shm")]
+    for left in left_over:
+        shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
     if os.environ.get("GROUNDWORK_REQUIRE_BROWSER") == "1" and not _browser_passed:
         session.config.get_terminal_writer().line(
             "error: GROUNDWORK_REQUIRE_BROWSER=1 but no browser test (tests/test_browser.py) passed in this run.",

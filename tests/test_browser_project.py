@@ -254,7 +254,10 @@ def test_the_runs_table_counts_what_is_saved(app, page, fake):
 @pytest.fixture(scope="module")
 def keyless_app(tmp_path_factory):
     data = tmp_path_factory.mktemp("demo") / "data"
-    with serve_app(data, {}, clean=True) as served:  # no key anywhere: the offline model
+    # No key anywhere (the offline model), and an embedding cache of its own, empty: the demo's time is a first
+    # open's, with the sample corpus embedded from scratch.
+    cold = {"GROUNDWORK_EMBEDDING_CACHE": str(data.parent / "cache" / "embeddings.sqlite")}
+    with serve_app(data, cold, clean=True) as served:
         yield served
 
 

@@ -135,7 +135,8 @@ CRASHING_INGEST = """
 import sys
 from core.workbench import Workbench
 from tests.conftest import make_settings
-wb = Workbench(make_settings(sys.argv[1]), store_idle_close_s=0)
+# Every chunk embedded by the model (no cache), so the ingest takes long enough to be killed in the middle.
+wb = Workbench(make_settings(sys.argv[1], embedding_cache="off"), store_idle_close_s=0)
 wb.corpus.embed_group_chunks = 3
 def progress(stage, done, total):
     if stage == "embedding":

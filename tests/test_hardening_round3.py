@@ -21,7 +21,6 @@ import pytest
 
 from core.corpus.sparse_copy import copy_tree
 from core.db import Database
-from core.corpus.embeddings import packaged_model_path
 from fakes.gemini import FakeGemini
 from tests.conftest import ROOT, SAMPLE_DIR, make_settings, new_app
 
@@ -32,7 +31,8 @@ NOBODY = 65534
 def cli(*args: str, data_dir: Path | None = None, fake: FakeGemini | None = None, user: list[str] | None = None,
         env_extra: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GROUNDWORK_", "GEMINI_", "GOOGLE_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+                "GROUNDWORK_EMBEDDING_CACHE": os.environ["GROUNDWORK_EMBEDDING_CACHE"]})
     if data_dir is not None:
         env["GROUNDWORK_DATA_DIR"] = str(data_dir)
     if fake is not None:
@@ -262,19 +262,6 @@ def test_more_replacements_sets_the_resumed_sessions_budget(indexed_wb):
 
 
 # ---- 3. the embedding model the vectors were made with ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cls_model(tmp_path_factory) -> Path:
-    """The packaged all-MiniLM-L6-v2 with CLS pooling instead of mean: same name family, same 384 dimensions."""
-    src = packaged_model_path()
-    dst = tmp_path_factory.mktemp("models") / "minilm-cls"
-    copy_tree(src, dst)
-    config = dst / "1_Pooling" / "config.json"
-    pooling = json.loads(config.read_text())
-    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
-    config.write_text(json.dumps(pooling))
-    return dst
-
 
 def test_search_and_generate_refuse_another_model_before_any_llm_call(indexed_wb, cls_model):
     data = indexed_wb.settings.data_path

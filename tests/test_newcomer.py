@@ -44,6 +44,8 @@ def test_first_command_sets_up_and_serves_the_sample_corpus(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GROUNDWORK_", "GEMINI", "GOOGLE_", "VIRTUAL_ENV"))}
     env["PATH"] = ":".join(p for p in env.get("PATH", "").split(":") if ".venv" not in p)
+    # A newcomer's machine has embedded nothing yet: an empty embedding cache, not the suite's (nor ~/.cache's).
+    env["GROUNDWORK_EMBEDDING_CACHE"] = str(tmp_path / "cache" / "embeddings.sqlite")
     command = readme_commands()[0]
     log = open(tmp_path / "start.log", "w")
     started = time.monotonic()

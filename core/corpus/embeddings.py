@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import PACKAGED_EMBEDDING_MODEL
+from core.corpus.embedding_cache import EmbeddingCache
 from core.errors import EmbeddingError
 
 # Nothing may be fetched from a model hub at run time.
@@ -51,11 +53,15 @@ class Embedder:
     Args:
         model_name: the configured name (recorded with the collection) — a name or a local path.
         batch_size: sentences per forward pass.
+        cache: vectors already computed (core.corpus.embedding_cache); None embeds everything every time.
     """
 
-    def __init__(self, model_name: str = PACKAGED_EMBEDDING_MODEL, batch_size: int = 32):
+    def __init__(self, model_name: str = PACKAGED_EMBEDDING_MODEL, batch_size: int = 32,
+                 cache: EmbeddingCache | None = None):
         self.model_name = model_name
         self.batch_size = batch_size
+        self.cache = cache
+        self._cache_key: str | None = None
         self._model = None
         self._load_lock = threading.Lock()
         # torch runs one forward pass at a time well on 2 cores; concurrent callers would only thrash.
@@ -63,6 +69,12 @@ class Embedder:
         self._queue_lock = threading.Lock()
         self._queries: list[dict] = []
         self._identity: dict | None = None
+
+    @classmethod
+    def from_settings(cls, settings) -> "Embedder":
+        """The configured model with the configured embedding cache (GROUNDWORK_EMBEDDING_CACHE)."""
+        return cls(settings.embedding_model,
+                   cache=EmbeddingCache.from_setting(settings.embedding_cache, settings.embedding_cache_mb))
 
     def load(self):
         if self._model is None:
@@ -90,12 +102,34 @@ class Embedder:
     def max_seq_length(self) -> int:
         return int(self.load().max_seq_length)
 
-    def encode(self, texts: Sequence[str], progress: ProgressFn | None = None) -> np.ndarray:
-        """Unit-normalised float32 vectors, one row per text."""
-        model = self.load()
+    def encode(self, texts: Sequence[str], progress: ProgressFn | None = None,
+               use_cache: bool = True) -> np.ndarray:
+        """Unit-normalised float32 vectors, one row per text.
+
+        With a cache, texts it holds for this model are not embedded again (nor are repeats within ``texts``);
+        ``progress`` counts them as done first. ``use_cache=False`` asks the model itself, for checks whose point
+        is what the model makes now (core.corpus.model_identity).
+        """
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.cache is None or not use_cache or not self.cache.usable:
+            return self._encode(texts, progress)
+        key = self.cache_key()
+        known = self.cache.get_many(key, texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if progress and known:
+            progress(len(texts) - len(missing), len(texts))
+        if missing:
+            done = len(texts) - len(missing)
+            report = (lambda n, _total: progress(done + n, len(texts))) if progress else None
+            fresh = self._encode(missing, report)
+            self.cache.put_many(key, zip(missing, fresh))
+            known.update(zip(missing, fresh))
+        return np.vstack([known[t] for t in texts]).astype(np.float32, copy=False)
+
+    def _encode(self, texts: list[str], progress: ProgressFn | None) -> np.ndarray:
+        model = self.load()
         out = []
         step = self.batch_size * 4  # report progress every few batches without slowing the encode
         for start in range(0, len(texts), step):
@@ -135,6 +169,17 @@ class Embedder:
                 "normalization": "unit length (Normalize module)" if normalize_module else "unit length (at encode)",
                 "probe_sha256": hashlib.sha256(np.round(probe, 3).tobytes()).hexdigest()[:16], "probe": rounded}
         return self._identity
+
+    def cache_key(self) -> str:
+        """What the embedding cache files this model's vectors under: its behaviour, not its name (an alias or
+        another path to the same files shares vectors; other weights, pooling or truncation never do)."""
+        if self._cache_key is None:
+            identity = self.identity()
+            described = json.dumps({"dim": identity["dim"], "pooling": identity["pooling"],
+                                    "normalization": identity["normalization"], "probe": identity["probe"],
+                                    "max_seq_length": self.max_seq_length}, sort_keys=True)
+            self._cache_key = hashlib.sha256(described.encode()).hexdigest()[:32]
+        return self._cache_key
 
     def count_wordpieces(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes in this model (special tokens included), to warn about truncation."""

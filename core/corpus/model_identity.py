@@ -49,7 +49,8 @@ def check_model(db: Database, embedder: Embedder, store: VectorStore, collection
     rows = [r for r in rows if isinstance(r["payload"].get(content_key), str) and r.get("vector") is not None]
     if rows:
         stored_vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
-        again = embedder.encode([r["payload"][content_key] for r in rows])
+        # From the model itself, never the embedding cache: the question is what this model makes now.
+        again = embedder.encode([r["payload"][content_key] for r in rows], use_cache=False)
         cosines = np.sum(stored_vectors * again, axis=1) / np.maximum(
             np.linalg.norm(stored_vectors, axis=1) * np.linalg.norm(again, axis=1), 1e-12)
         worst = float(np.min(cosines))

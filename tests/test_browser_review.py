@@ -189,10 +189,25 @@ def test_review_key_to_next_at_500_conversations(app, browser):
             page.get_by_role("dialog").get_by_text("Why discard this conversation?").wait_for()
             reason_ready(page, "off topic")  # its letter key pressed before it is bound goes nowhere
             page.keyboard.press("o")
-            page.wait_for_function(
-                "t => [...document.querySelectorAll('h3')].some(h => /^Conversation \\d+ of \\d+/.test(h.innerText) && "
-                "h.innerText.replace(/,/g, '').match(/ of (\\d+)/)[1] === String(t))", arg=total - 1, polling="raf",
-                timeout=30_000)
+            try:
+                page.wait_for_function(
+                    "t => [...document.querySelectorAll('h3')].some(h => /^Conversation \\d+ of \\d+/.test(h.innerText) && "
+                    "h.innerText.replace(/,/g, '').match(/ of (\\d+)/)[1] === String(t))", arg=total - 1, polling="raf",
+                    timeout=30_000)
+            except Exception as e:  # say what the page and the database show, not only that time ran out
+                shot(page, "review-discard-timeout")
+                now = Database(app["data"] / "groundwork.db")
+                state = {"expected_total": total - 1,
+                         "new_in_db": now.scalar("SELECT COUNT(*) FROM conversations WHERE status='new'"),
+                         "discarded_in_db": now.scalar("SELECT COUNT(*) FROM conversations WHERE status='discarded'"),
+                         "dialog_open": page.get_by_role("dialog").count(),
+                         "focus": page.evaluate("() => document.activeElement && document.activeElement.outerHTML"
+                                                ".slice(0, 200)"),
+                         "details": page.get_by_role("dialog").get_by_role("textbox").input_value()
+                         if page.get_by_role("dialog").count() else None,
+                         "headings": page.locator("h3").all_inner_texts()[:3]}
+                now.close()
+                pytest.fail(f"the next conversation never showed after a discard: {state} ({e})")
             discards.append(time.perf_counter() - started)
             page.get_by_role("dialog").wait_for(state="hidden")
             settle(page)

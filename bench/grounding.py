@@ -204,7 +204,9 @@ def run_cost(args) -> None:
     proc = None
     try:
         template = work / "indexed"
-        wb = Workbench(Settings.from_env(env={}, data_dir=str(template)), store_idle_close_s=0)
+        # The embedding cache off here and in the runs: "checks on again" has the same seed, so its answers would
+        # come from the first run's vectors and the checks would look cheaper than they are.
+        wb = Workbench(Settings.from_env(env={}, data_dir=str(template), embedding_cache="off"), store_idle_close_s=0)
         wb.corpus.ingest_path(ROOT / "sample_data" / "corpus")
         wb.close()
         proc, base_url = _fake_server(args.latency)
@@ -215,7 +217,7 @@ def run_cost(args) -> None:
             copy_tree(template, data)
             env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
             env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", GEMINI_API_KEY="AIzaSy-bench-key-0000000000000000000",
-                       GOOGLE_GEMINI_BASE_URL=base_url)
+                       GOOGLE_GEMINI_BASE_URL=base_url, GROUNDWORK_EMBEDDING_CACHE="off")
             cmd = [PY, "-m", "core.cli", "generate", "--data-dir", str(data), "--num-dialogs", str(args.run),
                    "--max-turns", "3", "--max-concurrency", "8", "--seed", "5", "--provider", "gemini", "--quiet",
                    *extra]

@@ -33,18 +33,19 @@ def private_embedder(tmp_path_factory) -> Embedder:
 
 
 def test_vectors_come_back_exactly_and_a_second_process_embeds_nothing(private_embedder, tmp_path, monkeypatch):
-    cache = private_embedder.cache
+    embedder = private_embedder.uncached()
+    embedder.cache = cache = EmbeddingCache(tmp_path / "embeddings.sqlite")  # empty, whatever ran before
     texts = [*TEXTS, TEXTS[0]]  # a repeat within one call is embedded once
-    first = private_embedder.encode(texts)
-    fresh = private_embedder.encode(texts, use_cache=False)
+    first = embedder.encode(texts)
+    fresh = embedder.encode(texts, use_cache=False)
     np.testing.assert_allclose(first, fresh, atol=1e-6)
     assert np.array_equal(first[0], first[3])
     assert (cache.hits, cache.misses) == (0, 3)
 
     # Another process on the same machine (another Embedder, another connection to the file): all lookups.
     other = Embedder(packaged_model_path().as_posix(), cache=EmbeddingCache(cache.path))  # another name, same model
-    other._model = private_embedder.load()  # the loaded weights, to spare a second load; the cache is its own
-    assert other.cache_key() == private_embedder.cache_key()
+    other._model = embedder.load()  # the loaded weights, to spare a second load; the cache is its own
+    assert other.cache_key() == embedder.cache_key()
     monkeypatch.setattr(other, "_encode", _no_model)
     seen = []
     again = other.encode(texts, progress=lambda done, total: seen.append((done, total)))
@@ -126,17 +127,46 @@ def test_a_second_data_dir_indexes_the_sample_corpus_from_the_cache(private_embe
 
 
 def test_the_cache_keeps_its_size_by_dropping_the_oldest(tmp_path):
-    cache = EmbeddingCache(tmp_path / "small.sqlite", max_mb=1)  # 1 MB: 648 vectors of 384 dimensions
+    cache = EmbeddingCache(tmp_path / "small.sqlite", max_mb=1)  # 1 MB: a few hundred vectors of 384 dimensions
     vectors = np.eye(384, dtype=np.float32)
-    for batch in range(10):
+    for batch in range(30):
         cache.put_many("m", ((f"text {batch}-{i}", vectors[i % 384]) for i in range(100)))
     with sqlite3.connect(cache.path) as conn:
         kept = conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-    assert 500 <= kept <= 1024 * 1024 // (384 * 4)
-    assert cache.get_many("m", ["text 0-0", "text 2-99"]) == {}  # the oldest went first
-    newest = cache.get_many("m", ["text 9-99"])
-    assert np.array_equal(newest["text 9-99"], vectors[99])
-    assert cache.path.stat().st_size < 3 * 1024 * 1024
+    assert 250 <= kept <= 1024 * 1024 // (384 * 4)  # most of the bound used, never more vectors than fit in it
+    assert cache.get_many("m", ["text 0-0", "text 20-99"]) == {}  # the oldest went first
+    newest = cache.get_many("m", ["text 29-99"])
+    assert np.array_equal(newest["text 29-99"], vectors[99])
+    # The file itself stays near its bound (one insert's worth over at most): freed pages are used again.
+    assert cache.path.stat().st_size < 1.5 * 1024 * 1024
+
+
+def test_a_busy_cache_skips_one_call_and_a_damaged_vector_is_embedded_again(private_embedder, tmp_path):
+    embedder = private_embedder.uncached()
+    embedder.cache = EmbeddingCache(tmp_path / "busy.sqlite")
+    embedder.encode(TEXTS[:1])
+    holder = sqlite3.connect(embedder.cache.path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write, for longer than the cache waits
+    embedder.cache._timeout_s = 0.2
+    try:
+        assert embedder.encode(TEXTS).shape == (3, 384)  # embedded without it
+    finally:
+        holder.rollback()
+        holder.close()
+    assert embedder.cache.usable  # and the next call uses it again
+    embedder.encode(TEXTS)
+    with sqlite3.connect(embedder.cache.path) as conn:  # one stored vector cut short (a damaged file)
+        conn.execute("UPDATE vectors SET vec=substr(vec, 1, 100)")
+    again = embedder.encode(TEXTS)
+    np.testing.assert_allclose(again, embedder.encode(TEXTS, use_cache=False), atol=1e-6)
+
+
+def test_a_file_others_could_write_is_not_trusted(private_embedder, tmp_path):
+    path = tmp_path / "shared.sqlite"
+    EmbeddingCache(path).put_many("m", [("a", np.ones(384, dtype=np.float32))])
+    path.chmod(0o666)  # anyone could plant vectors in it
+    cache = EmbeddingCache(path)
+    assert cache.get_many("m", ["a"]) == {} and not cache.usable
 
 
 def test_an_unusable_cache_only_costs_time(private_embedder, tmp_path, capfd):

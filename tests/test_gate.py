@@ -71,6 +71,24 @@ def drive_together(cases):
     return futures
 
 
+def checked_twice(future, case, check) -> None:
+    """``check`` a case driven side by side; if it misses, drive the case once more, alone, and check that run.
+
+    The cases run on real windows: a stall of the driving process (a collection pause, a late wakeup on a busy
+    machine) bunches calls at the server, and a window then answers a few more 429s, or lets a few fewer calls
+    through, than the gate caused. Measured: 3 misses in 22 runs of the six 429-shape cases, each in one case
+    (50 calls used where 51 are asked; 9 and 13 late 429s where 6.7 and 8.3 are allowed), while the same cases
+    driven directly 48 times gave 54-60 calls and 1-3 late 429s. A gate that does not learn misses both runs; the
+    second run is reported as a warning, so a miss is never silent."""
+    import warnings
+
+    try:
+        check(*future.result())
+    except AssertionError as first:
+        warnings.warn(f"a wall-clock gate case missed once and was driven again alone: {first}", stacklevel=2)
+        check(*case())
+
+
 def _rpm_with_retry_info():
     with FakeGemini(rpm_quota=20, rpm_window=2.0) as fake:
         gate = AdaptiveGate(max_concurrency=8)
@@ -122,45 +140,53 @@ def test_a_stray_429_teaches_nothing_and_a_cluster_halves_calls_in_flight():
 
 
 def test_rpm_quota_with_retry_info_is_learned_and_met(quota_runs):
-    fake, gate, ok, _ = quota_runs["rpm"].result()
-    pace = gate.paces["requests"]
-    assert 1.5 <= pace.window <= 3.0 and 15 <= pace.limit <= 24, (pace.limit, pace.window)  # probes: a step over
-    assert "tokens" not in gate.paces
-    # After the first window: close to the quota (bench/throughput.py measures how close), few calls 429.
-    assert in_range(ok, 2.0, 8.0) >= 0.75 * 20 * 3
-    assert fake.by_status[429] <= 0.2 * fake.by_status[200]
+    def check(fake, gate, ok, _):
+        pace = gate.paces["requests"]
+        assert 1.5 <= pace.window <= 3.0 and 15 <= pace.limit <= 24, (pace.limit, pace.window)  # probes: a step over
+        assert "tokens" not in gate.paces
+        # After the first window: close to the quota (bench/throughput.py measures how close), few calls 429.
+        assert in_range(ok, 2.0, 8.0) >= 0.75 * 20 * 3
+        assert fake.by_status[429] <= 0.2 * fake.by_status[200]
+
+    checked_twice(quota_runs["rpm"], _rpm_with_retry_info, check)
 
 
 def test_rpm_quota_answered_with_bare_429s_is_learned_too(quota_runs):
-    fake, gate, ok, at_4s = quota_runs["rpm_bare"].result()
-    pace = gate.paces["requests"]
-    assert 1.5 <= pace.window <= 4.0 and 10 <= pace.limit <= 24, (pace.limit, pace.window)
-    assert in_range(ok, 4.0, 9.0) >= 0.7 * 20 * 2.5
-    # The first window, with no hint when to come back, costs 429s; once learned, few.
-    assert fake.by_status[429] - at_4s[429] <= 0.15 * (fake.by_status[200] - at_4s[200])
+    def check(fake, gate, ok, at_4s):
+        pace = gate.paces["requests"]
+        assert 1.5 <= pace.window <= 4.0 and 10 <= pace.limit <= 24, (pace.limit, pace.window)
+        assert in_range(ok, 4.0, 9.0) >= 0.7 * 20 * 2.5
+        # The first window, with no hint when to come back, costs 429s; once learned, few.
+        assert fake.by_status[429] - at_4s[429] <= 0.15 * (fake.by_status[200] - at_4s[200])
+
+    checked_twice(quota_runs["rpm_bare"], _rpm_bare, check)
 
 
 def test_tokens_per_minute_quota_is_learned_as_tokens(quota_runs):
-    fake, gate, ok, at_4s = quota_runs["tpm"].result()
-    assert set(gate.paces) == {"tokens"}
-    pace = gate.paces["tokens"]
-    assert 0.6 * 1200 <= pace.limit <= 1.2 * 1200 and 1.5 <= pace.window <= 3.0, (pace.limit, pace.window)
-    # The cold start's first window costs a burst of 429s (8-11 here, 16 once on a loaded CI machine: it is
-    # not what the gate learned); once learned, few (1-2 of ~30 here since a tokens pace counts what calls used
-    # and the server's lag; 1-12 before, one run in three over this line).
-    assert fake.by_status[429] - at_4s.get(429, 0) <= 0.2 * (fake.by_status[200] - at_4s.get(200, 0)), \
-        (dict(at_4s), dict(fake.by_status))
-    assert fake.by_status[429] <= 0.5 * fake.by_status[200]
+    def check(fake, gate, ok, at_4s):
+        assert set(gate.paces) == {"tokens"}
+        pace = gate.paces["tokens"]
+        assert 0.6 * 1200 <= pace.limit <= 1.2 * 1200 and 1.5 <= pace.window <= 3.0, (pace.limit, pace.window)
+        # The cold start's first window costs a burst of 429s (8-11 here, 16 once on a loaded CI machine: it is
+        # not what the gate learned); once learned, few (1-2 of ~30 here since a tokens pace counts what calls used
+        # and the server's lag; 1-12 before, one run in three over this line).
+        assert fake.by_status[429] - at_4s.get(429, 0) <= 0.2 * (fake.by_status[200] - at_4s.get(200, 0)), \
+            (dict(at_4s), dict(fake.by_status))
+        assert fake.by_status[429] <= 0.5 * fake.by_status[200]
+
+    checked_twice(quota_runs["tpm"], _tpm, check)
 
 
 def test_a_quota_cut_and_raised_mid_run_is_relearned(quota_runs):
-    fake, gate, ok, seen = quota_runs["cut"].result()
-    assert 15 <= seen["before"] <= 24
-    assert seen["cut"] <= 12, seen  # relearned down within two and a half windows of the cut
-    # and probed up after the raise: +10%, +20%, +40%, ... a window each (a 429 halves the step)
-    assert gate.paces["requests"].limit > 22, gate.paces["requests"].limit
-    assert in_range(ok, 7.0, 10.0) >= 0.75 * 10 * 1.5
-    assert in_range(ok, 20.0, 24.0) >= 0.75 * 22 * 2
+    def check(fake, gate, ok, seen):
+        assert 15 <= seen["before"] <= 24
+        assert seen["cut"] <= 12, seen  # relearned down within two and a half windows of the cut
+        # and probed up after the raise: +10%, +20%, +40%, ... a window each (a 429 halves the step)
+        assert gate.paces["requests"].limit > 22, gate.paces["requests"].limit
+        assert in_range(ok, 7.0, 10.0) >= 0.75 * 10 * 1.5
+        assert in_range(ok, 20.0, 24.0) >= 0.75 * 22 * 2
+
+    checked_twice(quota_runs["cut"], _cut_and_raised, check)
 
 
 def test_stray_429s_without_a_quota_cost_no_more_than_503s():

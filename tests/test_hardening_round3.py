@@ -343,7 +343,9 @@ def _one_line_document(path: Path, chars: int) -> Path:
 def test_one_huge_single_line_document_reports_embedding_progress_per_batch(tmp_path):
     # Small chunks keep the test quick: what matters is that one document needs several model batches.
     doc = _one_line_document(tmp_path / "huge.txt", 60_000)
-    proc = cli("index", str(doc), "--chunk-size", "200", "--chunk-overlap", "20", data_dir=tmp_path / "data")
+    # The model embeds every chunk (no cache): the progress under test is the model's, batch by batch.
+    proc = cli("index", str(doc), "--chunk-size", "200", "--chunk-overlap", "20", data_dir=tmp_path / "data",
+               env_extra={"GROUNDWORK_EMBEDDING_CACHE": "off"})
     assert proc.returncode == 0, proc.stderr
     steps = [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("embedding: ")]
     done = [int(s.split("/")[0]) for s in steps]
@@ -356,8 +358,9 @@ def test_one_huge_single_line_document_reports_embedding_progress_per_batch(tmp_
 def test_a_pending_documents_chunks_are_not_counted_until_it_is_indexed(tmp_path, embedder):
     from core.workbench import Workbench
 
+    # Without the cache: this document's chunks are the previous test's, and the point is progress between batches.
     wb = Workbench(make_settings(tmp_path / "data", chunk_size=200, chunk_overlap=20), store_idle_close_s=0,
-                   embedder=embedder)
+                   embedder=embedder.uncached())
     doc = _one_line_document(tmp_path / "big.txt", 40_000)
     # An ingest interrupted after its chunks were recorded and before its vectors were stored:
     from core.corpus.collection import IngestReport

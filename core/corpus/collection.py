@@ -323,7 +323,8 @@ class Corpus:
             self._verified = True
             return
         if rows:  # a collection from elsewhere (a server, a snapshot): its passages must find themselves
-            vectors = self.embedder.encode([r["payload"][self.content_key] for r in rows])
+            # From the model itself, never the embedding cache: the question is what this model makes now.
+            vectors = self.embedder.encode([r["payload"][self.content_key] for r in rows], use_cache=False)
             misses = 0
             for r, v in zip(rows, vectors):
                 hits = store.search(self.collection, v, 3)
@@ -342,7 +343,8 @@ class Corpus:
                store: VectorStore | None = None) -> list[Passage]:
         if not query.strip():
             return []
-        vector = self.embedder.encode([query])[0]
+        # A query is typed once and is short: not worth a write to the cache, nor keeping there.
+        vector = self.embedder.encode([query], use_cache=False)[0]
         return self.search_vector(vector, k, flt, store)
 
     def search_vector(self, vector, k: int = 3, flt: PointFilter | None = None,

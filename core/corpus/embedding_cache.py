@@ -29,7 +29,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 OFF = "off"
-ROW_OVERHEAD_BYTES = 80  # key, model fingerprint, rowid and b-tree bookkeeping per vector, measured ~70
+PRUNE_TO = 0.9  # a full cache drops its oldest vectors down to 90% of its bound, not one insert's worth at a time
 
 
 def default_path() -> Path:
@@ -55,6 +55,7 @@ class EmbeddingCache:
         self.max_bytes = max(1, int(max_mb)) * 1024 * 1024
         self._lock = threading.Lock()
         self._broken: str | None = None
+        self._timeout_s = 10.0  # how long a call waits for another process's write before going on without
         self.hits = 0
         self.misses = 0
 
@@ -70,7 +71,11 @@ class EmbeddingCache:
     def usable(self) -> bool:
         return self._broken is None
 
-    def _give_up(self, error: BaseException) -> None:
+    def _failed(self, error: BaseException) -> None:
+        """A busy file (another process writing for longer than the timeout) costs this call only; anything else
+        (no folder, another user's file, a corrupt or full disk) turns the cache off for this process."""
+        if isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error)):
+            return
         if self._broken is None:
             self._broken = f"{type(error).__name__}: {error}"
             log.info("Embedding cache %s is not usable (%s); embedding without it.", self.path, self._broken)
@@ -79,8 +84,13 @@ class EmbeddingCache:
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Created for this user alone before SQLite opens it: vectors of private documents stay private.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        conn = sqlite3.connect(str(self.path), timeout=10)
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+        # Vectors from a file someone else could write would be trusted as this model's: only our own, private file.
+        info = os.stat(self.path, follow_symlinks=False)
+        if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isfile(self.path):
+            raise PermissionError(f"{self.path} is not a private file of this user (owner {info.st_uid}, "
+                                  f"mode {info.st_mode & 0o777:o})")
+        conn = sqlite3.connect(str(self.path), timeout=self._timeout_s)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # a cache: a power cut may lose the last vectors, never corrupt
         conn.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, key BLOB NOT NULL, "
@@ -106,11 +116,11 @@ class EmbeddingCache:
                             out[keys[key]] = np.frombuffer(blob, dtype=np.float32).copy()
                 finally:
                     conn.close()
+                self.hits += len(out)
+                self.misses += len(keys) - len(out)
         except (sqlite3.Error, OSError) as e:
-            self._give_up(e)
+            self._failed(e)
             return {}
-        self.hits += len(out)
-        self.misses += len(keys) - len(out)
         return out
 
     def put_many(self, model: str, vectors: Iterable[tuple[str, np.ndarray]]) -> None:
@@ -120,18 +130,29 @@ class EmbeddingCache:
         rows = [(model, text_key(t), np.asarray(v, dtype=np.float32).tobytes()) for t, v in vectors]
         if not rows:
             return
-        keep = max(1, self.max_bytes // (len(rows[0][2]) + ROW_OVERHEAD_BYTES))
         try:
             with self._lock:
                 conn = self._connect()
                 try:
                     with conn:
                         conn.executemany("INSERT OR IGNORE INTO vectors (model, key, vec) VALUES (?, ?, ?)", rows)
-                        # Rowids grow with every insert, so the lowest are the oldest: a range delete, no scan.
-                        low, high = conn.execute("SELECT MIN(rowid), MAX(rowid) FROM vectors").fetchone()
-                        if low is not None and high - low + 1 > keep:
-                            conn.execute("DELETE FROM vectors WHERE rowid <= ?", [high - keep])
+                        self._prune(conn)
                 finally:
                     conn.close()
         except (sqlite3.Error, OSError) as e:
-            self._give_up(e)
+            self._failed(e)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Past the bound, drop the oldest vectors. The bytes in use are read from SQLite (pages not free), not
+        estimated: a 1.5 KB vector takes half a 4 KB page plus its key's index entry. Rowids grow with every
+        insert, so the lowest are the oldest: a range delete, no scan; freed pages are reused by later inserts."""
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        used = (conn.execute("PRAGMA page_count").fetchone()[0]
+                - conn.execute("PRAGMA freelist_count").fetchone()[0]) * page_size
+        if used <= self.max_bytes:
+            return
+        low, high = conn.execute("SELECT MIN(rowid), MAX(rowid) FROM vectors").fetchone()
+        if low is None:
+            return
+        keep = int((high - low + 1) * PRUNE_TO * self.max_bytes / used)
+        conn.execute("DELETE FROM vectors WHERE rowid <= ?", [high - keep])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -116,7 +117,9 @@ class Embedder:
         if self.cache is None or not use_cache or not self.cache.usable:
             return self._encode(texts, progress)
         key = self.cache_key()
-        known = self.cache.get_many(key, texts)
+        dim = self.dim
+        # A vector of another size (a damaged file) is not this model's answer: embedded again instead.
+        known = {t: v for t, v in self.cache.get_many(key, texts).items() if v.shape == (dim,)}
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         if progress and known:
             progress(len(texts) - len(missing), len(texts))
@@ -169,6 +172,13 @@ class Embedder:
                 "normalization": "unit length (Normalize module)" if normalize_module else "unit length (at encode)",
                 "probe_sha256": hashlib.sha256(np.round(probe, 3).tobytes()).hexdigest()[:16], "probe": rounded}
         return self._identity
+
+    def uncached(self) -> "Embedder":
+        """This embedder (the same loaded model and locks) without the cache, for work whose point is the model's
+        own passes (measuring them, or checking what the model makes now)."""
+        twin = copy.copy(self)
+        twin.cache = None
+        return twin
 
     def cache_key(self) -> str:
         """What the embedding cache files this model's vectors under: its behaviour, not its name (an alias or

@@ -214,10 +214,9 @@ def main() -> int:
         # The same documents into a second data dir with the embedding cache on: the first data dir fills an
         # empty cache (its cost over the cold ingest is the cache's overhead), the second reads it.
         from core.corpus.embedding_cache import EmbeddingCache
-        from core.corpus.embeddings import Embedder
 
-        cached = Embedder(embedder.model_name, cache=EmbeddingCache(tmp / "embedding-cache.sqlite"))
-        cached._model = model  # the model already loaded and warmed up: only the cache differs
+        # The model already loaded and warmed up: only the cache differs.
+        cached = embedder.with_cache(EmbeddingCache(tmp / "embedding-cache.sqlite"))
         rates = []
         for name in ("data-cache-fill", "data-cache-warm"):
             wb = Workbench(Settings.from_env(env={}, data_dir=str(tmp / name)), store_idle_close_s=0,

@@ -33,8 +33,8 @@ def private_embedder(tmp_path_factory) -> Embedder:
 
 
 def test_vectors_come_back_exactly_and_a_second_process_embeds_nothing(private_embedder, tmp_path, monkeypatch):
-    embedder = private_embedder.uncached()
-    embedder.cache = cache = EmbeddingCache(tmp_path / "embeddings.sqlite")  # empty, whatever ran before
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")  # empty, whatever ran before
+    embedder = private_embedder.with_cache(cache)
     texts = [*TEXTS, TEXTS[0]]  # a repeat within one call is embedded once
     first = embedder.encode(texts)
     fresh = embedder.encode(texts, use_cache=False)
@@ -44,7 +44,6 @@ def test_vectors_come_back_exactly_and_a_second_process_embeds_nothing(private_e
 
     # Another process on the same machine (another Embedder, another connection to the file): all lookups.
     other = Embedder(packaged_model_path().as_posix(), cache=EmbeddingCache(cache.path))  # another name, same model
-    other._model = embedder.load()  # the loaded weights, to spare a second load; the cache is its own
     assert other.cache_key() == embedder.cache_key()
     monkeypatch.setattr(other, "_encode", _no_model)
     seen = []
@@ -87,8 +86,7 @@ def test_the_model_check_asks_the_model_not_the_cache(indexed_wb, tmp_path):
     with indexed_wb.db.write() as w:
         w.execute("UPDATE collections SET embedding_identity=NULL")
     record = indexed_wb.db.one("SELECT * FROM collections WHERE name=?", [indexed_wb.settings.collection])
-    embedder = Embedder(cache=EmbeddingCache(tmp_path / "poisoned.sqlite"))
-    embedder._model = indexed_wb.embedder.load()
+    embedder = indexed_wb.embedder.with_cache(EmbeddingCache(tmp_path / "poisoned.sqlite"))
     with indexed_wb.stores.use() as store:
         rows, _ = store.scroll(indexed_wb.settings.collection, limit=8, with_vectors=False)
         texts = [r["payload"]["text"] for r in rows]
@@ -142,8 +140,7 @@ def test_the_cache_keeps_its_size_by_dropping_the_oldest(tmp_path):
 
 
 def test_a_busy_cache_skips_one_call_and_a_damaged_vector_is_embedded_again(private_embedder, tmp_path):
-    embedder = private_embedder.uncached()
-    embedder.cache = EmbeddingCache(tmp_path / "busy.sqlite")
+    embedder = private_embedder.with_cache(EmbeddingCache(tmp_path / "busy.sqlite"))
     embedder.encode(TEXTS[:1])
     holder = sqlite3.connect(embedder.cache.path, timeout=0)
     holder.execute("BEGIN EXCLUSIVE")  # another process mid-write, for longer than the cache waits
@@ -172,8 +169,7 @@ def test_a_file_others_could_write_is_not_trusted(private_embedder, tmp_path):
 def test_an_unusable_cache_only_costs_time(private_embedder, tmp_path, capfd):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache's folder should be")
-    e = Embedder(cache=EmbeddingCache(blocker / "embeddings.sqlite"))
-    e._model = private_embedder.load()
+    e = private_embedder.with_cache(EmbeddingCache(blocker / "embeddings.sqlite"))
     vectors = e.encode(TEXTS)
     np.testing.assert_allclose(vectors, private_embedder.encode(TEXTS, use_cache=False), atol=1e-6)
     assert not e.cache.usable and e.encode(TEXTS[:1]).shape == (1, 384)

@@ -360,7 +360,7 @@ def test_a_pending_documents_chunks_are_not_counted_until_it_is_indexed(tmp_path
 
     # Without the cache: this document's chunks are the previous test's, and the point is progress between batches.
     wb = Workbench(make_settings(tmp_path / "data", chunk_size=200, chunk_overlap=20), store_idle_close_s=0,
-                   embedder=embedder.uncached())
+                   embedder=embedder.with_cache(None))
     doc = _one_line_document(tmp_path / "big.txt", 40_000)
     # An ingest interrupted after its chunks were recorded and before its vectors were stored:
     from core.corpus.collection import IngestReport

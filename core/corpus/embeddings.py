@@ -173,11 +173,11 @@ class Embedder:
                 "probe_sha256": hashlib.sha256(np.round(probe, 3).tobytes()).hexdigest()[:16], "probe": rounded}
         return self._identity
 
-    def uncached(self) -> "Embedder":
-        """This embedder (the same loaded model and locks) without the cache, for work whose point is the model's
-        own passes (measuring them, or checking what the model makes now)."""
+    def with_cache(self, cache: EmbeddingCache | None) -> "Embedder":
+        """This embedder (the same loaded model, identity and locks) with another cache, or none: for work whose
+        point is the model's own passes (measuring them), or a cache of its own, without loading the model again."""
         twin = copy.copy(self)
-        twin.cache = None
+        twin.cache = cache
         return twin
 
     def cache_key(self) -> str:
